@@ -1,0 +1,42 @@
+# Two commands do all the set-up: `make demo` and `make test`. Each installs what is missing (Debian packages
+# mosquitto and influxdb, a virtual environment in .venv with the project and its dev extras); a second run installs
+# nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.energyhub-installed
+STATE_DIR ?= var
+PYTEST_ARGS ?=
+
+.PHONY: demo test setup system-deps lint format clean
+
+demo: setup
+	$(BIN)/energyhub demo --state-dir $(STATE_DIR)
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@scripts/ensure-system-deps.sh
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "energyhub needs Python 3.11 or newer; found " + sys.version.split()[0])'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache *.egg-info

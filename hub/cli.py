@@ -1,0 +1,195 @@
+"""The ``energyhub`` command. Each part of the system adds its sub-commands here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker.cli import app as broker_app
+from hub.community import CommunityError, load_community, summarize
+from hub.settings import ServiceSettings
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="energyhub: share one congested grid safely across an industrial estate's energy community.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+community_app = typer.Typer(
+    help="Check and inspect community files (topology and contracts).", no_args_is_help=True
+)
+app.add_typer(community_app, name="community")
+app.add_typer(broker_app, name="broker")
+
+StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as installed
+
+    typer.echo(installed("energyhub"))
+
+
+@community_app.command("check")
+def community_check(file: Annotated[Path, typer.Argument(help="Community YAML file.")]) -> None:
+    """Validate a community file: a summary when it is valid; otherwise every error, and exit code 1."""
+    try:
+        community = load_community(file)
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(f"{file}: valid")
+    typer.echo(summarize(community).format())
+
+
+@community_app.command("schema")
+def community_schema(
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
+    """Print the JSON schema of community files (for editors that validate YAML as you type)."""
+    import json
+
+    from hub.topology import Community
+
+    text = json.dumps(Community.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+@community_app.command("limits")
+def community_limits(
+    file: Annotated[Path, typer.Argument(help="Community YAML file.")],
+    node: Annotated[str | None, typer.Argument(help="Node id; all nodes when left out.")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="ISO time with zone, e.g. 2026-06-01T18:00+02:00; now if omitted.")
+    ] = None,
+) -> None:
+    """Show the limits in force for a quarter hour, and which contract part sets each."""
+    from hub.limits import LimitBook, UnknownNode
+
+    try:
+        book = LimitBook(load_community(file))
+        when = datetime.fromisoformat(at) if at else datetime.now(UTC)
+        if when.tzinfo is None:
+            raise _fail(f"--at {at!r} has no timezone: add one, e.g. +01:00 or Z")
+        nodes = [node] if node else list(book.nodes)
+        rows = [book.limit_at(n, when) for n in nodes]
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    except (UnknownNode, ValueError) as exc:
+        raise _fail(f"error: {exc}") from None
+
+    def kw(w: float) -> str:
+        return "-" if w == float("inf") else f"{w / 1000:,.0f}"
+
+    typer.echo(f"quarter hour from {rows[0].isp_start.isoformat()} (kW; '-' = no limit)")
+    typer.echo(
+        f"{'node':<16} {'level':<10} {'import':>9} {'export':>9} {'physical':>9}  import part / export part"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r.node:<16} {r.level.value:<10} {kw(r.import_w):>9} {kw(r.export_w):>9} {kw(r.physical_w):>9}"
+            f"  {r.import_source} / {r.export_source}"
+        )
+
+
+def _run_services(settings: ServiceSettings, *, banner: str) -> None:
+    from hub.services import start_services
+    from hub.supervisor import ServiceError, Supervisor
+
+    try:
+        with Supervisor() as supervisor:
+            running = start_services(supervisor, settings)
+            creds = running.accounts.directory / "credentials"
+            typer.echo(banner)
+            typer.echo(
+                f"  MQTT      mqtt://{settings.host}:{settings.mqtt_port}  (topics under "
+                f"{settings.topic_root}/{settings.site}/)"
+            )
+            if settings.mqtt_tls_port:
+                typer.echo(
+                    f"  MQTT/TLS  mqtts://{settings.host}:{settings.mqtt_tls_port}  (CA: "
+                    f"{running.accounts.directory / 'certs' / 'ca.crt'})"
+                )
+            typer.echo(
+                f"  InfluxDB  {settings.influx_url}  (database {settings.influx_db}; v1 /write and /query)"
+            )
+            typer.echo(f"  accounts  {creds}/  (add a gateway: energyhub broker add-gateway NAME)")
+            typer.echo(f"  logs      {settings.state_dir.resolve() / 'log'}/")
+            typer.echo("Press Ctrl-C to stop.")
+            sys.stdout.flush()
+            supervisor.wait()
+    except ServiceError as exc:
+        raise _fail(f"error: {exc}", 1) from None
+    typer.echo("stopped.")
+
+
+@app.command()
+def services(
+    state_dir: StateDir = Path("var"),
+    mqtt_port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 18830,
+    mqtt_tls_port: Annotated[int, typer.Option(help="MQTT over TLS port (0: off).")] = 18831,
+    influx_port: Annotated[int, typer.Option(help="InfluxDB HTTP port.")] = 18086,
+    dev_mode: Annotated[
+        bool, typer.Option(help="Allow anonymous MQTT clients (never in production).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the broker and the database (no simulators, no agents) until Ctrl-C."""
+    _setup_logging(verbose)
+    settings = ServiceSettings(
+        state_dir=state_dir,
+        mqtt_port=mqtt_port,
+        mqtt_tls_port=mqtt_tls_port or None,
+        influx_port=influx_port,
+        dev_mode=dev_mode,
+    )
+    _run_services(settings, banner="energyhub services are up:")
+
+
+@app.command()
+def demo(
+    state_dir: StateDir = Path("var"),
+    community: Annotated[Path, typer.Option(help="Community file the demo runs.")] = Path(
+        "examples/de-koumen.yaml"
+    ),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start the demo: broker and database (later: simulators, edge agents, ingest, control, live page)."""
+    _setup_logging(verbose)
+    try:
+        summary = summarize(load_community(community))
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(summary.format())
+    _run_services(ServiceSettings(state_dir=state_dir), banner="energyhub demo is up:")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

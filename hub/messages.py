@@ -1,0 +1,170 @@
+"""Message models: one pydantic model per MQTT payload of the contract, and strict JSON encoding.
+
+Decoding rejects unknown fields, wrong types, non-finite numbers and naive timestamps with a reason that names the
+field, so a bad payload becomes a dead letter that says what was wrong. Timestamps are UTC on the wire. Who sent a
+message (site, gateway, device) is in its topic, which the broker's ACL vouches for, not in the payload.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from enum import StrEnum
+from typing import Annotated, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+__all__ = [
+    "ControllerHeartbeat",
+    "GatewayHealth",
+    "GatewayState",
+    "Measurement",
+    "MessageError",
+    "Quality",
+    "Setpoint",
+    "SetpointAck",
+    "SetpointStatus",
+    "decode",
+    "encode",
+]
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(lambda t: t.astimezone(UTC))]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class GatewayHealth(Message):
+    """A gateway's own summary, sent with its state."""
+
+    devices_ok: int = Field(ge=0)
+    devices_failing: int = Field(ge=0)
+    buffer_depth: int = Field(ge=0, description="Measurements on disk not yet acknowledged by the broker.")
+    buffer_dropped: int = Field(0, ge=0, description="Measurements dropped because the buffer was full.")
+    last_publish: UtcDatetime | None = None
+    failsafe: bool = Field(False, description="Devices are in their local safe mode.")
+
+
+class GatewayState(Message):
+    """Birth (online=true, retained, on connect) and death (online=false, the same topic as Last Will)."""
+
+    online: bool
+    session: int = Field(ge=0, description="Increases at each agent start; matches a death to its birth.")
+    ts: UtcDatetime
+    agent_version: str | None = None
+    health: GatewayHealth | None = None
+
+
+class Quality(StrEnum):
+    GOOD = "good"
+    PARTIAL = "partial"  # some values could not be read: they are null
+    BAD = "bad"  # the device did not answer: every value is null
+
+
+class Measurement(Message):
+    """All values of one device from one poll."""
+
+    ts: UtcDatetime = Field(description="When the device was read.")
+    session: int = Field(ge=0)
+    seq: int = Field(ge=0, description="Per gateway session, +1 per message: a gap is a lost message.")
+    quality: Quality
+    values: dict[Name, Finite | None] = Field(
+        description="Name -> value in SI-like units (W, Wh, V, A, Hz, %)."
+    )
+    replay: bool = Field(False, description="Sent from the on-disk buffer after an outage.")
+
+    @model_validator(mode="after")
+    def _quality_matches_values(self) -> Self:
+        missing = sum(v is None for v in self.values.values())
+        expected = (
+            Quality.GOOD
+            if missing == 0
+            else (Quality.BAD if missing == len(self.values) else Quality.PARTIAL)
+        )
+        if self.values and self.quality is not expected:
+            raise ValueError(
+                f"quality is {self.quality.value!r} but {missing} of {len(self.values)} values "
+                f"are null, which is {expected.value!r}"
+            )
+        return self
+
+
+class Setpoint(Message):
+    """From control to one device. The edge applies it until ``expires``, then falls back to safe mode."""
+
+    id: str = Field(min_length=1, max_length=64)
+    name: Name = Field(
+        description="What to set, as the device profile names it, e.g. active_power_limit_pct."
+    )
+    value: Finite
+    created: UtcDatetime
+    expires: UtcDatetime
+    reason: str | None = Field(None, max_length=200, description="Why, e.g. the binding limit.")
+
+    @model_validator(mode="after")
+    def _expires_after_created(self) -> Self:
+        if self.expires <= self.created:
+            raise ValueError("expires must be after created")
+        return self
+
+
+class SetpointStatus(StrEnum):
+    APPLIED = "applied"
+    REJECTED = "rejected"
+
+
+class SetpointAck(Message):
+    id: str = Field(min_length=1, max_length=64)
+    status: SetpointStatus
+    ts: UtcDatetime
+    reason: str | None = Field(None, max_length=200)
+    readback: Finite | None = Field(None, description="Value read back from the device after writing.")
+
+    @model_validator(mode="after")
+    def _rejection_has_reason(self) -> Self:
+        if self.status is SetpointStatus.REJECTED and not self.reason:
+            raise ValueError("a rejected setpoint needs a reason")
+        return self
+
+
+class ControllerHeartbeat(Message):
+    """Retained; its Last Will has alive=false, so every gateway learns at once that control is gone."""
+
+    alive: bool
+    ts: UtcDatetime
+    cycle: int = Field(ge=0)
+    period_s: Finite = Field(gt=0)
+    policy: str | None = None
+
+
+class MessageError(ValueError):
+    """A payload that does not fit its model; the message says which field and why."""
+
+
+M = TypeVar("M", bound=Message)
+
+
+def encode(message: Message) -> bytes:
+    return message.model_dump_json(exclude_none=False).encode()
+
+
+def decode(model: type[M], payload: bytes | str) -> M:
+    """Parse ``payload`` as ``model``; raise ``MessageError`` naming every bad field."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        reasons = []
+        for error in exc.errors(include_url=False):
+            where = ".".join(str(p) for p in error["loc"]) or "payload"
+            reasons.append(f"{where}: {error['msg']}")
+        raise MessageError(f"{model.__name__}: " + "; ".join(reasons)) from None
