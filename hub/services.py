@@ -18,7 +18,15 @@ from hub.settings import ServiceSettings
 from hub.supervisor import ManagedProcess, ProcessSpec, Supervisor, find_binary
 from hub.topics import Topics
 
-__all__ = ["RunningServices", "free_port", "start_broker", "start_influxd", "start_services", "tcp_answers"]
+__all__ = [
+    "RunningServices",
+    "broker_accounts",
+    "free_port",
+    "start_broker",
+    "start_influxd",
+    "start_services",
+    "tcp_answers",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -91,11 +99,16 @@ def start_influxd(supervisor: Supervisor, settings: ServiceSettings) -> ManagedP
     return supervisor.start(spec)
 
 
+def broker_accounts(settings: ServiceSettings) -> BrokerAccounts:
+    """The broker's accounts under the state dir."""
+    topics = Topics(site=settings.site, root=settings.topic_root)
+    return BrokerAccounts(settings.state_dir.resolve() / "broker", topics)
+
+
 def start_broker(supervisor: Supervisor, settings: ServiceSettings) -> ManagedProcess:
     """Make sure the broker's accounts (and certificates, with TLS) exist, write mosquitto.conf, start Mosquitto."""
-    broker_dir = settings.state_dir.resolve() / "broker"
-    topics = Topics(site=settings.site, root=settings.topic_root)
-    accounts = BrokerAccounts(broker_dir, topics)
+    accounts = broker_accounts(settings)
+    broker_dir = accounts.directory
     accounts.ensure_service_accounts()
     certs = (
         ensure_certificates(broker_dir / "certs", hosts=[settings.host]) if settings.mqtt_tls_port else None
@@ -138,7 +151,6 @@ def start_services(supervisor: Supervisor, settings: ServiceSettings) -> Running
     influxd = start_influxd(supervisor, settings)
     InfluxClient(url=settings.influx_url, database=settings.influx_db).create_database_sync()
     broker = start_broker(supervisor, settings)
-    accounts = BrokerAccounts(
-        settings.state_dir.resolve() / "broker", Topics(site=settings.site, root=settings.topic_root)
+    return RunningServices(
+        settings=settings, broker=broker, influxd=influxd, accounts=broker_accounts(settings)
     )
-    return RunningServices(settings=settings, broker=broker, influxd=influxd, accounts=accounts)
