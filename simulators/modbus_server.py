@@ -1,0 +1,73 @@
+"""One Modbus TCP server per gateway: several simulated devices on one port, told apart by unit id, as behind an
+RTU-to-TCP gateway. Built on pymodbus's server with one ``SimDevice`` per unit whose access hook renders the
+device's state on every read and applies its writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from simulators.devices import InverterDevice, SimulatedDevice
+
+__all__ = ["GatewayServer"]
+
+log = logging.getLogger(__name__)
+
+
+def _sim_device(device: SimulatedDevice) -> SimDevice:
+    if isinstance(device, InverterDevice):
+        initial = device.initial_registers()
+    else:
+        initial = [0] * device.size
+        device.render(initial)
+    block = SimData(device.base_address, count=device.size, values=initial, datatype=DataType.REGISTERS)
+    return SimDevice(device.unit_id, simdata=[block], action=device.on_access)
+
+
+class GatewayServer:
+    """A Modbus TCP server on ``host:port`` serving ``devices`` by unit id."""
+
+    def __init__(self, *, host: str, port: int, devices: list[SimulatedDevice]) -> None:
+        ids = [d.unit_id for d in devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"unit ids on {host}:{port} must be unique, got {ids}")
+        self.host = host
+        self.port = port
+        self.devices = {d.unit_id: d for d in devices}
+        self._server = ModbusTcpServer([_sim_device(d) for d in devices], address=(host, port))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start serving; returns once the port accepts connections."""
+        self._task = asyncio.create_task(self._server.serve_forever(), name=f"modbus-{self.port}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        while True:
+            try:
+                _reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                if self._task.done() or loop.time() > deadline:
+                    await self.stop()
+                    raise RuntimeError(f"Modbus server on {self.host}:{self.port} did not start") from None
+                await asyncio.sleep(0.01)  # condition poll while the listener binds
+                continue
+            writer.close()
+            await writer.wait_closed()
+            return
+
+    async def stop(self) -> None:
+        await self._server.shutdown()  # type: ignore[no-untyped-call]
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def __aenter__(self) -> GatewayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.stop()
