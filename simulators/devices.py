@@ -16,7 +16,14 @@ from simulators.faults import Faults
 from simulators.sdm630 import SDM630_SIZE, MeterState, render_sdm630
 from simulators.sunspec import SUNSPEC_BASE, SunSpecMap
 
-__all__ = ["InverterDevice", "InverterState", "MeterDevice", "SimulatedDevice"]
+__all__ = [
+    "BatteryDevice",
+    "BatteryState",
+    "InverterDevice",
+    "InverterState",
+    "MeterDevice",
+    "SimulatedDevice",
+]
 
 _WRITE_CODES = {6, 16}
 _GATEWAY_TARGET_FAILED = 0x0B
@@ -178,5 +185,145 @@ class InverterDevice(SimulatedDevice):
                 if word not in (0, 1):
                     return ExcCodes.ILLEGAL_VALUE
                 self.state.limit_enabled = bool(word)
+        self.render(registers)
+        return None
+
+
+@dataclass
+class BatteryState:
+    """A battery with its inverter. ``setpoint_w`` follows the grid sign: positive charges (taken from the grid)."""
+
+    capacity_wh: float
+    max_w: float
+    soc: float = 0.5  # 0..1
+    min_reserve: float = 0.05
+    charge_efficiency: float = 0.95
+    discharge_efficiency: float = 0.95
+    setpoint_w: float = 0.0
+    energy_in_wh: float = 0.0
+    energy_out_wh: float = 0.0
+    serial: str = "BAT0001"
+
+    @property
+    def power_w(self) -> float:
+        """What it actually does now: the setpoint within power limits, zero when full or at the reserve."""
+        power = max(-self.max_w, min(self.max_w, self.setpoint_w))
+        if power > 0 and self.soc >= 1.0:
+            return 0.0
+        if power < 0 and self.soc <= self.min_reserve:
+            return 0.0
+        return power
+
+    def advance(self, dt_s: float) -> None:
+        power = self.power_w
+        hours = dt_s / 3600.0
+        if power > 0:
+            stored = power * hours * self.charge_efficiency
+            self.soc = min(1.0, self.soc + stored / self.capacity_wh)
+            self.energy_in_wh += power * hours
+        elif power < 0:
+            drawn = -power * hours / self.discharge_efficiency
+            self.soc = max(self.min_reserve, self.soc - drawn / self.capacity_wh)
+            self.energy_out_wh += -power * hours
+
+
+_CHARGE_BIT, _DISCHARGE_BIT = 1, 2
+
+
+class BatteryDevice(SimulatedDevice):
+    """A battery speaking SunSpec: models 1, 103 (its inverter; W positive = discharging) and 124 (storage).
+
+    Control as SunSpec model 124 defines it: StorCtl_Mod bit 0 charges at InWRte % of WChaMax, bit 1 discharges at
+    OutWRte % of WChaMax, neither holds. The simulator keeps the resulting power setpoint in ``state``.
+    """
+
+    base_address = SUNSPEC_BASE
+    RATE_SF = -1  # InWRte / OutWRte in tenths of a percent
+
+    def __init__(self, *, unit_id: int, state: BatteryState, manufacturer: str = "energyhub-sim") -> None:
+        self.map = SunSpecMap([1, 103, 124])
+        super().__init__(unit_id=unit_id, size=self.map.size)
+        self.state = state
+        self.w_sf = _power_sf(state.max_w)
+        self.manufacturer = manufacturer
+        self._mode = 0
+        self._in_pct = 0.0
+        self._out_pct = 0.0
+        writable = ("StorCtl_Mod", "InWRte", "OutWRte", "MinRsvPct")
+        self._writable = {self.map.offset_of(124, p): p for p in writable}
+
+    def initial_registers(self) -> list[int]:
+        registers = list(self.map.image)
+        m = self.map
+        m.set(registers, 1, "Mn", self.manufacturer)
+        m.set(registers, 1, "Md", "Battery storage")
+        m.set(registers, 1, "Vr", "1.0")
+        m.set(registers, 1, "SN", self.state.serial)
+        m.set(registers, 1, "DA", self.unit_id)
+        for point, sf in (("A_SF", -1), ("V_SF", -1), ("W_SF", self.w_sf), ("Hz_SF", -2), ("WH_SF", 0)):
+            m.set(registers, 103, point, sf)
+        for point, sf in (
+            ("WChaMax_SF", self.w_sf),
+            ("MinRsvPct_SF", -1),
+            ("ChaState_SF", -1),
+            ("StorAval_SF", 0),
+            ("InBatV_SF", -1),
+            ("InOutWRte_SF", self.RATE_SF),
+        ):
+            m.set(registers, 124, point, sf)
+        m.set(registers, 124, "WChaMax", self.state.max_w, sf=self.w_sf)
+        self.render(registers)
+        return registers
+
+    def render(self, registers: list[int]) -> None:
+        m, s = self.map, self.state
+        if self.faults.nan:
+            for point in ("W", "A", "Hz"):
+                m.set(registers, 103, point, math.nan)
+            m.set(registers, 124, "ChaState", math.nan)
+            return
+        power = s.power_w
+        m.set(registers, 103, "W", -power, sf=self.w_sf)  # SunSpec: positive = delivered to the grid
+        m.set(registers, 103, "A", abs(power) / 230.0 / 3 * 3, sf=-1)
+        m.set(registers, 103, "Hz", 50.0, sf=-2)
+        m.set(registers, 103, "WH", s.energy_out_wh)
+        m.set(registers, 103, "St", 4 if power else 8)  # 4 = MPPT/producing, 8 = standby
+        m.set(registers, 124, "ChaState", s.soc * 100.0, sf=-1)
+        m.set(registers, 124, "MinRsvPct", s.min_reserve * 100.0, sf=-1)
+        m.set(registers, 124, "StorAval", max(0.0, s.soc - s.min_reserve) * s.capacity_wh)
+        m.set(registers, 124, "InBatV", 720.0, sf=-1)
+        status = (
+            5 if s.soc >= 1.0 else 2 if s.soc <= s.min_reserve else 4 if power > 0 else 3 if power < 0 else 6
+        )
+        m.set(registers, 124, "ChaSt", status)
+        m.set(registers, 124, "StorCtl_Mod", self._mode)
+        m.set(registers, 124, "InWRte", self._in_pct, sf=self.RATE_SF)
+        m.set(registers, 124, "OutWRte", self._out_pct, sf=self.RATE_SF)
+
+    def apply_write(self, offset: int, values: list[int], registers: list[int]) -> ExcCodes | None:
+        targets = [self._writable.get(offset + i) for i in range(len(values))]
+        if any(t is None for t in targets):
+            return ExcCodes.ILLEGAL_ADDRESS
+        updates: dict[str, float] = {}
+        for target, word in zip(targets, values, strict=True):
+            assert target is not None
+            if target == "StorCtl_Mod":
+                if word & ~(_CHARGE_BIT | _DISCHARGE_BIT):
+                    return ExcCodes.ILLEGAL_VALUE
+                updates[target] = word
+            else:
+                signed = word - 0x10000 if word & 0x8000 else word
+                pct = signed * 10.0**self.RATE_SF
+                if not 0.0 <= pct <= 100.0:
+                    return ExcCodes.ILLEGAL_VALUE
+                updates[target] = pct
+        self._mode = int(updates.get("StorCtl_Mod", self._mode))
+        self._in_pct = updates.get("InWRte", self._in_pct)
+        self._out_pct = updates.get("OutWRte", self._out_pct)
+        if "MinRsvPct" in updates:
+            self.state.min_reserve = updates["MinRsvPct"] / 100.0
+        charge = self.state.max_w * self._in_pct / 100.0 if self._mode & _CHARGE_BIT else 0.0
+        discharge = self.state.max_w * self._out_pct / 100.0 if self._mode & _DISCHARGE_BIT else 0.0
+        self.state.setpoint_w = charge - discharge
         self.render(registers)
         return None

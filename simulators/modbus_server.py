@@ -11,7 +11,7 @@ import logging
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from simulators.devices import InverterDevice, SimulatedDevice
+from simulators.devices import BatteryDevice, InverterDevice, SimulatedDevice
 
 __all__ = ["GatewayServer"]
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _sim_device(device: SimulatedDevice) -> SimDevice:
-    if isinstance(device, InverterDevice):
+    if isinstance(device, InverterDevice | BatteryDevice):
         initial = device.initial_registers()
     else:
         initial = [0] * device.size

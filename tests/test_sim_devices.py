@@ -13,7 +13,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from hub.services import free_port
-from simulators.devices import InverterDevice, InverterState, MeterDevice
+from simulators.devices import BatteryDevice, BatteryState, InverterDevice, InverterState, MeterDevice
 from simulators.modbus_server import GatewayServer
 from simulators.sdm630 import MeterState
 
@@ -176,3 +176,62 @@ async def test_faults(gateway):
     r = await other.read_holding_registers(inverter.map.address(103, "W"), count=1, device_id=2)
     assert r.registers == [8000]  # 80 kW at W_SF = 1
     other.close()
+
+
+async def test_battery_follows_sunspec_storage_setpoints():
+    state = BatteryState(capacity_wh=200_000, max_w=100_000, soc=0.5, serial="BAT7")
+    battery = BatteryDevice(unit_id=3, state=state)
+    async with GatewayServer(host="127.0.0.1", port=free_port(), devices=[battery]) as server:
+
+        def command(mode: int, in_pct: float, out_pct: float) -> dict:
+            device = sunspec_client.SunSpecModbusClientDeviceTCP(
+                slave_id=3, ipaddr="127.0.0.1", ipport=server.port, timeout=2
+            )
+            device.scan()
+            try:
+                storage = device.models[124][0]
+                storage.StorCtl_Mod.value = mode
+                storage.InWRte.cvalue = in_pct
+                storage.OutWRte.cvalue = out_pct
+                storage.write()
+                storage.read()
+                inverter = device.inverter_three_phase[0]
+                inverter.read()
+                return {
+                    "models": [m for m in device.models if isinstance(m, int)],
+                    "soc": storage.ChaState.cvalue,
+                    "w": inverter.W.cvalue,
+                    "wchamax": storage.WChaMax.cvalue,
+                    "chast": storage.ChaSt.value,
+                }
+            finally:
+                device.close()
+
+        charging = await asyncio.to_thread(command, 1, 50.0, 0.0)
+        assert charging["models"] == [1, 103, 124]
+        assert charging["wchamax"] == 100_000
+        assert state.setpoint_w == 50_000
+        assert charging["w"] == -50_000  # SunSpec W: negative while charging from the grid
+        assert (charging["soc"], charging["chast"]) == (50.0, 4)
+        state.advance(3600)  # one hour at 50 kW, 95 % efficient: +47.5 kWh of 200 kWh
+        assert state.soc == pytest.approx(0.5 + 47.5 / 200)
+        discharging = await asyncio.to_thread(command, 2, 0.0, 100.0)
+        assert state.setpoint_w == -100_000
+        assert discharging["w"] == 100_000
+        assert discharging["chast"] == 3
+        assert discharging["soc"] == pytest.approx(73.8, abs=0.05)
+        held = await asyncio.to_thread(command, 0, 80.0, 80.0)
+        assert (state.setpoint_w, held["w"], held["chast"]) == (0.0, 0, 6)
+
+
+def test_battery_physics_limits():
+    state = BatteryState(capacity_wh=10_000, max_w=5_000, soc=0.99, setpoint_w=20_000)
+    assert state.power_w == 5_000  # limited to its rating
+    state.advance(3600)
+    assert state.soc == 1.0
+    assert state.power_w == 0.0  # full: charging stops
+    state.setpoint_w = -5_000
+    state.advance(3600 * 3)
+    assert state.soc == state.min_reserve
+    assert state.power_w == 0.0  # at the reserve: discharging stops
+    assert state.energy_in_wh == pytest.approx(5_000)
