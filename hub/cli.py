@@ -13,6 +13,7 @@ import typer
 from broker.cli import app as broker_app
 from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
+from simulators.cli import app as sim_app
 
 __all__ = ["app"]
 
@@ -26,6 +27,7 @@ community_app = typer.Typer(
 )
 app.add_typer(community_app, name="community")
 app.add_typer(broker_app, name="broker")
+app.add_typer(sim_app, name="sim")
 
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]
 

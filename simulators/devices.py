@@ -101,8 +101,11 @@ class InverterState:
         cap = self.rated_w * self.limit_pct / 100.0 if self.limit_enabled else self.rated_w
         return max(0.0, min(self.available_w, cap, self.rated_w))
 
-    def advance(self, dt_s: float) -> None:
-        self.energy_wh += self.output_w * dt_s / 3600.0
+    def advance(self, dt_s: float) -> float:
+        """Run for ``dt_s``; returns the grid-side energy in Wh (negative: produced)."""
+        energy = self.output_w * dt_s / 3600.0
+        self.energy_wh += energy
+        return -energy
 
 
 def _power_sf(rated_w: float) -> int:
@@ -214,17 +217,25 @@ class BatteryState:
             return 0.0
         return power
 
-    def advance(self, dt_s: float) -> None:
+    def advance(self, dt_s: float) -> float:
+        """Run for ``dt_s``; returns the grid-side energy in Wh (positive: charged), stopping when full or empty."""
         power = self.power_w
         hours = dt_s / 3600.0
         if power > 0:
-            stored = power * hours * self.charge_efficiency
-            self.soc = min(1.0, self.soc + stored / self.capacity_wh)
-            self.energy_in_wh += power * hours
-        elif power < 0:
-            drawn = -power * hours / self.discharge_efficiency
-            self.soc = max(self.min_reserve, self.soc - drawn / self.capacity_wh)
-            self.energy_out_wh += -power * hours
+            room = (1.0 - self.soc) * self.capacity_wh
+            stored = min(power * hours * self.charge_efficiency, room)
+            self.soc = 1.0 if stored >= room else self.soc + stored / self.capacity_wh
+            grid = stored / self.charge_efficiency
+            self.energy_in_wh += grid
+            return grid
+        if power < 0:
+            left = (self.soc - self.min_reserve) * self.capacity_wh
+            drawn = min(-power * hours / self.discharge_efficiency, left)
+            self.soc = self.min_reserve if drawn >= left else self.soc - drawn / self.capacity_wh
+            grid = drawn * self.discharge_efficiency
+            self.energy_out_wh += grid
+            return -grid
+        return 0.0
 
 
 _CHARGE_BIT, _DISCHARGE_BIT = 1, 2

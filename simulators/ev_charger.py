@@ -103,13 +103,15 @@ class ChargerState:
             return "C2"
         return "B2" if self.session.remaining_wh <= 0 else "B1"
 
-    def advance(self, dt_s: float) -> None:
+    def advance(self, dt_s: float) -> float:
+        """Run for ``dt_s``; returns the energy taken from the grid in Wh."""
         energy = self.power_w * dt_s / 3600.0
         if self.session is not None:
             energy = min(energy, self.session.remaining_wh)  # the vehicle stops when it has what it wanted
             self.session.delivered_wh += energy
         self.energy_wh += energy
         self.setpoint_age_s += dt_s
+        return energy
 
 
 class ChargerDevice(SimulatedDevice):

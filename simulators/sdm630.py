@@ -48,7 +48,10 @@ class MeterState:
 
     def advance(self, dt_s: float) -> None:
         """Integrate energy over ``dt_s`` seconds at the present power: counters only ever grow."""
-        energy_wh = self.power_w * dt_s / 3600.0
+        self.add_energy(self.power_w * dt_s / 3600.0)
+
+    def add_energy(self, energy_wh: float) -> None:
+        """Count ``energy_wh`` (import positive) into the import or export register."""
         if energy_wh >= 0:
             self.import_wh += energy_wh
         else:

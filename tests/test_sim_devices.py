@@ -234,4 +234,6 @@ def test_battery_physics_limits():
     state.advance(3600 * 3)
     assert state.soc == state.min_reserve
     assert state.power_w == 0.0  # at the reserve: discharging stops
-    assert state.energy_in_wh == pytest.approx(5_000)
+    # Only the room left was charged (1 % of 10 kWh through 95 % efficiency), not a full hour at 5 kW.
+    assert state.energy_in_wh == pytest.approx(100 / 0.95)
+    assert state.energy_out_wh == pytest.approx((1.0 - 0.05) * 10_000 * 0.95)

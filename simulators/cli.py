@@ -1,0 +1,93 @@
+"""``energyhub sim``: run a whole community of simulated Modbus devices."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Simulated Modbus devices for demos and hardware-in-the-loop tests.")
+
+
+def _parse_start(value: str | None) -> datetime:
+    if value is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO date or time, e.g. 2026-06-01 or 2026-06-01T10:00Z"
+        ) from None
+    return start.replace(tzinfo=UTC) if start.tzinfo is None else start
+
+
+@app.callback(invoke_without_command=True)
+def sim(
+    ctx: typer.Context,
+    community: Annotated[Path | None, typer.Option(help="Community YAML file.")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="Simulate only this gateway (repeatable).")] = None,
+    speed: Annotated[float, typer.Option(min=0.001, help="Simulated seconds per real second.")] = 1.0,
+    start: Annotated[
+        str | None, typer.Option(help="Simulated start, ISO date/time (UTC if no zone); now if omitted.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of weather, loads and sessions.")] = 0,
+    endpoints_json: Annotated[
+        Path | None, typer.Option(help="Write the device endpoints here as JSON.")
+    ] = None,
+    tick: Annotated[float, typer.Option(min=0.05, help="Physics step in real seconds.")] = 1.0,
+) -> None:
+    """Serve every device of the community file on its Modbus address until Ctrl-C."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if community is None:
+        raise typer.BadParameter("--community FILE is required")
+    from hub.community import CommunityError, load_community
+    from simulators.community import CommunitySimulator
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # client disconnects are normal for a simulator
+    try:
+        simulator = CommunitySimulator(
+            load_community(community),
+            seed=seed,
+            start=_parse_start(start),
+            speed=speed,
+            only=set(only) if only else None,
+        )
+    except CommunityError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if endpoints_json is not None:
+        simulator.write_endpoints(endpoints_json)
+
+    async def main() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        task = asyncio.create_task(simulator.run(stop=stop, ready=ready, tick_s=tick))
+        await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            ports = sorted({(e.host, e.port) for e in simulator.endpoints()})
+            typer.echo(
+                f"simulating {len(simulator.endpoints())} devices of {len(simulator.models)} connections on "
+                f"{len(ports)} Modbus TCP ports ({ports[0][0]}:{ports[0][1]}..{ports[-1][1]}); Ctrl-C stops"
+            )
+        await task
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        typer.echo(f"error: cannot serve a Modbus port: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo("simulator stopped.")

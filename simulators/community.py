@@ -1,0 +1,299 @@
+"""The community simulator: every device of a community file as a Modbus device, driven by one physics clock.
+
+Each company's grid meter reads the net of everything behind it (load + EV + battery - PV), so the sum of all grid
+meters is the flow at the substation, and every meter integrates its own energy. The clock runs ``speed`` times real
+time from ``start``; everything random is drawn from (seed, device, time), so a run is the same for a given seed and
+start whatever subset (``only``) is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import zlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from hub.topology import Community, Connection, DeviceRole
+from simulators.devices import (
+    BatteryDevice,
+    BatteryState,
+    InverterDevice,
+    InverterState,
+    MeterDevice,
+    SimulatedDevice,
+)
+from simulators.ev_charger import ChargerDevice, ChargerState, Session
+from simulators.loads import load_power_w
+from simulators.modbus_server import GatewayServer
+from simulators.sdm630 import MeterState
+from simulators.solar import SolarOnline
+
+__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    gateway: str
+    device: str
+    role: str
+    profile: str
+    host: str
+    port: int
+    unit_id: int
+
+
+def _rng(seed: int, key: str, *parts: int) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(key.encode()), *parts])
+
+
+@dataclass
+class ConnectionModel:
+    """One connection's devices and the physics that links them."""
+
+    connection: Connection
+    meter: MeterDevice | None
+    sub_meters: list[tuple[MeterDevice, float]] = field(default_factory=list)  # (meter, share of the load)
+    inverters: list[InverterDevice] = field(default_factory=list)
+    batteries: list[BatteryDevice] = field(default_factory=list)
+    chargers: list[tuple[ChargerDevice, str, str]] = field(default_factory=list)  # (device, key, vehicle)
+    solar: SolarOnline | None = None
+    load_w: float = 0.0
+    load_energy_wh: float = 0.0
+
+    @property
+    def net_w(self) -> float:
+        pv = sum(i.state.output_w for i in self.inverters)
+        battery = sum(b.state.power_w for b in self.batteries)
+        ev = sum(c.state.power_w for c, _k, _v in self.chargers)
+        return self.load_w - pv + battery + ev
+
+
+def _plan_sessions(
+    seed: int, key: str, vehicle: str, day_start: datetime
+) -> list[tuple[float, float, float]]:
+    """The day's sessions of one charger: (arrival epoch s, departure epoch s, energy wanted Wh)."""
+    rng = _rng(seed, key, int(day_start.timestamp()) // 86_400)
+    base = day_start.timestamp()
+    sessions = []
+    if vehicle == "truck":
+        t = base + 3600 * rng.uniform(5.0, 8.0)
+        for _ in range(int(rng.integers(2, 5))):
+            stay = 3600 * rng.uniform(0.75, 2.0)
+            sessions.append((t, t + stay, float(rng.uniform(150_000, 350_000))))
+            t += stay + 3600 * rng.uniform(0.5, 3.0)
+    elif rng.random() < 0.85:  # a car on most days
+        arrival = base + 3600 * rng.uniform(6.5, 9.5)
+        sessions.append((arrival, arrival + 3600 * rng.uniform(6.0, 9.5), float(rng.uniform(10_000, 45_000))))
+    return [s for s in sessions if s[0] < base + 86_400]
+
+
+class CommunitySimulator:
+    def __init__(
+        self,
+        community: Community,
+        *,
+        seed: int = 0,
+        start: datetime,
+        speed: float = 1.0,
+        only: set[str] | None = None,
+    ) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start needs a timezone")
+        self.community = community
+        self.seed = seed
+        self.start = start.astimezone(UTC)
+        self.speed = speed
+        self.now = self.start
+        self.models: list[ConnectionModel] = []
+        self._endpoints: list[Endpoint] = []
+        self._by_address: dict[tuple[str, int], list[SimulatedDevice]] = {}
+        self._session_plans: dict[str, list[tuple[float, float, float]]] = {}
+        self._plan_day: dict[str, int] = {}
+        known = {gw.id for _l, _m, c in community.connections() for gw in c.gateways}
+        unknown = (only or set()) - known
+        if unknown:
+            raise ValueError(f"--only names unknown gateways: {', '.join(sorted(unknown))}")
+        for _loop, _micro, connection in community.connections():
+            if not connection.devices:
+                continue
+            gateways = {community.gateway_of(connection, d) for d in connection.devices}
+            if only is not None and not gateways & only:
+                continue
+            self.models.append(self._build(connection, only))
+
+    # -- building --------------------------------------------------------------------------------------------
+    def _build(self, connection: Connection, only: set[str] | None) -> ConnectionModel:
+        model = ConnectionModel(connection=connection, meter=None)
+        pv_kwp: list[float] = []
+        loads = [d for d in connection.devices if d.role is DeviceRole.LOAD]
+        # Each sub-meter sees a seeded share of the load; the rest is unmetered.
+        shares: list[float] = (
+            [
+                float(x)
+                for x in _rng(self.seed, connection.id, 0).dirichlet([2.0] * (len(loads) + 1))[: len(loads)]
+            ]
+            if loads
+            else []
+        )
+        for device in connection.devices:
+            gateway = self.community.gateway_of(connection, device)
+            if only is not None and gateway not in only:
+                continue
+            unit = device.modbus.unit_id
+            sim: SimulatedDevice
+            if device.role is DeviceRole.METER:
+                sim = model.meter = MeterDevice(unit_id=unit, state=MeterState())
+            elif device.role is DeviceRole.LOAD:
+                sim = MeterDevice(unit_id=unit, state=MeterState())
+                model.sub_meters.append((sim, float(shares[len(model.sub_meters)])))
+            elif device.role is DeviceRole.PV:
+                kwp = device.kwp or 0.0
+                rated = (device.ac_kw or kwp) * 1000.0
+                sim = InverterDevice(
+                    unit_id=unit, state=InverterState(rated_w=rated, serial=f"{gateway}-{device.id}")
+                )
+                model.inverters.append(sim)
+                pv_kwp.append(kwp)
+            elif device.role is DeviceRole.BATTERY:
+                state = BatteryState(
+                    capacity_wh=(device.capacity_kwh or 0) * 1000,
+                    max_w=(device.power_kw or 0) * 1000,
+                    serial=f"{gateway}-{device.id}",
+                )
+                sim = BatteryDevice(unit_id=unit, state=state)
+                model.batteries.append(sim)
+            elif device.role is DeviceRole.EV:
+                sim = ChargerDevice(unit_id=unit, state=ChargerState(max_w=(device.power_kw or 0) * 1000))
+                model.chargers.append((sim, f"{connection.id}/{device.id}", device.vehicle or "car"))
+            else:  # pragma: no cover - every role is handled above
+                raise ValueError(device.role)
+            address = (device.modbus.host, device.modbus.port)
+            self._by_address.setdefault(address, []).append(sim)
+            self._endpoints.append(
+                Endpoint(
+                    gateway,
+                    device.id,
+                    device.role.value,
+                    device.profile,
+                    device.modbus.host,
+                    device.modbus.port,
+                    unit,
+                )
+            )
+        if pv_kwp:
+            model.solar = SolarOnline(np.array(pv_kwp), seed=self.seed)
+        return model
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    def write_endpoints(self, path: Path) -> None:
+        path.write_text(json.dumps([asdict(e) for e in self._endpoints], indent=2) + "\n")
+
+    # -- physics -----------------------------------------------------------------------------------------------
+    def _sessions(self, key: str, vehicle: str, t: datetime) -> list[tuple[float, float, float]]:
+        day = int(t.timestamp()) // 86_400
+        if self._plan_day.get(key) != day:
+            day_start = datetime.fromtimestamp(day * 86_400, UTC)
+            previous = [s for s in self._session_plans.get(key, []) if s[1] > t.timestamp()]
+            self._session_plans[key] = previous + _plan_sessions(self.seed, key, vehicle, day_start)
+            self._plan_day[key] = day
+        return self._session_plans[key]
+
+    def step(self, dt_s: float) -> None:
+        """Advance the physics by ``dt_s`` simulated seconds from ``self.now``, then set every meter."""
+        t = self.now
+        epoch = np.array([int(t.timestamp())], dtype=np.int64)
+        for model in self.models:
+            c = model.connection
+            model.load_w = float(
+                load_power_w(
+                    epoch,
+                    profile=c.load_profile,
+                    annual_kwh=c.annual_use_kwh or 0.0,
+                    seed=self.seed,
+                    key=c.id,
+                )[0]
+            )
+            if model.solar is not None:
+                available = model.solar.power_kw(t) * 1000.0
+                for inverter, watts in zip(model.inverters, available, strict=True):
+                    inverter.state.available_w = float(watts)
+            for charger, key, vehicle in model.chargers:
+                now_s = t.timestamp()
+                state = charger.state
+                if state.session is not None and now_s >= state.session.departure_s:
+                    state.session = None
+                if state.session is None:
+                    for arrival, departure, wanted in self._sessions(key, vehicle, t):
+                        if arrival <= now_s < departure:
+                            limit = state.max_w if vehicle == "truck" else min(state.max_w, 11_000.0)
+                            state.session = Session(
+                                energy_wanted_wh=wanted, departure_s=departure, vehicle_max_w=limit
+                            )
+                            self._session_plans[key].remove((arrival, departure, wanted))
+                            break
+            # Power is what the devices do at the start of the step; the grid meter counts the energy they really
+            # exchanged during it (a battery that fills or a car that is done stops part-way).
+            net = model.net_w
+            load_wh = model.load_w * dt_s / 3600.0
+            model.load_energy_wh += load_wh
+            energy_wh = load_wh
+            for sub, share in model.sub_meters:
+                sub.state.power_w = model.load_w * share
+                sub.state.advance(dt_s)
+            for inverter in model.inverters:
+                energy_wh += inverter.state.advance(dt_s)
+            for battery in model.batteries:
+                energy_wh += battery.state.advance(dt_s)
+            for charger, _key, _vehicle in model.chargers:
+                energy_wh += charger.state.advance(dt_s)
+            if model.meter is not None:
+                model.meter.state.power_w = net
+                model.meter.state.add_energy(energy_wh)
+        self.now = t + timedelta(seconds=dt_s)
+
+    def hub_flow_w(self) -> float:
+        """The flow at the substation of what is simulated: the sum of every grid meter."""
+        return sum(m.meter.state.power_w for m in self.models if m.meter is not None)
+
+    # -- serving ------------------------------------------------------------------------------------------------
+    async def run(
+        self, *, stop: asyncio.Event, tick_s: float = 1.0, ready: asyncio.Event | None = None
+    ) -> None:
+        """Serve every device and advance the physics every ``tick_s`` wall seconds until ``stop`` is set."""
+        self.step(0.0)
+        servers = [GatewayServer(host=h, port=p, devices=d) for (h, p), d in sorted(self._by_address.items())]
+        started: list[GatewayServer] = []
+        try:
+            for server in servers:
+                await server.start()
+                started.append(server)
+            log.info(
+                "simulating %d devices on %d ports from %s at %gx",
+                len(self._endpoints),
+                len(servers),
+                self.now.isoformat(),
+                self.speed,
+            )
+            if ready is not None:
+                ready.set()
+            loop = asyncio.get_running_loop()
+            last = loop.time()
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=tick_s)
+                now = loop.time()
+                self.step((now - last) * self.speed)
+                last = now
+        finally:
+            for server in started:
+                await server.stop()

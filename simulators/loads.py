@@ -1,0 +1,169 @@
+"""Business load profiles: hourly shapes per day type, a season, Dutch public holidays, seeded noise, scaled so a
+year sums to the connection's annual use.
+
+Written here rather than taken from demandlib: demandlib 0.2.2 (the BDEW profiles) fails on pandas 3. The shapes
+follow the BDEW/NEDU business profiles qualitatively (working hours, Saturday half day, Sunday and holiday base
+load, a winter peak) and are named as the community file names them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["PROFILES", "dutch_holidays", "load_power_w"]
+
+FloatArray = npt.NDArray[np.float64]
+AMSTERDAM = ZoneInfo("Europe/Amsterdam")
+
+
+def _hours(base: float, spans: list[tuple[int, int, float]]) -> list[float]:
+    shape = [base] * 24
+    for start, end, level in spans:
+        for hour in range(start, end):
+            shape[hour] = level
+    return shape
+
+
+# Relative power per local hour for (working day, Saturday, Sunday/holiday).
+PROFILES: dict[str, tuple[list[float], list[float], list[float]]] = {
+    "business": (
+        _hours(0.25, [(6, 7, 0.6), (7, 17, 1.0), (17, 19, 0.55)]),
+        _hours(0.25, [(8, 13, 0.5)]),
+        _hours(0.22, []),
+    ),
+    "business_evening": (
+        _hours(0.25, [(7, 9, 0.6), (9, 21, 1.0), (21, 23, 0.5)]),
+        _hours(0.25, [(9, 18, 0.7)]),
+        _hours(0.22, [(11, 17, 0.4)]),
+    ),
+    "retail": (
+        _hours(0.2, [(8, 9, 0.6), (9, 18, 1.0), (18, 21, 0.8)]),
+        _hours(0.2, [(8, 9, 0.6), (9, 18, 1.05)]),
+        _hours(0.2, [(12, 17, 0.6)]),
+    ),
+    "logistics_24h": (
+        _hours(0.7, [(6, 22, 1.0)]),
+        _hours(0.6, [(6, 14, 0.85)]),
+        _hours(0.5, []),
+    ),
+    "night_weekend": (  # runs when its time-block right allows: nights, weekends
+        _hours(1.0, [(6, 22, 0.25)]),
+        _hours(0.9, []),
+        _hours(0.9, []),
+    ),
+    "ev_plaza": (_hours(0.3, [(18, 24, 1.0), (0, 7, 1.0)]),) * 3,  # lighting and auxiliaries only
+    "none": ([0.0] * 24,) * 3,
+}
+
+
+def _easter(year: int) -> date:
+    # Anonymous Gregorian algorithm (Meeus/Jones/Butcher).
+    a, b, c = year % 19, year // 100, year % 100
+    d, e = divmod(b, 4)
+    f = (b + 8) // 25
+    g = (b - f + 1) // 3
+    h = (19 * a + b - d - g + 15) % 30
+    i, k = divmod(c, 4)
+    l_ = (32 + 2 * e + 2 * i - h - k) % 7
+    m = (a + 11 * h + 22 * l_) // 451
+    month, day = divmod(h + l_ - 7 * m + 114, 31)
+    return date(year, month, day + 1)
+
+
+@cache
+def dutch_holidays(year: int) -> frozenset[date]:
+    """Public holidays on which businesses run as on a Sunday."""
+    easter = _easter(year)
+    kings_day = date(year, 4, 27) if date(year, 4, 27).weekday() != 6 else date(year, 4, 26)
+    return frozenset(
+        {
+            date(year, 1, 1),
+            easter,
+            easter + timedelta(days=1),
+            kings_day,
+            easter + timedelta(days=39),
+            easter + timedelta(days=49),
+            easter + timedelta(days=50),
+            date(year, 12, 25),
+            date(year, 12, 26),
+        }
+        | ({date(year, 5, 5)} if year % 5 == 0 else set())
+    )
+
+
+def _shape_values(profile: str, epoch_s: npt.NDArray[np.int64]) -> FloatArray:
+    """Relative power at each UTC epoch second, from the local hour and day type (piecewise linear in time)."""
+    try:
+        shapes = PROFILES[profile]
+    except KeyError:
+        raise ValueError(f"unknown load profile {profile!r}; known: {', '.join(sorted(PROFILES))}") from None
+    table = np.array(shapes, dtype=np.float64)  # (3 day types, 24 hours)
+    out = np.empty(len(epoch_s))
+    # Local offsets change only at DST: compute per distinct UTC day, cheap for a year.
+    days = epoch_s // 86_400
+    for day in np.unique(days):
+        mask = days == day
+        utc_noon = int(day) * 86_400 + 43_200
+        local_noon = datetime.fromtimestamp(utc_noon, UTC).astimezone(AMSTERDAM)
+        offset = int(local_noon.utcoffset().total_seconds())  # type: ignore[union-attr]
+        local = epoch_s[mask] + offset
+        local_day = local // 86_400
+        hours = (local % 86_400) / 3600.0
+        kinds = np.empty(len(local), dtype=np.int64)
+        for d in np.unique(local_day):
+            dd = date(1970, 1, 1) + timedelta(days=int(d))
+            kind = (
+                2 if dd in dutch_holidays(dd.year) or dd.weekday() == 6 else (1 if dd.weekday() == 5 else 0)
+            )
+            kinds[local_day == d] = kind
+        h0 = np.floor(hours).astype(np.int64) % 24
+        frac = hours - np.floor(hours)
+        h1 = (h0 + 1) % 24
+        # Smooth hour-to-hour steps over the half hour around each boundary.
+        out[mask] = table[kinds, h0] * (1 - frac) + table[kinds, h1] * frac
+    return out
+
+
+def _season(epoch_s: npt.NDArray[np.int64]) -> FloatArray:
+    day_of_year = (epoch_s / 86_400.0) % 365.25
+    return 1.0 + 0.1 * np.cos(2 * np.pi * (day_of_year - 15) / 365.25)  # +10 % mid January, -10 % mid July
+
+
+def _noise(epoch_s: npt.NDArray[np.int64], seed: int, key: str) -> FloatArray:
+    """Seeded multiplicative noise, smooth over a quarter hour, the same whatever window is asked for."""
+    slot = epoch_s // 900
+    first, last = int(slot.min()), int(slot.max()) + 2
+    values = np.empty(last - first)
+    for i, s in enumerate(range(first, last)):
+        rng = np.random.default_rng([seed, zlib.crc32(key.encode()), s])
+        values[i] = rng.normal(0.0, 0.06)
+    frac = (epoch_s % 900) / 900.0
+    idx = slot - first
+    return 1.0 + np.clip(values[idx] * (1 - frac) + values[idx + 1] * frac, -0.25, 0.25)
+
+
+@cache
+def _annual_mean_shape(profile: str, year: int) -> float:
+    start = int(np.datetime64(f"{year}-01-01T00:00:00", "s").astype(np.int64))
+    end = int(np.datetime64(f"{year + 1}-01-01T00:00:00", "s").astype(np.int64))
+    grid = np.arange(start, end, 900, dtype=np.int64) + 450
+    return float(np.mean(_shape_values(profile, grid) * _season(grid)))
+
+
+def load_power_w(
+    epoch_s: npt.NDArray[np.int64], *, profile: str, annual_kwh: float, seed: int, key: str
+) -> FloatArray:
+    """Load in W at each UTC epoch second, scaled so that a whole year averages ``annual_kwh / 8766 h``."""
+    epoch_s = np.asarray(epoch_s, dtype=np.int64)
+    if profile == "none" or annual_kwh <= 0 or len(epoch_s) == 0:
+        return np.zeros(len(epoch_s))
+    year = int(np.datetime64(int(epoch_s[0]), "s").astype("datetime64[Y]").astype(int) + 1970)
+    mean_w = annual_kwh * 1000.0 / (365.25 * 24)
+    scale = mean_w / _annual_mean_shape(profile, year)
+    return scale * _shape_values(profile, epoch_s) * _season(epoch_s) * _noise(epoch_s, seed, key)
