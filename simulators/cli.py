@@ -91,3 +91,39 @@ def sim(
         typer.echo(f"error: cannot serve a Modbus port: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo("simulator stopped.")
+
+
+@app.command("export")
+def export(
+    community: Annotated[Path, typer.Option(help="Community YAML file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the CSV files.")],
+    year: Annotated[int | None, typer.Option(help="Calendar year (UTC) to export.")] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Start instead of --year, ISO date/time (UTC).")
+    ] = None,
+    to: Annotated[str | None, typer.Option(help="End instead of --year, ISO date/time (UTC).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of weather, loads and sessions.")] = 0,
+) -> None:
+    """Write the scenario as quarter-hour CSV, one file per connection and role (load, pv, ev)."""
+    from hub.community import CommunityError, load_community
+    from simulators.export import export_quarter_hours
+
+    if year is not None:
+        start, end = datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+    elif from_ and to:
+        start, end = _parse_start(from_), _parse_start(to)
+    else:
+        raise typer.BadParameter("give --year, or --from and --to")
+    try:
+        parsed = load_community(community)
+    except CommunityError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    with typer.progressbar(length=sum(1 for _ in parsed.connections()), label="exporting") as bar:
+        summary = export_quarter_hours(
+            parsed, start=start, end=end, seed=seed, out_dir=out, progress=lambda done, _total: bar.update(1)
+        )
+    typer.echo(
+        f"{len(summary.files)} files, {summary.isps} quarter hours in {out}: load {summary.load_kwh / 1e6:.2f} GWh, "
+        f"PV {summary.pv_kwh / 1e6:.2f} GWh, EV {summary.ev_kwh / 1e6:.3f} GWh in {summary.sessions} sessions"
+    )

@@ -76,9 +76,7 @@ class ConnectionModel:
         return self.load_w - pv + battery + ev
 
 
-def _plan_sessions(
-    seed: int, key: str, vehicle: str, day_start: datetime
-) -> list[tuple[float, float, float]]:
+def plan_sessions(seed: int, key: str, vehicle: str, day_start: datetime) -> list[tuple[float, float, float]]:
     """The day's sessions of one charger: (arrival epoch s, departure epoch s, energy wanted Wh)."""
     rng = _rng(seed, key, int(day_start.timestamp()) // 86_400)
     base = day_start.timestamp()
@@ -204,7 +202,7 @@ class CommunitySimulator:
         if self._plan_day.get(key) != day:
             day_start = datetime.fromtimestamp(day * 86_400, UTC)
             previous = [s for s in self._session_plans.get(key, []) if s[1] > t.timestamp()]
-            self._session_plans[key] = previous + _plan_sessions(self.seed, key, vehicle, day_start)
+            self._session_plans[key] = previous + plan_sessions(self.seed, key, vehicle, day_start)
             self._plan_day[key] = day
         return self._session_plans[key]
 

@@ -136,15 +136,18 @@ def _season(epoch_s: npt.NDArray[np.int64]) -> FloatArray:
 
 
 def _noise(epoch_s: npt.NDArray[np.int64], seed: int, key: str) -> FloatArray:
-    """Seeded multiplicative noise, smooth over a quarter hour, the same whatever window is asked for."""
+    """Seeded multiplicative noise, smooth over a quarter hour, the same whatever window is asked for: each UTC day
+    draws its 96 quarter-hour values from its own stream (seed, key, day)."""
     slot = epoch_s // 900
-    first, last = int(slot.min()), int(slot.max()) + 2
-    values = np.empty(last - first)
-    for i, s in enumerate(range(first, last)):
-        rng = np.random.default_rng([seed, zlib.crc32(key.encode()), s])
-        values[i] = rng.normal(0.0, 0.06)
+    first_day, last_day = int(slot.min()) // 96, (int(slot.max()) + 1) // 96
+    key_crc = zlib.crc32(key.encode())
+    days = [
+        np.random.default_rng([seed, key_crc, d]).normal(0.0, 0.06, 96)
+        for d in range(first_day, last_day + 1)
+    ]
+    values = np.concatenate(days)
     frac = (epoch_s % 900) / 900.0
-    idx = slot - first
+    idx = slot - first_day * 96
     return 1.0 + np.clip(values[idx] * (1 - frac) + values[idx + 1] * frac, -0.25, 0.25)
 
 
