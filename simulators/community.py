@@ -64,7 +64,6 @@ class ConnectionModel:
     inverters: list[InverterDevice] = field(default_factory=list)
     batteries: list[BatteryDevice] = field(default_factory=list)
     chargers: list[tuple[ChargerDevice, str, str]] = field(default_factory=list)  # (device, key, vehicle)
-    solar: SolarOnline | None = None
     load_w: float = 0.0
     load_energy_wh: float = 0.0
 
@@ -115,6 +114,7 @@ class CommunitySimulator:
         self._by_address: dict[tuple[str, int], list[SimulatedDevice]] = {}
         self._session_plans: dict[str, list[tuple[float, float, float]]] = {}
         self._plan_day: dict[str, int] = {}
+        self._roofs: list[float] = []  # kWp of every simulated inverter, in model order
         known = {gw.id for _l, _m, c in community.connections() for gw in c.gateways}
         unknown = (only or set()) - known
         if unknown:
@@ -126,6 +126,8 @@ class CommunitySimulator:
             if only is not None and not gateways & only:
                 continue
             self.models.append(self._build(connection, only))
+        # One solar table for every roof: the estate shares one sky, and one table costs far less than many.
+        self._solar = SolarOnline(np.array(self._roofs), seed=seed) if self._roofs else None
 
     # -- building --------------------------------------------------------------------------------------------
     def _build(self, connection: Connection, only: set[str] | None) -> ConnectionModel:
@@ -186,8 +188,7 @@ class CommunitySimulator:
                     unit,
                 )
             )
-        if pv_kwp:
-            model.solar = SolarOnline(np.array(pv_kwp), seed=self.seed)
+        self._roofs.extend(pv_kwp)
         return model
 
     def endpoints(self) -> list[Endpoint]:
@@ -210,6 +211,7 @@ class CommunitySimulator:
         """Advance the physics by ``dt_s`` simulated seconds from ``self.now``, then set every meter."""
         t = self.now
         epoch = np.array([int(t.timestamp())], dtype=np.int64)
+        available = iter(self._solar.power_kw(t) * 1000.0 if self._solar is not None else [])
         for model in self.models:
             c = model.connection
             model.load_w = float(
@@ -221,10 +223,8 @@ class CommunitySimulator:
                     key=c.id,
                 )[0]
             )
-            if model.solar is not None:
-                available = model.solar.power_kw(t) * 1000.0
-                for inverter, watts in zip(model.inverters, available, strict=True):
-                    inverter.state.available_w = float(watts)
+            for inverter in model.inverters:
+                inverter.state.available_w = float(next(available))
             for charger, key, vehicle in model.chargers:
                 now_s = t.timestamp()
                 state = charger.state

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
+import pandas as pd  # type: ignore[import-untyped]
 
 from hub.topology import Community, DeviceRole
 from simulators.community import plan_sessions
@@ -45,7 +45,8 @@ class ExportSummary:
 def _isp_average(power_w: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     """kWh per quarter hour from the samples inside it (each the middle of its minute)."""
     per_isp = ISP_S // _SAMPLE_S
-    return power_w.reshape(-1, per_isp).mean(axis=1) * (ISP_S / 3600.0) / 1000.0
+    kwh: npt.NDArray[np.float64] = power_w.reshape(-1, per_isp).mean(axis=1) * (ISP_S / 3600.0) / 1000.0
+    return kwh
 
 
 def _write(path: Path, isp_starts: list[str], kwh: npt.NDArray[np.float64]) -> None:

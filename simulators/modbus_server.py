@@ -24,7 +24,8 @@ def _sim_device(device: SimulatedDevice) -> SimDevice:
     else:
         initial = [0] * device.size
         device.render(initial)
-    block = SimData(device.base_address, count=device.size, values=initial, datatype=DataType.REGISTERS)
+    # `values` is the whole block; SimData repeats it `count` times, so count stays 1.
+    block = SimData(device.base_address, count=1, values=initial, datatype=DataType.REGISTERS)
     return SimDevice(device.unit_id, simdata=[block], action=device.on_access)
 
 

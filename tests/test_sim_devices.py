@@ -237,3 +237,16 @@ def test_battery_physics_limits():
     # Only the room left was charged (1 % of 10 kWh through 95 % efficiency), not a full hour at 5 kW.
     assert state.energy_in_wh == pytest.approx(100 / 0.95)
     assert state.energy_out_wh == pytest.approx((1.0 - 0.05) * 10_000 * 0.95)
+
+
+async def test_registers_past_the_block_are_illegal(gateway):
+    _server, _meter, inverter, client = gateway
+    # The meter answers for 0x0000-0x015F only, like the real one; beyond that: illegal data address.
+    r = await client.read_input_registers(0x0160, count=2, device_id=1)
+    assert r.isError()
+    assert r.exception_code == 2
+    end = 40000 + inverter.size
+    r = await client.read_holding_registers(end, count=1, device_id=2)
+    assert r.isError()
+    r = await client.read_holding_registers(39999, count=1, device_id=2)
+    assert r.isError()
