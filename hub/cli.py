@@ -13,6 +13,7 @@ import typer
 from broker.cli import app as broker_app
 from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
+from hub.supervisor import ProcessSpec
 from simulators.cli import app as sim_app
 
 __all__ = ["app"]
@@ -29,6 +30,7 @@ app.add_typer(community_app, name="community")
 app.add_typer(broker_app, name="broker")
 app.add_typer(sim_app, name="sim")
 
+DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]
 
 
@@ -117,13 +119,16 @@ def community_limits(
         )
 
 
-def _run_services(settings: ServiceSettings, *, banner: str) -> None:
+def _run_services(settings: ServiceSettings, *, banner: str, extra: list[ProcessSpec] | None = None) -> None:
     from hub.services import start_services
     from hub.supervisor import ServiceError, Supervisor
 
     try:
         with Supervisor() as supervisor:
+            supervisor.catch_stop_signals()
             running = start_services(supervisor, settings)
+            for spec in extra or []:
+                supervisor.start(spec)
             creds = running.accounts.directory / "credentials"
             typer.echo(banner)
             typer.echo(
@@ -139,6 +144,8 @@ def _run_services(settings: ServiceSettings, *, banner: str) -> None:
                 f"  InfluxDB  {settings.influx_url}  (database {settings.influx_db}; v1 /write and /query)"
             )
             typer.echo(f"  accounts  {creds}/  (add a gateway: energyhub broker add-gateway NAME)")
+            for spec in extra or []:
+                typer.echo(f"  {spec.name:<9} {' '.join(spec.argv[3:])}")
             typer.echo(f"  logs      {settings.state_dir.resolve() / 'log'}/")
             typer.echo("Press Ctrl-C to stop.")
             sys.stdout.flush()
@@ -177,16 +184,58 @@ def demo(
     community: Annotated[Path, typer.Option(help="Community file the demo runs.")] = Path(
         "examples/de-koumen.yaml"
     ),
+    gateways: Annotated[
+        list[str] | None, typer.Option("--gateway", help="Gateway to simulate (repeatable).")
+    ] = None,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 60.0,
+    start: Annotated[str, typer.Option(help="Simulated start time.")] = "2026-06-01T05:00:00Z",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker and database (later: simulators, edge agents, ingest, control, live page)."""
+    """Start the demo: broker, database and a few simulated companies, accelerated (later: edge agents, ingest,
+    control, live page)."""
     _setup_logging(verbose)
     try:
         summary = summarize(load_community(community))
     except CommunityError as exc:
         raise _fail(str(exc), 1) from None
     typer.echo(summary.format())
-    _run_services(ServiceSettings(state_dir=state_dir), banner="energyhub demo is up:")
+    settings = ServiceSettings(state_dir=state_dir)
+    endpoints = settings.state_dir.resolve() / "sim" / "endpoints.json"
+    endpoints.parent.mkdir(parents=True, exist_ok=True)
+    endpoints.unlink(missing_ok=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "hub.cli",
+        "sim",
+        "--community",
+        str(community),
+        "--speed",
+        str(speed),
+        "--start",
+        start,
+        "--seed",
+        "1",
+        "--endpoints-json",
+        str(endpoints),
+    ]
+    # A scaled-down community: a shop with PV and a battery, a PV roof, the charging plaza, the collective battery.
+    for gateway in gateways or DEMO_GATEWAYS:
+        argv += ["--only", gateway]
+    simulator = ProcessSpec(
+        name="simulator",
+        argv=argv,
+        log_path=settings.state_dir.resolve() / "log" / "simulator.log",
+        ready=lambda: "Modbus TCP ports" in _read(settings.state_dir.resolve() / "log" / "simulator.log"),
+    )
+    _run_services(settings, banner="energyhub demo is up:", extra=[simulator])
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
 
 
 def main() -> None:  # pragma: no cover - console entry point

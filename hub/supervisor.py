@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 __all__ = ["ManagedProcess", "ProcessSpec", "ServiceError", "Supervisor", "find_binary", "wait_for"]
 
@@ -156,6 +157,8 @@ class Supervisor:
 
     def __init__(self) -> None:
         self._processes: list[ManagedProcess] = []
+        self._stop_requested = False
+        self._previous_handlers: dict[int, Any] = {}
 
     @property
     def processes(self) -> list[ManagedProcess]:
@@ -184,18 +187,23 @@ class Supervisor:
         while self._processes:
             self._processes.pop().stop()
 
-    def wait(self, *, poll_s: float = 0.5) -> None:
-        """Block until SIGINT/SIGTERM, or until a child dies on its own (then raise ``ServiceError``)."""
-        stop = False
+    def catch_stop_signals(self) -> None:
+        """From now on SIGINT/SIGTERM only ask ``wait`` to return (call before printing "press Ctrl-C", so a
+        signal that comes at once is not lost); the previous handlers come back when ``wait`` returns."""
+        if self._previous_handlers:
+            return
 
         def request_stop(signum: int, _frame: object) -> None:
-            nonlocal stop
-            stop = True
+            self._stop_requested = True
             log.info("received %s: stopping", signal.Signals(signum).name)
 
-        previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def wait(self, *, poll_s: float = 0.5) -> None:
+        """Block until SIGINT/SIGTERM, or until a child dies on its own (then raise ``ServiceError``)."""
+        self.catch_stop_signals()
         try:
-            while not stop:
+            while not self._stop_requested:
                 for process in self._processes:
                     if not process.running:
                         raise ServiceError(
@@ -204,8 +212,9 @@ class Supervisor:
                         )
                 time.sleep(poll_s)
         finally:
-            for signum, handler in previous.items():
+            for signum, handler in self._previous_handlers.items():
                 signal.signal(signum, handler)
+            self._previous_handlers = {}
 
     def __enter__(self) -> Supervisor:
         return self

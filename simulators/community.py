@@ -211,7 +211,8 @@ class CommunitySimulator:
         """Advance the physics by ``dt_s`` simulated seconds from ``self.now``, then set every meter."""
         t = self.now
         epoch = np.array([int(t.timestamp())], dtype=np.int64)
-        available = iter(self._solar.power_kw(t) * 1000.0 if self._solar is not None else [])
+        roofs_w = self._solar.power_kw(t) * 1000.0 if self._solar is not None else np.zeros(0)
+        available = iter(np.atleast_1d(roofs_w).tolist())
         for model in self.models:
             c = model.connection
             model.load_w = float(

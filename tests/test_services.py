@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from mqtt_helpers import can_log_in, mqtt_client, next_message
+from pymodbus.client import ModbusTcpClient
 
 from hub.influx import InfluxClient, InfluxError
 from hub.line_protocol import encode_point
@@ -225,6 +229,16 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
         assert f"http://127.0.0.1:{ports['EHUB_INFLUX_PORT']}" in text
         assert tcp_answers("127.0.0.1", ports["EHUB_MQTT_PORT"])
         assert tcp_answers("127.0.0.1", ports["EHUB_INFLUX_PORT"])
+        # The scaled-down community answers over Modbus: a grid meter at its address gives a power reading.
+        endpoints = json.loads((tmp_path / "sim" / "endpoints.json").read_text())
+        assert {e["gateway"] for e in endpoints} == {"gw-002", "gw-011", "gw-018", "gw-049"}
+        meter = next(e for e in endpoints if e["role"] == "meter")
+        client = ModbusTcpClient(meter["host"], port=meter["port"], timeout=2)
+        client.connect()
+        reply = client.read_input_registers(0x34, count=2, device_id=meter["unit_id"])
+        client.close()
+        assert not reply.isError()
+        assert math.isfinite(struct.unpack(">f", struct.pack(">HH", *reply.registers))[0])
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
