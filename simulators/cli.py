@@ -42,6 +42,9 @@ def sim(
         Path | None, typer.Option(help="Write the device endpoints here as JSON.")
     ] = None,
     tick: Annotated[float, typer.Option(min=0.05, help="Physics step in real seconds.")] = 1.0,
+    control_port: Annotated[
+        int | None, typer.Option(help="Serve the fault-control HTTP interface on 127.0.0.1:PORT.")
+    ] = None,
 ) -> None:
     """Serve every device of the community file on its Modbus address until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
@@ -75,6 +78,13 @@ def sim(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
+        control = None
+        if control_port is not None:
+            from simulators.control_api import ControlServer
+
+            control = ControlServer(simulator, port=control_port)
+            await control.start()
+            typer.echo(f"fault control: http://127.0.0.1:{control.port}/devices")
         task = asyncio.create_task(simulator.run(stop=stop, ready=ready, tick_s=tick))
         await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
@@ -84,6 +94,8 @@ def sim(
                 f"{len(ports)} Modbus TCP ports ({ports[0][0]}:{ports[0][1]}..{ports[-1][1]}); Ctrl-C stops"
             )
         await task
+        if control is not None:
+            await control.stop()
 
     try:
         asyncio.run(main())

@@ -115,6 +115,7 @@ class CommunitySimulator:
         self._session_plans: dict[str, list[tuple[float, float, float]]] = {}
         self._plan_day: dict[str, int] = {}
         self._roofs: list[float] = []  # kWp of every simulated inverter, in model order
+        self._devices: dict[tuple[str, str], SimulatedDevice] = {}
         known = {gw.id for _l, _m, c in community.connections() for gw in c.gateways}
         unknown = (only or set()) - known
         if unknown:
@@ -175,6 +176,7 @@ class CommunitySimulator:
                 model.chargers.append((sim, f"{connection.id}/{device.id}", device.vehicle or "car"))
             else:  # pragma: no cover - every role is handled above
                 raise ValueError(device.role)
+            self._devices[(gateway, device.id)] = sim
             address = (device.modbus.host, device.modbus.port)
             self._by_address.setdefault(address, []).append(sim)
             self._endpoints.append(
@@ -190,6 +192,9 @@ class CommunitySimulator:
             )
         self._roofs.extend(pv_kwp)
         return model
+
+    def device(self, gateway: str, device: str) -> SimulatedDevice | None:
+        return self._devices.get((gateway, device))
 
     def endpoints(self) -> list[Endpoint]:
         return list(self._endpoints)

@@ -16,9 +16,8 @@ class Faults:
     exception_code: int | None = None  # answers every request with this Modbus exception code
     nan: bool = False  # float values read as NaN; SunSpec integers as "not implemented"
     frozen: bool = False  # registers keep their last values
-    clock_offset_s: float = 0.0  # the device's clock is off by this much (reported timestamps jump)
 
     def clear(self) -> None:
         self.offline = self.nan = self.frozen = False
-        self.delay_s = self.clock_offset_s = 0.0
+        self.delay_s = 0.0
         self.exception_code = None
