@@ -107,13 +107,17 @@ async def poll(endpoints: list[dict], seconds: float, pid: int) -> tuple[list[fl
         by_port.setdefault(e["port"], []).append(e)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
+    # CPU time in /proc moves in 10 ms ticks, too coarse for one second: measure 5 s windows, report per second.
+    window_s = 5
     while loop.time() < deadline:
-        started, cpu0 = loop.time(), cpu_s(pid)
-        results = await asyncio.gather(*(read_gateway(p, d) for p, d in by_port.items()))
-        reads += sum(r[0] for r in results)
-        errors += sum(r[1] for r in results)
-        await asyncio.sleep(max(0.0, 1.0 - (loop.time() - started)))
-        windows.append(cpu_s(pid) - cpu0)
+        cpu0 = cpu_s(pid)
+        for _ in range(window_s):
+            started = loop.time()
+            results = await asyncio.gather(*(read_gateway(p, d) for p, d in by_port.items()))
+            reads += sum(r[0] for r in results)
+            errors += sum(r[1] for r in results)
+            await asyncio.sleep(max(0.0, 1.0 - (loop.time() - started)))
+        windows.append((cpu_s(pid) - cpu0) / window_s)
     for client in clients.values():
         client.close()
     return windows, reads, errors
@@ -126,15 +130,15 @@ def measure(cmd: list[str], ready_word: str, endpoints: list[dict], seconds: flo
             if ready_word in line:
                 break
         idle0 = cpu_s(proc.pid)
-        time.sleep(3)  # idle window: physics only, no reads
-        idle = (cpu_s(proc.pid) - idle0) / 3
+        time.sleep(5)  # idle window: physics only, no reads
+        idle = (cpu_s(proc.pid) - idle0) / 5
         windows, reads, errors = asyncio.run(poll(endpoints, seconds, proc.pid))
         return {
             "cpu_per_s": statistics.median(windows),
             "idle_cpu_per_s": idle,
             "reads": reads,
             "errors": errors,
-            "seconds": len(windows),
+            "seconds": len(windows) * 5,
             "rss_mb": rss_mb(proc.pid),
         }
     finally:
@@ -145,7 +149,7 @@ def measure(cmd: list[str], ready_word: str, endpoints: list[dict], seconds: flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--community", type=Path, default=REPO / "examples" / "de-koumen-2026.yaml")
-    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--seconds", type=float, default=30, help="polling time, in 5 s windows")
     parser.add_argument("--serve-baseline", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:
