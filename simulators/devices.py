@@ -23,6 +23,7 @@ __all__ = [
     "InverterState",
     "MeterDevice",
     "SimulatedDevice",
+    "SunSpecDevice",
 ]
 
 _WRITE_CODES = {6, 16}
@@ -40,6 +41,12 @@ class SimulatedDevice:
         self.size = size
         self.reads = 0
         self.writes = 0
+
+    def initial_registers(self) -> list[int]:
+        """The register block when the server starts."""
+        registers = [0] * self.size
+        self.render(registers)
+        return registers
 
     def render(self, registers: list[int]) -> None:
         """Write the present state into ``registers`` (offset 0 = ``base_address``)."""
@@ -85,6 +92,34 @@ class MeterDevice(SimulatedDevice):
         render_sdm630(self.state, registers, nan=self.faults.nan)
 
 
+class SunSpecDevice(SimulatedDevice):
+    """A device with a SunSpec model chain from 40000; subclasses add their model's fixed points."""
+
+    base_address = SUNSPEC_BASE
+    model_name = "SunSpec device"
+
+    def __init__(self, *, unit_id: int, models: list[int], serial: str, manufacturer: str) -> None:
+        self.map = SunSpecMap(models)
+        super().__init__(unit_id=unit_id, size=self.map.size)
+        self.serial = serial
+        self.manufacturer = manufacturer
+
+    def fixed_points(self, registers: list[int]) -> None:
+        """Scale factors and ratings that never change."""
+
+    def initial_registers(self) -> list[int]:
+        registers = list(self.map.image)
+        m = self.map
+        m.set(registers, 1, "Mn", self.manufacturer)
+        m.set(registers, 1, "Md", self.model_name)
+        m.set(registers, 1, "Vr", "1.0")
+        m.set(registers, 1, "SN", self.serial)
+        m.set(registers, 1, "DA", self.unit_id)
+        self.fixed_points(registers)
+        self.render(registers)
+        return registers
+
+
 @dataclass
 class InverterState:
     """A PV inverter: what the sun offers, what it is allowed, what it makes."""
@@ -113,31 +148,24 @@ def _power_sf(rated_w: float) -> int:
     return max(0, math.ceil(math.log10(max(rated_w, 1.0) / 32767.0)))
 
 
-class InverterDevice(SimulatedDevice):
+class InverterDevice(SunSpecDevice):
     """A three-phase PV inverter speaking SunSpec: models 1 (common), 103 (inverter), 123 (immediate controls)."""
 
-    base_address = SUNSPEC_BASE
+    model_name = "PV inverter 3ph"
     LIMIT_SF = -1  # WMaxLimPct in tenths of a percent
 
     def __init__(self, *, unit_id: int, state: InverterState, manufacturer: str = "energyhub-sim") -> None:
-        self.map = SunSpecMap([1, 103, 123])
-        super().__init__(unit_id=unit_id, size=self.map.size)
+        super().__init__(
+            unit_id=unit_id, models=[1, 103, 123], serial=state.serial, manufacturer=manufacturer
+        )
         self.state = state
         self.w_sf = _power_sf(state.rated_w)
-        self.manufacturer = manufacturer
         self._limit_offsets = {
             self.map.offset_of(123, "WMaxLimPct"): "WMaxLimPct",
             self.map.offset_of(123, "WMaxLim_Ena"): "WMaxLim_Ena",
         }
 
-    def initial_registers(self) -> list[int]:
-        registers = list(self.map.image)
-        m = self.map
-        m.set(registers, 1, "Mn", self.manufacturer)
-        m.set(registers, 1, "Md", "PV inverter 3ph")
-        m.set(registers, 1, "Vr", "1.0")
-        m.set(registers, 1, "SN", self.state.serial)
-        m.set(registers, 1, "DA", self.unit_id)
+    def fixed_points(self, registers: list[int]) -> None:
         for point, sf in (
             ("A_SF", -1),
             ("V_SF", -1),
@@ -147,10 +175,8 @@ class InverterDevice(SimulatedDevice):
             ("PF_SF", -2),
             ("WH_SF", 0),
         ):
-            m.set(registers, 103, point, sf)
-        m.set(registers, 123, "WMaxLimPct_SF", self.LIMIT_SF)
-        self.render(registers)
-        return registers
+            self.map.set(registers, 103, point, sf)
+        self.map.set(registers, 123, "WMaxLimPct_SF", self.LIMIT_SF)
 
     def render(self, registers: list[int]) -> None:
         m, s = self.map, self.state
@@ -241,36 +267,30 @@ class BatteryState:
 _CHARGE_BIT, _DISCHARGE_BIT = 1, 2
 
 
-class BatteryDevice(SimulatedDevice):
+class BatteryDevice(SunSpecDevice):
     """A battery speaking SunSpec: models 1, 103 (its inverter; W positive = discharging) and 124 (storage).
 
     Control as SunSpec model 124 defines it: StorCtl_Mod bit 0 charges at InWRte % of WChaMax, bit 1 discharges at
     OutWRte % of WChaMax, neither holds. The simulator keeps the resulting power setpoint in ``state``.
     """
 
-    base_address = SUNSPEC_BASE
+    model_name = "Battery storage"
     RATE_SF = -1  # InWRte / OutWRte in tenths of a percent
 
     def __init__(self, *, unit_id: int, state: BatteryState, manufacturer: str = "energyhub-sim") -> None:
-        self.map = SunSpecMap([1, 103, 124])
-        super().__init__(unit_id=unit_id, size=self.map.size)
+        super().__init__(
+            unit_id=unit_id, models=[1, 103, 124], serial=state.serial, manufacturer=manufacturer
+        )
         self.state = state
         self.w_sf = _power_sf(state.max_w)
-        self.manufacturer = manufacturer
         self._mode = 0
         self._in_pct = 0.0
         self._out_pct = 0.0
         writable = ("StorCtl_Mod", "InWRte", "OutWRte", "MinRsvPct")
         self._writable = {self.map.offset_of(124, p): p for p in writable}
 
-    def initial_registers(self) -> list[int]:
-        registers = list(self.map.image)
+    def fixed_points(self, registers: list[int]) -> None:
         m = self.map
-        m.set(registers, 1, "Mn", self.manufacturer)
-        m.set(registers, 1, "Md", "Battery storage")
-        m.set(registers, 1, "Vr", "1.0")
-        m.set(registers, 1, "SN", self.state.serial)
-        m.set(registers, 1, "DA", self.unit_id)
         for point, sf in (("A_SF", -1), ("V_SF", -1), ("W_SF", self.w_sf), ("Hz_SF", -2), ("WH_SF", 0)):
             m.set(registers, 103, point, sf)
         for point, sf in (
@@ -283,8 +303,6 @@ class BatteryDevice(SimulatedDevice):
         ):
             m.set(registers, 124, point, sf)
         m.set(registers, 124, "WChaMax", self.state.max_w, sf=self.w_sf)
-        self.render(registers)
-        return registers
 
     def render(self, registers: list[int]) -> None:
         m, s = self.map, self.state

@@ -11,7 +11,7 @@ import logging
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from simulators.devices import BatteryDevice, InverterDevice, SimulatedDevice
+from simulators.devices import SimulatedDevice
 
 __all__ = ["GatewayServer"]
 
@@ -19,11 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _sim_device(device: SimulatedDevice) -> SimDevice:
-    if isinstance(device, InverterDevice | BatteryDevice):
-        initial = device.initial_registers()
-    else:
-        initial = [0] * device.size
-        device.render(initial)
+    initial = device.initial_registers()
     # `values` is the whole block; SimData repeats it `count` times, so count stays 1.
     block = SimData(device.base_address, count=1, values=initial, datatype=DataType.REGISTERS)
     return SimDevice(device.unit_id, simdata=[block], action=device.on_access)
