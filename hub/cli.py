@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from broker.cli import app as broker_app
+from edge.cli import edge as edge_command
 from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
 from hub.supervisor import ProcessSpec
@@ -29,6 +30,7 @@ community_app = typer.Typer(
 app.add_typer(community_app, name="community")
 app.add_typer(broker_app, name="broker")
 app.add_typer(sim_app, name="sim")
+app.command("edge")(edge_command)
 
 DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]

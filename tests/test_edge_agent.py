@@ -1,0 +1,224 @@
+"""The gateway agent with a real broker and simulated devices: values arrive as the devices hold them, and a broker
+outage or a killed agent leaves no gap in what a subscriber receives."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import aiomqtt
+import pytest
+import yaml
+
+from edge.agent import Agent
+from edge.config import load_agent_config
+from hub.messages import GatewayState, Measurement, Quality, decode
+from hub.services import broker_accounts, free_port, start_broker
+from hub.settings import ServiceSettings
+from hub.supervisor import Supervisor
+from hub.topics import Topics
+from simulators.devices import InverterDevice, InverterState, MeterDevice
+from simulators.modbus_server import GatewayServer
+from simulators.sdm630 import MeterState
+
+REPO = Path(__file__).resolve().parent.parent
+GATEWAY = "gw-test"
+
+
+@pytest.fixture
+def broker(tmp_path):
+    settings = ServiceSettings(
+        state_dir=tmp_path / "state", mqtt_port=free_port(), mqtt_tls_port=None, site="test-site"
+    )
+    accounts = broker_accounts(settings)
+    accounts.ensure_service_accounts()
+    accounts.add_gateway(GATEWAY)
+    with Supervisor() as supervisor:
+        process = start_broker(supervisor, settings)
+        yield settings, accounts, supervisor, process
+
+
+def agent_config(tmp_path: Path, settings, accounts, device_port: int) -> Path:
+    config = {
+        "gateway": GATEWAY,
+        "site": settings.site,
+        "mqtt": {
+            "host": "127.0.0.1",
+            "port": settings.mqtt_port,
+            "credentials_file": str(accounts.credentials_path(GATEWAY)),
+        },
+        "buffer_path": str(tmp_path / "buffer.db"),
+        "interval_s": 0.2,
+        "timeout_s": 0.05,
+        "retries": 1,
+        "devices": [
+            {
+                "id": "meter",
+                "profile": "eastron_sdm630",
+                "host": "127.0.0.1",
+                "port": device_port,
+                "unit_id": 1,
+            },
+            {
+                "id": "pv",
+                "profile": "sunspec_inverter",
+                "host": "127.0.0.1",
+                "port": device_port,
+                "unit_id": 2,
+            },
+        ],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class Observer:
+    """The ingest account with a persistent session, so a broker restart keeps what is queued for it."""
+
+    def __init__(self, settings, accounts) -> None:
+        self.settings, self.accounts = settings, accounts
+        self.topics = Topics(site=settings.site)
+        self.messages: list[tuple[str, Measurement]] = []
+        self.states: list[GatewayState] = []
+        self.task: asyncio.Task | None = None
+
+    async def run(self) -> None:
+        creds = self.accounts.credentials("ehub-ingest")
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    self.settings.mqtt_port,
+                    username=creds.username,
+                    password=creds.password,
+                    identifier="observer",
+                    protocol=aiomqtt.ProtocolVersion.V311,
+                    clean_session=False,
+                ) as client:
+                    await client.subscribe(self.topics.all_measurements(), qos=1)
+                    await client.subscribe(self.topics.all_states(), qos=1)
+                    async for message in client.messages:
+                        info = self.topics.parse(str(message.topic))
+                        if info.kind == "state":
+                            self.states.append(decode(GatewayState, message.payload))
+                        else:
+                            self.messages.append((info.device, decode(Measurement, message.payload)))
+            except aiomqtt.MqttError:
+                await asyncio.sleep(0.1)  # broker away: retry, as a real consumer does
+
+    async def wait_for(self, condition, timeout_s: float = 20.0) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not condition():
+                await asyncio.sleep(0.05)
+
+    def seqs(self, session: int) -> list[int]:
+        return sorted({m.seq for _d, m in self.messages if m.session == session})
+
+
+def buffered(path: Path) -> int:
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+
+
+@pytest.fixture
+async def devices():
+    meter = MeterDevice(unit_id=1, state=MeterState(power_w=-5_000.0))
+    inverter = InverterDevice(unit_id=2, state=InverterState(rated_w=50_000, available_w=20_000))
+    server = GatewayServer(host="127.0.0.1", port=free_port(), devices=[meter, inverter])
+    async with server:
+        yield server, meter, inverter
+
+
+async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outage(tmp_path, broker, devices):
+    settings, accounts, _supervisor, process = broker
+    server, meter, _inverter = devices
+    observer = Observer(settings, accounts)
+    observer_task = asyncio.create_task(observer.run())
+    await observer.wait_for(lambda: True)
+    agent = Agent(load_agent_config(agent_config(tmp_path, settings, accounts, server.port)))
+    stop = asyncio.Event()
+    agent_task = asyncio.create_task(agent.run(stop))
+    try:
+        await observer.wait_for(lambda: len(observer.messages) >= 10)
+        birth = observer.states[0]
+        assert (birth.online, birth.session) == (True, 1)
+        by_device = {d: m for d, m in observer.messages}
+        assert by_device["meter"].values["power_w"] == -5_000.0
+        assert by_device["meter"].values["voltage_l1_v"] == 230.0
+        assert by_device["pv"].values["power_w"] == -20_000.0  # producing: import-positive sign
+        assert all(m.quality is Quality.GOOD for _d, m in observer.messages)
+        assert observer.seqs(1) == list(range(len(observer.seqs(1))))
+
+        # A device fault: the meter's values go missing with a quality flag; the inverter keeps flowing.
+        meter.faults.offline = True
+        await observer.wait_for(
+            lambda: any(d == "meter" and m.quality is Quality.BAD for d, m in observer.messages)
+        )
+        bad = next(m for d, m in observer.messages if d == "meter" and m.quality is Quality.BAD)
+        assert all(v is None for v in bad.values.values())
+        after = len(observer.messages)
+        await observer.wait_for(lambda: any(d == "pv" for d, _m in observer.messages[after:]))
+        meter.faults.clear()
+
+        # Broker down for a while: the agent buffers on disk; after the restart nothing is missing.
+        process.stop()
+        await observer.wait_for(lambda: agent.buffer.depth >= 10)
+        buffered_max = agent.seq
+        process.start()
+        process.wait_ready()
+        await observer.wait_for(lambda: observer.seqs(1) and observer.seqs(1)[-1] >= buffered_max, 30)
+        seqs = observer.seqs(1)
+        assert seqs == list(range(seqs[-1] + 1)), "a sequence gap after the broker outage"
+        assert any(m.replay for _d, m in observer.messages), "buffered messages are marked as replay"
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_task
+        observer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await observer_task
+
+
+async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices):
+    settings, accounts, _supervisor, process = broker
+    server, _meter, _inverter = devices
+    config = agent_config(tmp_path, settings, accounts, server.port)
+    observer = Observer(settings, accounts)
+    observer_task = asyncio.create_task(observer.run())
+    cmd = [sys.executable, "-m", "hub.cli", "edge", "--config", str(config)]
+    log = (tmp_path / "agent.log").open("w")
+    agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await observer.wait_for(lambda: len(observer.seqs(1)) >= 10)
+        process.stop()  # broker away, so the agent holds unsent messages on disk when it dies
+        await observer.wait_for(
+            lambda: buffered(tmp_path / "buffer.db") >= 6
+        )  # polls that only the disk holds
+        os.kill(agent.pid, signal.SIGKILL)
+        agent.wait()
+        process.start()
+        process.wait_ready()
+        agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            await observer.wait_for(lambda: len(observer.seqs(2)) >= 5, 30)
+        except TimeoutError:
+            raise AssertionError((tmp_path / "agent.log").read_text()[-3000:]) from None
+        first = observer.seqs(1)
+        assert first == list(range(first[-1] + 1)), "a gap in the killed session"
+        assert first[-1] >= 12  # polls made while the broker was down were replayed by the next session
+        assert observer.seqs(2)[0] == 0
+        assert any(m.replay and m.session == 1 for _d, m in observer.messages)
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=10)
+        observer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await observer_task
