@@ -9,6 +9,7 @@ jittered back-off between reconnects. Messages buffered before the current conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -22,8 +23,20 @@ from edge.buffer import BufferedMessage, MeasurementBuffer
 from edge.config import AgentConfig
 from edge.poller import Bus, DevicePoller
 from edge.profile import load_profile
-from hub.messages import GatewayHealth, GatewayState, Measurement, decode, encode
-from hub.topics import Topics
+from edge.setpoints import DeviceControl
+from hub.messages import (
+    ControllerHeartbeat,
+    GatewayHealth,
+    GatewayState,
+    Measurement,
+    MessageError,
+    Setpoint,
+    SetpointAck,
+    SetpointStatus,
+    decode,
+    encode,
+)
+from hub.topics import TopicError, TopicKind, Topics
 
 __all__ = ["Agent"]
 
@@ -40,15 +53,19 @@ class Agent:
         self.seq = 0
         self.buses: dict[tuple[str, int], Bus] = {}
         self.pollers: list[DevicePoller] = []
+        self.controls: dict[str, DeviceControl] = {}
         for device in config.devices:
             key = (device.host, device.port)
             bus = self.buses.get(key) or Bus(device.host, device.port, timeout_s=config.timeout_s)
             self.buses[key] = bus
-            self.pollers.append(
-                DevicePoller(
-                    device.id, load_profile(device.profile), bus, device.unit_id, retries=config.retries
-                )
-            )
+            profile = load_profile(device.profile)
+            self.pollers.append(DevicePoller(device.id, profile, bus, device.unit_id, retries=config.retries))
+            if profile.setpoints:
+                self.controls[device.id] = DeviceControl(device, profile, bus)
+        self.last_heartbeat = (
+            time.monotonic()
+        )  # counting from start: no controller yet is a missing controller
+        self.failsafe = False
         self.published = 0
         self.last_publish: datetime | None = None
         self.connected = asyncio.Event()
@@ -92,6 +109,7 @@ class Agent:
             buffer_depth=self.buffer.depth,
             buffer_dropped=self.buffer.dropped,
             last_publish=self.last_publish,
+            failsafe=self.failsafe or any(c.in_safe_mode for c in self.controls.values()),
         )
 
     def _state(self, online: bool) -> bytes:
@@ -149,9 +167,14 @@ class Agent:
                     down_since, backoff = None, 0.5
                     backlog = self.buffer.peek(self.buffer.depth)
                     replay_up_to = backlog[-1].id if backlog else 0
+                    await client.subscribe(self.topics.setpoints_for(self.config.gateway), qos=1)
+                    await client.subscribe(self.topics.heartbeat(), qos=1)
                     self.connected.set()
-                    await self._send(client, replay_up_to)
-            except aiomqtt.MqttError as exc:
+                    async with asyncio.TaskGroup() as group:
+                        group.create_task(self._send(client, replay_up_to), name="send")
+                        group.create_task(self._receive(client), name="receive")
+            except* aiomqtt.MqttError as group:
+                exc = group.exceptions[0]
                 self.connected.clear()
                 if down_since is None:
                     down_since = time.monotonic()
@@ -161,16 +184,20 @@ class Agent:
 
     async def _send(self, client: aiomqtt.Client, replay_up_to: int) -> None:
         limit = self.config.mqtt.max_inflight
+        reported_failsafe, reported_at = self._health().failsafe, time.monotonic()
         while True:
+            # The state (with health) goes out when failsafe changes, and every 10 s anyway.
+            failsafe = self._health().failsafe
+            if failsafe != reported_failsafe or time.monotonic() - reported_at > 10.0:
+                await client.publish(
+                    self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
+                )
+                reported_failsafe, reported_at = failsafe, time.monotonic()
             batch = self.buffer.peek(limit)
             if not batch:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-                except TimeoutError:
-                    await client.publish(
-                        self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
-                    )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
             # QoS 1 publishes complete on PUBACK; only then do the messages leave the disk.
             await asyncio.gather(
@@ -185,6 +212,70 @@ class Agent:
             self.published += len(batch)
             self.last_publish = datetime.now(UTC)
 
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                info = self.topics.parse(str(message.topic))
+            except TopicError as exc:
+                log.warning("ignoring message on unexpected topic: %s", exc)
+                continue
+            if info.kind is TopicKind.HEARTBEAT:
+                self._heartbeat(bytes(message.payload))
+            elif info.kind is TopicKind.SETPOINT and info.device is not None:
+                ack = await self._setpoint(info.device, bytes(message.payload))
+                if ack is not None:
+                    await client.publish(
+                        self.topics.ack(self.config.gateway, info.device), encode(ack), qos=1
+                    )
+
+    def _heartbeat(self, payload: bytes) -> None:
+        try:
+            beat = decode(ControllerHeartbeat, payload)
+        except MessageError as exc:
+            log.warning("ignoring a bad controller heartbeat: %s", exc)
+            return
+        if not beat.alive:
+            return  # the controller's Last Will: the timeout below takes it from here
+        self.last_heartbeat = time.monotonic()
+        if self.failsafe:
+            log.info("controller heartbeat is back: leaving failsafe, setpoints accepted again")
+            self.failsafe = False
+            for control in self.controls.values():
+                control.in_safe_mode = False
+            self._wake.set()
+
+    async def _setpoint(self, device: str, payload: bytes) -> SetpointAck | None:
+        try:
+            setpoint = decode(Setpoint, payload)
+        except MessageError as exc:
+            log.warning("ignoring a setpoint for %s that does not parse: %s", device, exc)
+            return None
+        control = self.controls.get(device)
+        if control is None:
+            return SetpointAck(
+                id=setpoint.id,
+                status=SetpointStatus.REJECTED,
+                ts=datetime.now(UTC),
+                reason=f"gateway {self.config.gateway} has no controllable device {device!r}",
+            )
+        return await control.apply(setpoint)
+
+    async def watchdog(self) -> None:
+        """Safe mode when a setpoint expires or the controller's heartbeat has been missing too long."""
+        while True:
+            await asyncio.sleep(0.2)
+            silent = time.monotonic() - self.last_heartbeat
+            if silent > self.config.heartbeat_timeout_s and not self.failsafe:
+                log.warning("no controller heartbeat for %.0f s: devices go to safe mode", silent)
+                self.failsafe = True
+                self._wake.set()
+            for control in self.controls.values():
+                if self.failsafe:
+                    await control.enter_safe_mode("controller heartbeat missing")
+                elif control.expired():
+                    await control.enter_safe_mode("setpoint expired")
+                    self._wake.set()
+
     async def run(self, stop: asyncio.Event) -> None:
         log.info(
             "gateway %s session %d: %d devices, %d buffered",
@@ -198,6 +289,7 @@ class Agent:
                 tasks = [
                     group.create_task(self.poll_loop(), name="poll"),
                     group.create_task(self.publish_loop(), name="publish"),
+                    group.create_task(self.watchdog(), name="watchdog"),
                 ]
                 await stop.wait()
                 for task in tasks:

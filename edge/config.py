@@ -38,6 +38,13 @@ class DeviceConfig(_Strict):
     interval_s: float | None = Field(
         None, gt=0, description="Poll interval; the agent's default if left out."
     )
+    setpoint_bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Narrower bounds than the profile's, per setpoint name: [min, max]."
+    )
+    safe_mode: dict[str, float] = Field(
+        default_factory=dict,
+        description="Setpoints applied when control is gone or a setpoint expires, e.g. {active_power_limit_pct: 30}.",
+    )
 
     @field_validator("id")
     @classmethod
@@ -58,6 +65,9 @@ class AgentConfig(_Strict):
     interval_s: float = Field(1.0, gt=0)
     timeout_s: float = Field(0.5, gt=0)
     retries: int = Field(1, ge=0, le=5)
+    heartbeat_timeout_s: float = Field(
+        10.0, gt=0, description="Control silent this long: devices go to safe mode."
+    )
     devices: list[DeviceConfig] = Field(min_length=1)
 
     @field_validator("gateway", "site")

@@ -222,3 +222,117 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
         observer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await observer_task
+
+
+async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
+    from datetime import UTC, datetime, timedelta
+
+    from hub.messages import ControllerHeartbeat, Setpoint, SetpointAck, SetpointStatus, encode
+
+    settings, accounts, _supervisor, _process = broker
+    server, _meter, inverter = devices
+    path = agent_config(tmp_path, settings, accounts, server.port)
+    config = yaml.safe_load(path.read_text())
+    config["heartbeat_timeout_s"] = 1.0
+    config["devices"][1]["safe_mode"] = {"active_power_limit_pct": 30}
+    config["devices"][1]["setpoint_bounds"] = {"active_power_limit_pct": [0, 90]}
+    path.write_text(yaml.safe_dump(config))
+    topics = Topics(site=settings.site)
+    observer = Observer(settings, accounts)
+    observer_task = asyncio.create_task(observer.run())
+    agent = Agent(load_agent_config(path))
+    stop = asyncio.Event()
+    agent_task = asyncio.create_task(agent.run(stop))
+    creds = accounts.credentials("ehub-control")
+    beating = asyncio.Event()
+    beating.set()
+    acks: dict[str, SetpointAck] = {}
+
+    async with aiomqtt.Client(
+        "127.0.0.1",
+        settings.mqtt_port,
+        username=creds.username,
+        password=creds.password,
+        identifier="control-test",
+    ) as control:
+        await control.subscribe(topics.all_acks(), qos=1)
+
+        async def heartbeat() -> None:
+            cycle = 0
+            while True:
+                await beating.wait()
+                beat = ControllerHeartbeat(alive=True, ts=datetime.now(UTC), cycle=cycle, period_s=0.2)
+                await control.publish(topics.heartbeat(), encode(beat), qos=1, retain=True)
+                cycle += 1
+                await asyncio.sleep(0.2)  # the heartbeat's own period
+
+        async def collect_acks() -> None:
+            async for message in control.messages:
+                ack = decode(SetpointAck, message.payload)
+                acks[ack.id] = ack
+
+        async def send(
+            sp_id: str, device: str, name: str, value: float, *, expires_in: float = 30
+        ) -> SetpointAck:
+            now = datetime.now(UTC)
+            created = now if expires_in > 0 else now - timedelta(seconds=60)
+            sp = Setpoint(
+                id=sp_id, name=name, value=value, created=created, expires=now + timedelta(seconds=expires_in)
+            )
+            await control.publish(topics.setpoint(GATEWAY, device), encode(sp), qos=1)
+            await observer.wait_for(lambda: sp_id in acks)
+            return acks[sp_id]
+
+        tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(collect_acks())]
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 10)
+            ack = await send("sp-1", "pv", "active_power_limit_pct", 25)
+            assert (ack.status, ack.readback) == (SetpointStatus.APPLIED, 25.0)
+            assert (inverter.state.limit_pct, inverter.state.limit_enabled) == (25.0, True)
+            ack = await send("sp-2", "pv", "active_power_limit_pct", 95)
+            assert (ack.status, ack.reason) == (
+                SetpointStatus.REJECTED,
+                "active_power_limit_pct 95 is outside [0, 90]",
+            )
+            ack = await send("sp-3", "pv", "battery_power_w", 5)
+            assert ack.status is SetpointStatus.REJECTED
+            assert "has no setpoint 'battery_power_w' (it has: active_power_limit_pct)" in ack.reason
+            ack = await send("sp-4", "pv", "active_power_limit_pct", 40, expires_in=-1)
+            assert ack.status is SetpointStatus.REJECTED
+            assert ack.reason.startswith("expired at")
+            ack = await send("sp-5", "meter", "active_power_limit_pct", 40)
+            assert ack.reason == "gateway gw-test has no controllable device 'meter'"
+            assert inverter.state.limit_pct == 25.0  # none of the rejected ones touched the device
+
+            # A setpoint that expires without a successor: the device goes to its safe mode.
+            ack = await send("sp-6", "pv", "active_power_limit_pct", 60, expires_in=1.0)
+            assert ack.status is SetpointStatus.APPLIED
+            await observer.wait_for(lambda: inverter.state.limit_pct == 30.0, 10)
+
+            # The controller goes quiet: failsafe within the timeout, reported in the state; back when it returns.
+            await send("sp-7", "pv", "active_power_limit_pct", 70)
+            assert inverter.state.limit_pct == 70.0
+            beating.clear()
+            quiet_at = asyncio.get_running_loop().time()
+            await observer.wait_for(lambda: inverter.state.limit_pct == 30.0, 10)
+            assert (
+                asyncio.get_running_loop().time() - quiet_at < 1.0 + 1.5
+            )  # timeout + watchdog and write time
+            await observer.wait_for(lambda: any(s.health and s.health.failsafe for s in observer.states), 10)
+            beating.set()
+            await observer.wait_for(lambda: not agent.failsafe, 10)
+            count = len(observer.states)
+            await observer.wait_for(
+                lambda: any(s.health and not s.health.failsafe for s in observer.states[count:]), 15
+            )
+            ack = await send("sp-8", "pv", "active_power_limit_pct", 80)
+            assert (ack.status, inverter.state.limit_pct) == (SetpointStatus.APPLIED, 80.0)
+        finally:
+            for task in tasks:
+                task.cancel()
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent_task
+            observer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await observer_task
