@@ -131,5 +131,7 @@ class MeasurementBuffer:
         if not ids:
             return
         with self._transaction():
-            cursor = self._db.executemany("DELETE FROM messages WHERE id = ?", [(i,) for i in ids])
+            # One statement for the batch: acks arrive in batches of up to max_inflight.
+            marks = ",".join("?" * len(ids))
+            cursor = self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", list(ids))
         self._depth = max(0, self._depth - max(cursor.rowcount, 0))
