@@ -86,6 +86,10 @@ class DevicePoller:
     last_success: float | None = None
     last_error: str | None = None
     failing: bool = field(default=False)
+    _plans: dict[bool, list[ReadBlock]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._plans = {slow: plan_reads(self.profile, include_slow=slow) for slow in (True, False)}
 
     async def poll(self) -> PollResult:
         include_slow = self.polls % self.profile.slow_every == 0
@@ -93,7 +97,7 @@ class DevicePoller:
         ts = time.time()
         blocks: dict[tuple[str, int], list[int]] = {}
         failed = 0
-        plan = plan_reads(self.profile, include_slow=include_slow)
+        plan = self._plans[include_slow]
         for block in plan:
             words = None
             for _attempt in range(self.retries + 1):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from enum import StrEnum
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal, Self
 
@@ -157,12 +158,18 @@ def profile_path(name: str) -> Path:
 
 
 def load_profile(source: str | Path) -> DeviceProfile:
-    """Load a profile by name (``eastron_sdm630``) or by path."""
+    """Load a profile by name (``eastron_sdm630``) or by path; each file is parsed once per process (a gateway
+    with 200 meters shares one profile)."""
     path = (
         Path(source)
         if isinstance(source, Path) or str(source).endswith((".yaml", ".yml"))
         else profile_path(str(source))
     )
+    return _load(path.resolve())
+
+
+@cache
+def _load(path: Path) -> DeviceProfile:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
