@@ -16,6 +16,7 @@ import random
 import ssl
 import time
 from datetime import UTC, datetime
+from functools import partial
 
 import aiomqtt
 
@@ -24,6 +25,7 @@ from edge.config import AgentConfig
 from edge.poller import Bus, DevicePoller
 from edge.profile import load_profile
 from edge.setpoints import DeviceControl
+from edge.sunspec import discover_profile
 from hub.messages import (
     ControllerHeartbeat,
     GatewayHealth,
@@ -58,6 +60,18 @@ class Agent:
             key = (device.host, device.port)
             bus = self.buses.get(key) or Bus(device.host, device.port, timeout_s=config.timeout_s)
             self.buses[key] = bus
+            if device.profile == "sunspec":  # discovered at the first poll that gets an answer
+                self.pollers.append(
+                    DevicePoller(
+                        device.id,
+                        None,
+                        bus,
+                        device.unit_id,
+                        retries=config.retries,
+                        discover=partial(discover_profile, bus, device.unit_id),
+                    )
+                )
+                continue
             profile = load_profile(device.profile)
             self.pollers.append(DevicePoller(device.id, profile, bus, device.unit_id, retries=config.retries))
             if profile.setpoints:
@@ -250,7 +264,7 @@ class Agent:
         except MessageError as exc:
             log.warning("ignoring a setpoint for %s that does not parse: %s", device, exc)
             return None
-        control = self.controls.get(device)
+        control = self._control(device)
         if control is None:
             return SetpointAck(
                 id=setpoint.id,
@@ -259,6 +273,21 @@ class Agent:
                 reason=f"gateway {self.config.gateway} has no controllable device {device!r}",
             )
         return await control.apply(setpoint)
+
+    def _control(self, device_id: str) -> DeviceControl | None:
+        """The device's setpoint handler; for a discovered SunSpec device, made once its profile is known."""
+        control = self.controls.get(device_id)
+        if control is None:
+            poller = next((p for p in self.pollers if p.device_id == device_id), None)
+            config = next((d for d in self.config.devices if d.id == device_id), None)
+            if (
+                poller is not None
+                and config is not None
+                and poller.profile is not None
+                and poller.profile.setpoints
+            ):
+                control = self.controls[device_id] = DeviceControl(config, poller.profile, poller.bus)
+        return control
 
     async def watchdog(self) -> None:
         """Safe mode when a setpoint expires or the controller's heartbeat has been missing too long."""
@@ -269,7 +298,9 @@ class Agent:
                 log.warning("no controller heartbeat for %.0f s: devices go to safe mode", silent)
                 self.failsafe = True
                 self._wake.set()
-            for control in self.controls.values():
+            for poller in self.pollers:
+                self._control(poller.device_id)
+            for control in list(self.controls.values()):
                 if self.failsafe:
                     await control.enter_safe_mode("controller heartbeat missing")
                 elif control.expired():

@@ -30,7 +30,8 @@ def edge(
     try:
         settings = load_agent_config(config)
         for device in settings.devices:
-            load_profile(device.profile)  # a bad profile stops start-up with its own message
+            if device.profile != "sunspec":  # sunspec: discovered from the device itself
+                load_profile(device.profile)  # a bad profile stops start-up with its own message
     except (ConfigError, ProfileError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None

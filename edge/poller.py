@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from pymodbus.client import AsyncModbusTcpClient
@@ -78,10 +79,11 @@ class PollResult:
 @dataclass
 class DevicePoller:
     device_id: str
-    profile: DeviceProfile
+    profile: DeviceProfile | None  # None until discovered (``profile: sunspec``)
     bus: Bus
     unit_id: int
     retries: int = 1
+    discover: Callable[[], Awaitable[DeviceProfile | None]] | None = field(default=None, repr=False)
     polls: int = 0
     last_success: float | None = None
     last_error: str | None = None
@@ -89,9 +91,17 @@ class DevicePoller:
     _plans: dict[bool, list[ReadBlock]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self._plans = {slow: plan_reads(self.profile, include_slow=slow) for slow in (True, False)}
+        if self.profile is not None:
+            self._plans = {slow: plan_reads(self.profile, include_slow=slow) for slow in (True, False)}
 
     async def poll(self) -> PollResult:
+        if self.profile is None:
+            found = await self.discover() if self.discover is not None else None
+            if found is None:
+                self._availability(True, "SunSpec discovery found no model chain yet")
+                return PollResult({}, Quality.BAD, time.time())
+            self.profile = found
+            self.__post_init__()
         include_slow = self.polls % self.profile.slow_every == 0
         self.polls += 1
         ts = time.time()

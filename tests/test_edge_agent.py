@@ -336,3 +336,65 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
             observer_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await observer_task
+
+
+async def test_sunspec_device_without_a_profile(tmp_path, broker, devices):
+    from datetime import UTC, datetime, timedelta
+
+    from hub.messages import ControllerHeartbeat, Setpoint, SetpointAck, SetpointStatus, encode
+
+    settings, accounts, _supervisor, _process = broker
+    server, _meter, inverter = devices
+    path = agent_config(tmp_path, settings, accounts, server.port)
+    config = yaml.safe_load(path.read_text())
+    config["devices"][1]["profile"] = "sunspec"  # discovered from the device's model chain
+    path.write_text(yaml.safe_dump(config))
+    observer = Observer(settings, accounts)
+    observer_task = asyncio.create_task(observer.run())
+    agent = Agent(load_agent_config(path))
+    stop = asyncio.Event()
+    agent_task = asyncio.create_task(agent.run(stop))
+    topics = Topics(site=settings.site)
+    creds = accounts.credentials("ehub-control")
+    try:
+        await observer.wait_for(
+            lambda: any(d == "pv" and m.quality is Quality.GOOD for d, m in observer.messages)
+        )
+        pv = next(m for d, m in observer.messages if d == "pv" and m.quality is Quality.GOOD)
+        assert pv.values["power_w"] == -20_000.0
+        async with aiomqtt.Client(
+            "127.0.0.1",
+            settings.mqtt_port,
+            username=creds.username,
+            password=creds.password,
+            identifier="control-sunspec",
+        ) as control:
+            await control.subscribe(topics.all_acks(), qos=1)
+            now = datetime.now(UTC)
+            await control.publish(
+                topics.heartbeat(),
+                encode(ControllerHeartbeat(alive=True, ts=now, cycle=1, period_s=1.0)),
+                qos=1,
+                retain=True,
+            )
+            sp = Setpoint(
+                id="d-1",
+                name="active_power_limit_pct",
+                value=40,
+                created=now,
+                expires=now + timedelta(seconds=30),
+            )
+            await control.publish(topics.setpoint(GATEWAY, "pv"), encode(sp), qos=1)
+            async with asyncio.timeout(10):
+                async for message in control.messages:
+                    ack = decode(SetpointAck, message.payload)
+                    break
+        assert (ack.status, ack.readback) == (SetpointStatus.APPLIED, 40.0)
+        assert inverter.state.limit_pct == 40.0
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent_task
+        observer_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await observer_task
