@@ -122,6 +122,31 @@ class Observer:
         return sorted({m.seq for _d, m in self.messages if m.session == session})
 
 
+@contextlib.asynccontextmanager
+async def observing(settings, accounts):
+    observer = Observer(settings, accounts)
+    task = asyncio.create_task(observer.run())
+    try:
+        yield observer
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def running_agent(path: Path):
+    agent = Agent(load_agent_config(path))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def buffered(path: Path) -> int:
     with contextlib.closing(sqlite3.connect(path)) as db:
         return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
@@ -139,13 +164,10 @@ async def devices():
 async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outage(tmp_path, broker, devices):
     settings, accounts, _supervisor, process = broker
     server, meter, _inverter = devices
-    observer = Observer(settings, accounts)
-    observer_task = asyncio.create_task(observer.run())
-    await observer.wait_for(lambda: True)
-    agent = Agent(load_agent_config(agent_config(tmp_path, settings, accounts, server.port)))
-    stop = asyncio.Event()
-    agent_task = asyncio.create_task(agent.run(stop))
-    try:
+    async with (
+        observing(settings, accounts) as observer,
+        running_agent(agent_config(tmp_path, settings, accounts, server.port)) as agent,
+    ):
         await observer.wait_for(lambda: len(observer.messages) >= 10)
         birth = observer.states[0]
         assert (birth.online, birth.session) == (True, 1)
@@ -177,13 +199,6 @@ async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outag
         seqs = observer.seqs(1)
         assert seqs == list(range(seqs[-1] + 1)), "a sequence gap after the broker outage"
         assert any(m.replay for _d, m in observer.messages), "buffered messages are marked as replay"
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await agent_task
-        observer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await observer_task
 
 
 async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices):
@@ -349,14 +364,9 @@ async def test_sunspec_device_without_a_profile(tmp_path, broker, devices):
     config = yaml.safe_load(path.read_text())
     config["devices"][1]["profile"] = "sunspec"  # discovered from the device's model chain
     path.write_text(yaml.safe_dump(config))
-    observer = Observer(settings, accounts)
-    observer_task = asyncio.create_task(observer.run())
-    agent = Agent(load_agent_config(path))
-    stop = asyncio.Event()
-    agent_task = asyncio.create_task(agent.run(stop))
     topics = Topics(site=settings.site)
     creds = accounts.credentials("ehub-control")
-    try:
+    async with observing(settings, accounts) as observer, running_agent(path):
         await observer.wait_for(
             lambda: any(d == "pv" and m.quality is Quality.GOOD for d, m in observer.messages)
         )
@@ -391,10 +401,3 @@ async def test_sunspec_device_without_a_profile(tmp_path, broker, devices):
                     break
         assert (ack.status, ack.readback) == (SetpointStatus.APPLIED, 40.0)
         assert inverter.state.limit_pct == 40.0
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await agent_task
-        observer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await observer_task
