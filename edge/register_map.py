@@ -67,19 +67,16 @@ def decode_values(
 ) -> dict[str, float | None]:
     """Values by name from the registers read (``blocks`` maps (function, address) to registers). A value that
     is missing, not implemented, NaN or infinite is None, never a stale or made-up number."""
-    registers: dict[tuple[str, int], int] = {}
-    for (function, address), words in blocks.items():
-        for i, word in enumerate(words):
-            registers[(function, address + i)] = word
+    spans = [
+        (function, address, address + len(words), words) for (function, address), words in blocks.items()
+    ]
 
     def words_at(function: str, address: int, count: int) -> list[int] | None:
-        out: list[int] = []
-        for i in range(count):
-            word = registers.get((function, address + i))
-            if word is None:
-                return None
-            out.append(word)
-        return out
+        # A profile reads a handful of blocks: a scan is cheaper than indexing every register.
+        for block_function, start, end, words in spans:
+            if block_function == function and start <= address and address + count <= end:
+                return words[address - start : address - start + count]
+        return None
 
     values: dict[str, float | None] = {}
     for spec in profile.values:
