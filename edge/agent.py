@@ -21,9 +21,9 @@ from functools import partial
 import aiomqtt
 
 from edge.buffer import BufferedMessage, MeasurementBuffer
-from edge.config import AgentConfig
+from edge.config import AgentConfig, DeviceConfig
 from edge.poller import Bus, DevicePoller
-from edge.profile import load_profile
+from edge.profile import DeviceProfile, load_profile
 from edge.setpoints import DeviceControl
 from edge.sunspec import discover_profile
 from hub.messages import (
@@ -68,14 +68,13 @@ class Agent:
                         bus,
                         device.unit_id,
                         retries=config.retries,
-                        discover=partial(discover_profile, bus, device.unit_id),
+                        discover=partial(self._discover, device, bus),
                     )
                 )
                 continue
             profile = load_profile(device.profile)
             self.pollers.append(DevicePoller(device.id, profile, bus, device.unit_id, retries=config.retries))
-            if profile.setpoints:
-                self.controls[device.id] = DeviceControl(device, profile, bus)
+            self._add_control(device, profile, bus)
         self.last_heartbeat = (
             time.monotonic()
         )  # counting from start: no controller yet is a missing controller
@@ -264,7 +263,7 @@ class Agent:
         except MessageError as exc:
             log.warning("ignoring a setpoint for %s that does not parse: %s", device, exc)
             return None
-        control = self._control(device)
+        control = self.controls.get(device)
         if control is None:
             return SetpointAck(
                 id=setpoint.id,
@@ -274,20 +273,16 @@ class Agent:
             )
         return await control.apply(setpoint)
 
-    def _control(self, device_id: str) -> DeviceControl | None:
-        """The device's setpoint handler; for a discovered SunSpec device, made once its profile is known."""
-        control = self.controls.get(device_id)
-        if control is None:
-            poller = next((p for p in self.pollers if p.device_id == device_id), None)
-            config = next((d for d in self.config.devices if d.id == device_id), None)
-            if (
-                poller is not None
-                and config is not None
-                and poller.profile is not None
-                and poller.profile.setpoints
-            ):
-                control = self.controls[device_id] = DeviceControl(config, poller.profile, poller.bus)
-        return control
+    def _add_control(self, device: DeviceConfig, profile: DeviceProfile, bus: Bus) -> None:
+        if profile.setpoints:
+            self.controls[device.id] = DeviceControl(device, profile, bus)
+
+    async def _discover(self, device: DeviceConfig, bus: Bus) -> DeviceProfile | None:
+        """SunSpec discovery for one device; once its profile is known it takes setpoints like any other."""
+        profile = await discover_profile(bus, device.unit_id)
+        if profile is not None:
+            self._add_control(device, profile, bus)
+        return profile
 
     async def watchdog(self) -> None:
         """Safe mode when a setpoint expires or the controller's heartbeat has been missing too long."""
@@ -298,8 +293,6 @@ class Agent:
                 log.warning("no controller heartbeat for %.0f s: devices go to safe mode", silent)
                 self.failsafe = True
                 self._wake.set()
-            for poller in self.pollers:
-                self._control(poller.device_id)
             for control in list(self.controls.values()):
                 if self.failsafe:
                     await control.enter_safe_mode("controller heartbeat missing")

@@ -92,17 +92,21 @@ class DevicePoller:
 
     def __post_init__(self) -> None:
         if self.profile is not None:
-            self._plans = {slow: plan_reads(self.profile, include_slow=slow) for slow in (True, False)}
+            self._use(self.profile)
+
+    def _use(self, profile: DeviceProfile) -> None:
+        self.profile = profile
+        self._plans = {slow: plan_reads(profile, include_slow=slow) for slow in (True, False)}
 
     async def poll(self) -> PollResult:
-        if self.profile is None:
-            found = await self.discover() if self.discover is not None else None
-            if found is None:
+        profile = self.profile
+        if profile is None:
+            profile = await self.discover() if self.discover is not None else None
+            if profile is None:
                 self._availability(True, "SunSpec discovery found no model chain yet")
                 return PollResult({}, Quality.BAD, time.time())
-            self.profile = found
-            self.__post_init__()
-        include_slow = self.polls % self.profile.slow_every == 0
+            self._use(profile)
+        include_slow = self.polls % profile.slow_every == 0
         self.polls += 1
         ts = time.time()
         blocks: dict[tuple[str, int], list[int]] = {}
@@ -118,7 +122,7 @@ class DevicePoller:
                 failed += 1
             else:
                 blocks[(block.function, block.address)] = words
-        decoded = decode_values(self.profile, blocks)
+        decoded = decode_values(profile, blocks)
         # Every value of the poll is reported: those not read are missing (None).
         names = [v.name for b in plan for v in b.values]
         values = {name: decoded.get(name) for name in names}
