@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
@@ -18,7 +19,17 @@ import yaml
 
 from edge.agent import Agent
 from edge.config import load_agent_config
-from hub.messages import GatewayState, Measurement, Quality, decode
+from hub.messages import (
+    ControllerHeartbeat,
+    GatewayState,
+    Measurement,
+    Quality,
+    Setpoint,
+    SetpointAck,
+    SetpointStatus,
+    decode,
+    encode,
+)
 from hub.services import broker_accounts, free_port, start_broker
 from hub.settings import ServiceSettings
 from hub.supervisor import Supervisor
@@ -44,7 +55,10 @@ def broker(tmp_path):
         yield settings, accounts, supervisor, process
 
 
-def agent_config(tmp_path: Path, settings, accounts, device_port: int) -> Path:
+def agent_config(
+    tmp_path: Path, settings, accounts, device_port: int, *, pv: dict | None = None, **top
+) -> Path:
+    """A gateway config for the two test devices; ``pv`` changes the inverter's entry, ``top`` top-level keys."""
     config = {
         "gateway": GATEWAY,
         "site": settings.site,
@@ -74,6 +88,8 @@ def agent_config(tmp_path: Path, settings, accounts, device_port: int) -> Path:
             },
         ],
     }
+    config["devices"][1].update(pv or {})
+    config.update(top)
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -205,71 +221,67 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
     settings, accounts, _supervisor, process = broker
     server, _meter, _inverter = devices
     config = agent_config(tmp_path, settings, accounts, server.port)
-    observer = Observer(settings, accounts)
-    observer_task = asyncio.create_task(observer.run())
-    cmd = [sys.executable, "-m", "hub.cli", "edge", "--config", str(config)]
-    log = (tmp_path / "agent.log").open("w")
-    agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        await observer.wait_for(lambda: len(observer.seqs(1)) >= 10)
-        process.stop()  # broker away, so the agent holds unsent messages on disk when it dies
-        await observer.wait_for(
-            lambda: buffered(tmp_path / "buffer.db") >= 6
-        )  # polls that only the disk holds
-        os.kill(agent.pid, signal.SIGKILL)
-        agent.wait()
-        process.start()
-        process.wait_ready()
+    async with observing(settings, accounts) as observer:
+        cmd = [sys.executable, "-m", "hub.cli", "edge", "--config", str(config)]
+        log = (tmp_path / "agent.log").open("w")
         agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            await observer.wait_for(lambda: len(observer.seqs(2)) >= 5, 30)
-        except TimeoutError:
-            raise AssertionError((tmp_path / "agent.log").read_text()[-3000:]) from None
-        first = observer.seqs(1)
-        assert first == list(range(first[-1] + 1)), "a gap in the killed session"
-        assert first[-1] >= 12  # polls made while the broker was down were replayed by the next session
-        assert observer.seqs(2)[0] == 0
-        assert any(m.replay and m.session == 1 for _d, m in observer.messages)
-    finally:
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            agent.wait(timeout=10)
-        observer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await observer_task
+            await observer.wait_for(lambda: len(observer.seqs(1)) >= 10)
+            process.stop()  # broker away, so the agent holds unsent messages on disk when it dies
+            # Polls that only the disk holds.
+            await observer.wait_for(lambda: buffered(tmp_path / "buffer.db") >= 6)
+            os.kill(agent.pid, signal.SIGKILL)
+            agent.wait()
+            process.start()
+            process.wait_ready()
+            agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                await observer.wait_for(lambda: len(observer.seqs(2)) >= 5, 30)
+            except TimeoutError:
+                raise AssertionError((tmp_path / "agent.log").read_text()[-3000:]) from None
+            first = observer.seqs(1)
+            assert first == list(range(first[-1] + 1)), "a gap in the killed session"
+            assert first[-1] >= 12  # polls made while the broker was down were replayed by the next session
+            assert observer.seqs(2)[0] == 0
+            assert any(m.replay and m.session == 1 for _d, m in observer.messages)
+        finally:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+                agent.wait(timeout=10)
+            log.close()
 
 
 async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
-    from datetime import UTC, datetime, timedelta
-
-    from hub.messages import ControllerHeartbeat, Setpoint, SetpointAck, SetpointStatus, encode
-
     settings, accounts, _supervisor, _process = broker
     server, _meter, inverter = devices
-    path = agent_config(tmp_path, settings, accounts, server.port)
-    config = yaml.safe_load(path.read_text())
-    config["heartbeat_timeout_s"] = 1.0
-    config["devices"][1]["safe_mode"] = {"active_power_limit_pct": 30}
-    config["devices"][1]["setpoint_bounds"] = {"active_power_limit_pct": [0, 90]}
-    path.write_text(yaml.safe_dump(config))
+    path = agent_config(
+        tmp_path,
+        settings,
+        accounts,
+        server.port,
+        heartbeat_timeout_s=1.0,
+        pv={
+            "safe_mode": {"active_power_limit_pct": 30},
+            "setpoint_bounds": {"active_power_limit_pct": [0, 90]},
+        },
+    )
     topics = Topics(site=settings.site)
-    observer = Observer(settings, accounts)
-    observer_task = asyncio.create_task(observer.run())
-    agent = Agent(load_agent_config(path))
-    stop = asyncio.Event()
-    agent_task = asyncio.create_task(agent.run(stop))
     creds = accounts.credentials("ehub-control")
     beating = asyncio.Event()
     beating.set()
     acks: dict[str, SetpointAck] = {}
 
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        settings.mqtt_port,
-        username=creds.username,
-        password=creds.password,
-        identifier="control-test",
-    ) as control:
+    async with (
+        observing(settings, accounts) as observer,
+        running_agent(path) as agent,
+        aiomqtt.Client(
+            "127.0.0.1",
+            settings.mqtt_port,
+            username=creds.username,
+            password=creds.password,
+            identifier="control-test",
+        ) as control,
+    ):
         await control.subscribe(topics.all_acks(), qos=1)
 
         async def heartbeat() -> None:
@@ -345,25 +357,13 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
         finally:
             for task in tasks:
                 task.cancel()
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await agent_task
-            observer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await observer_task
 
 
 async def test_sunspec_device_without_a_profile(tmp_path, broker, devices):
-    from datetime import UTC, datetime, timedelta
-
-    from hub.messages import ControllerHeartbeat, Setpoint, SetpointAck, SetpointStatus, encode
-
     settings, accounts, _supervisor, _process = broker
     server, _meter, inverter = devices
-    path = agent_config(tmp_path, settings, accounts, server.port)
-    config = yaml.safe_load(path.read_text())
-    config["devices"][1]["profile"] = "sunspec"  # discovered from the device's model chain
-    path.write_text(yaml.safe_dump(config))
+    # profile: sunspec: discovered from the device's model chain
+    path = agent_config(tmp_path, settings, accounts, server.port, pv={"profile": "sunspec"})
     topics = Topics(site=settings.site)
     creds = accounts.credentials("ehub-control")
     async with observing(settings, accounts) as observer, running_agent(path):
