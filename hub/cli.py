@@ -228,7 +228,7 @@ def demo(
         name="simulator",
         argv=argv,
         log_path=settings.state_dir.resolve() / "log" / "simulator.log",
-        ready=lambda: "Modbus TCP ports" in _read(settings.state_dir.resolve() / "log" / "simulator.log"),
+        ready=lambda: _simulator_answers(endpoints),
     )
     _run_services(settings, banner="energyhub demo is up:", extra=[simulator])
 
@@ -275,11 +275,18 @@ def gateway_config_command(
         out.write_text(text)
 
 
-def _read(path: Path) -> str:
+def _simulator_answers(endpoints: Path) -> bool:
+    """Ready when the endpoints file (removed before start) lists ports that all accept connections; the log is
+    appended across runs, so a line in it could be an old run's."""
+    import json
+
+    from hub.services import tcp_answers
+
     try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+        listed = json.loads(endpoints.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(tcp_answers(host, port) for host, port in {(e["host"], e["port"]) for e in listed})
 
 
 def main() -> None:  # pragma: no cover - console entry point
