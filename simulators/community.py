@@ -34,7 +34,7 @@ from simulators.modbus_server import GatewayServer
 from simulators.sdm630 import MeterState
 from simulators.solar import SolarOnline
 
-__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint"]
+__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint", "plan_sessions", "vehicle_max_w"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,14 @@ class ConnectionModel:
         battery = sum(b.state.power_w for b in self.batteries)
         ev = sum(c.state.power_w for c, _k, _v in self.chargers)
         return self.load_w - pv + battery + ev
+
+
+CAR_MAX_W = 11_000.0  # what a car's on-board charger takes from a three-phase AC point
+
+
+def vehicle_max_w(vehicle: str, charger_w: float) -> float:
+    """The most a session draws: a truck takes what the charger gives, a car at most its on-board charger."""
+    return charger_w if vehicle == "truck" else min(charger_w, CAR_MAX_W)
 
 
 def plan_sessions(seed: int, key: str, vehicle: str, day_start: datetime) -> list[tuple[float, float, float]]:
@@ -239,9 +247,10 @@ class CommunitySimulator:
                 if state.session is None:
                     for arrival, departure, wanted in self._sessions(key, vehicle, t):
                         if arrival <= now_s < departure:
-                            limit = state.max_w if vehicle == "truck" else min(state.max_w, 11_000.0)
                             state.session = Session(
-                                energy_wanted_wh=wanted, departure_s=departure, vehicle_max_w=limit
+                                energy_wanted_wh=wanted,
+                                departure_s=departure,
+                                vehicle_max_w=vehicle_max_w(vehicle, state.max_w),
                             )
                             self._session_plans[key].remove((arrival, departure, wanted))
                             break

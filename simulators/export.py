@@ -22,7 +22,7 @@ import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped]
 
 from hub.topology import Community, DeviceRole
-from simulators.community import plan_sessions
+from simulators.community import plan_sessions, vehicle_max_w
 from simulators.loads import load_power_w
 from simulators.solar import pv_power_kw
 
@@ -126,7 +126,7 @@ def export_quarter_hours(
                 while day.timestamp() < end_s:
                     for arrival, departure, wanted in plan_sessions(seed, key, vehicle, day):
                         if start_s <= arrival < end_s:
-                            power = rating if vehicle == "truck" else min(rating, 11_000.0)
+                            power = vehicle_max_w(vehicle, rating)
                             sessions.append((arrival, departure, wanted, power))
                             session_rows.append(
                                 [
