@@ -178,8 +178,8 @@ class Agent:
                     if down_since is not None:
                         log.info("broker connection back after %.0f s", time.monotonic() - down_since)
                     down_since, backoff = None, 0.5
-                    backlog = self.buffer.peek(self.buffer.depth)
-                    replay_up_to = backlog[-1].id if backlog else 0
+                    # Everything stored before this connection counts as replay; the backlog itself stays on disk.
+                    replay_up_to = self.buffer.last_id()
                     await client.subscribe(self.topics.setpoints_for(self.config.gateway), qos=1)
                     await client.subscribe(self.topics.heartbeat(), qos=1)
                     self.connected.set()

@@ -119,6 +119,11 @@ class MeasurementBuffer:
                 )
         self._depth = min(self._depth + len(rows), self.max_messages)
 
+    def last_id(self) -> int:
+        """Id of the newest stored message (0 when empty): what was buffered up to now."""
+        row = self._db.execute("SELECT MAX(id) FROM messages").fetchone()
+        return int(row[0] or 0)
+
     def peek(self, limit: int) -> list[BufferedMessage]:
         """The oldest ``limit`` messages, in the order they were stored."""
         rows = self._db.execute(

@@ -15,8 +15,10 @@ from edge.buffer import BufferError, MeasurementBuffer
 
 def test_order_peek_ack(tmp_path):
     buffer = MeasurementBuffer(tmp_path / "b.db")
+    assert buffer.last_id() == 0
     buffer.append_many([(f"t/{i}", f"m{i}".encode()) for i in range(5)], session=1)
     assert buffer.depth == 5
+    assert buffer.last_id() == buffer.peek(5)[-1].id
     first = buffer.peek(3)
     assert [m.payload for m in first] == [b"m0", b"m1", b"m2"]
     assert {m.session for m in first} == {1}
