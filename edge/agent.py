@@ -115,6 +115,9 @@ class Agent:
             await asyncio.sleep(delay)
 
     # -- publishing -------------------------------------------------------------------------------------------
+    def _in_failsafe(self) -> bool:
+        return self.failsafe or any(c.in_safe_mode for c in self.controls.values())
+
     def _health(self) -> GatewayHealth:
         return GatewayHealth(
             devices_ok=sum(not p.failing for p in self.pollers),
@@ -122,7 +125,7 @@ class Agent:
             buffer_depth=self.buffer.depth,
             buffer_dropped=self.buffer.dropped,
             last_publish=self.last_publish,
-            failsafe=self.failsafe or any(c.in_safe_mode for c in self.controls.values()),
+            failsafe=self._in_failsafe(),
         )
 
     def _state(self, online: bool) -> bytes:
@@ -197,10 +200,10 @@ class Agent:
 
     async def _send(self, client: aiomqtt.Client, replay_up_to: int) -> None:
         limit = self.config.mqtt.max_inflight
-        reported_failsafe, reported_at = self._health().failsafe, time.monotonic()
+        reported_failsafe, reported_at = self._in_failsafe(), time.monotonic()
         while True:
             # The state (with health) goes out when failsafe changes, and every 10 s anyway.
-            failsafe = self._health().failsafe
+            failsafe = self._in_failsafe()
             if failsafe != reported_failsafe or time.monotonic() - reported_at > 10.0:
                 await client.publish(
                     self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
