@@ -82,6 +82,10 @@ def render_mosquitto_conf(config: BrokerConfig, accounts: BrokerAccounts) -> str
         # Queue for a gateway or service that is offline with a persistent session (QoS 1): at some 500
         # messages/s for the whole estate, 100,000 covers minutes of a central service being away.
         f"max_queued_messages {config.max_queued_messages}",
+        # QoS 1 messages in flight per client, both ways (MQTT 5 clients see it as Receive Maximum). Mosquitto's
+        # 20 leaves a gateway or the ingest waiting on round trips; 100 lets a gateway send a poll of 100 devices
+        # in one write.
+        "max_inflight_messages 100",
     ]
     if os.geteuid() == 0:
         # Started as root, Mosquitto drops to the `mosquitto` user, which cannot read our 0600 files or write

@@ -1,15 +1,20 @@
 """The gateway agent: poll every device, buffer on disk, publish to the broker, and never lose a measurement.
 
 Two tasks share the on-disk buffer: the poll loop writes one batch per cycle, the publish loop sends the oldest
-messages with QoS 1 (at most ``max_inflight`` awaiting PUBACK) and deletes them only once the broker has them. The
-publish loop owns the MQTT connection: birth (retained) on connect, the same topic as Last Will for death, and a
-jittered back-off between reconnects. Messages buffered before the current connection are marked as replay.
+messages with QoS 1 (at most ``max_inflight`` awaiting PUBACK, in one socket write) and deletes them once the broker
+has them. Deletes are batched about once a second, because each is a synchronous disk write; a process killed in
+that second sends those messages again after its restart (at least once; the ingest's writes are idempotent). The
+publish loop owns the MQTT connection (``edge.mqtt_link``): birth (retained) on connect, the same topic as Last Will
+for death, and a jittered back-off between reconnects. Messages buffered before the current connection are marked
+as replay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import itertools
 import json
 import logging
 import random
@@ -18,11 +23,10 @@ import time
 from datetime import UTC, datetime
 from functools import partial
 
-import aiomqtt
-
 from edge.buffer import BufferedMessage, MeasurementBuffer
 from edge.config import AgentConfig, DeviceConfig
-from edge.poller import Bus, DevicePoller
+from edge.mqtt_link import MqttLink, MqttLinkError, Will
+from edge.poller import Bus, DevicePoller, PollResult
 from edge.profile import DeviceProfile, load_profile
 from edge.setpoints import DeviceControl
 from edge.sunspec import discover_profile
@@ -53,13 +57,12 @@ class Agent:
         self.buffer = MeasurementBuffer(config.buffer_path, max_messages=config.buffer_max_messages)
         self.session = self.buffer.next_session()
         self.seq = 0
-        self.buses: dict[tuple[str, int], Bus] = {}
+        self.buses: dict[str, Bus] = {}
         self.pollers: list[DevicePoller] = []
         self.controls: dict[str, DeviceControl] = {}
         for device in config.devices:
-            key = (device.host, device.port)
-            bus = self.buses.get(key) or Bus(device.host, device.port, timeout_s=config.timeout_s)
-            self.buses[key] = bus
+            bus = self.buses.get(device.bus_key) or Bus.for_device(device, timeout_s=config.timeout_s)
+            self.buses[device.bus_key] = bus
             if device.profile == "sunspec":  # discovered at the first poll that gets an answer
                 self.pollers.append(
                     DevicePoller(
@@ -68,12 +71,22 @@ class Agent:
                         bus,
                         device.unit_id,
                         retries=config.retries,
+                        interval_s=device.interval_s or config.interval_s,
                         discover=partial(self._discover, device, bus),
                     )
                 )
                 continue
             profile = load_profile(device.profile)
-            self.pollers.append(DevicePoller(device.id, profile, bus, device.unit_id, retries=config.retries))
+            self.pollers.append(
+                DevicePoller(
+                    device.id,
+                    profile,
+                    bus,
+                    device.unit_id,
+                    retries=config.retries,
+                    interval_s=device.interval_s or config.interval_s,
+                )
+            )
             self._add_control(device, profile, bus)
         self.last_heartbeat = (
             time.monotonic()
@@ -82,14 +95,25 @@ class Agent:
         self.published = 0
         self.last_publish: datetime | None = None
         self.connected = asyncio.Event()
+        self._acked: list[int] = []  # acknowledged by the broker, deleted from disk at the next flush
+        self._acked_at = time.monotonic()
         self._wake = asyncio.Event()
 
     # -- polling ----------------------------------------------------------------------------------------------
-    async def poll_once(self) -> None:
-        results = await asyncio.gather(*(p.poll() for p in self.pollers))
+    async def _poll_bus(self, pollers: list[DevicePoller]) -> list[tuple[DevicePoller, PollResult]]:
+        # The bus's owner: its devices one after the other, as on a serial line.
+        return [(poller, await poller.poll()) for poller in pollers]
+
+    async def poll_once(self, due: list[DevicePoller] | None = None) -> None:
+        """Poll ``due`` (every device when None) and store the measurements as one batch."""
+        by_bus: dict[Bus, list[DevicePoller]] = {}
+        for poller in self.pollers if due is None else due:
+            by_bus.setdefault(poller.bus, []).append(poller)
+        per_bus = await asyncio.gather(*(self._poll_bus(group) for group in by_bus.values()))
         batch = []
-        for poller, result in zip(self.pollers, results, strict=True):
-            message = Measurement(
+        for poller, result in itertools.chain.from_iterable(per_bus):
+            # Built from values this agent decoded itself: validation would only cost CPU on the hot path.
+            message = Measurement.model_construct(
                 ts=datetime.fromtimestamp(result.ts, UTC),
                 session=self.session,
                 seq=self.seq,
@@ -103,26 +127,37 @@ class Agent:
         self._wake.set()
 
     async def poll_loop(self) -> None:
-        interval = self.config.interval_s
-        next_at = time.monotonic()
+        """Each device at its own interval; devices due at the same moment are polled (and stored) together."""
+        start = time.monotonic()
+        for poller in self.pollers:
+            poller.next_due = start
         while True:
-            await self.poll_once()
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay < 0:  # overran: skip the missed cycles rather than bunching polls
-                next_at = time.monotonic()
-                delay = 0
-            await asyncio.sleep(delay)
+            now = time.monotonic()
+            due = [p for p in self.pollers if p.next_due <= now]
+            if due:
+                await self.poll_once(due)
+            now = time.monotonic()
+            for poller in due:
+                poller.next_due += poller.interval_s
+                if poller.next_due < now:  # overran: skip the missed polls rather than bunching them
+                    poller.next_due = now + poller.interval_s
+            next_due = min((p.next_due for p in self.pollers), default=now + self.config.interval_s)
+            await asyncio.sleep(max(0.0, next_due - time.monotonic()))
 
     # -- publishing -------------------------------------------------------------------------------------------
     def _in_failsafe(self) -> bool:
         return self.failsafe or any(c.in_safe_mode for c in self.controls.values())
 
+    @property
+    def unsent(self) -> int:
+        """Measurements on disk that the broker does not have yet."""
+        return self.buffer.depth - len(self._acked)
+
     def _health(self) -> GatewayHealth:
         return GatewayHealth(
             devices_ok=sum(not p.failing for p in self.pollers),
             devices_failing=sum(p.failing for p in self.pollers),
-            buffer_depth=self.buffer.depth,
+            buffer_depth=self.unsent,
             buffer_dropped=self.buffer.dropped,
             last_publish=self.last_publish,
             failsafe=self._in_failsafe(),
@@ -139,28 +174,24 @@ class Agent:
             )
         )
 
-    def _client(self) -> aiomqtt.Client:
+    async def _connect(self) -> MqttLink:
         mqtt = self.config.mqtt
         username, password = mqtt.username, mqtt.password
         if mqtt.credentials_file is not None:
             creds = json.loads(mqtt.credentials_file.read_text())
             username, password = creds["username"], creds["password"]
-        tls = (
-            aiomqtt.TLSParameters(ca_certs=str(mqtt.ca_file), cert_reqs=ssl.CERT_REQUIRED)
-            if mqtt.ca_file
-            else None
-        )
-        return aiomqtt.Client(
-            hostname=mqtt.host,
-            port=mqtt.port,
+        tls = None
+        if mqtt.ca_file is not None:
+            tls = ssl.create_default_context(cafile=str(mqtt.ca_file))  # checks the broker's name too
+        return await MqttLink.connect(
+            mqtt.host,
+            mqtt.port,
+            client_id=f"{self.config.gateway}-agent",
             username=username,
             password=password,
-            identifier=f"{self.config.gateway}-agent",
-            protocol=aiomqtt.ProtocolVersion.V5,
-            keepalive=mqtt.keepalive_s,
-            tls_params=tls,
-            max_inflight_messages=mqtt.max_inflight,
-            will=aiomqtt.Will(self.topics.state(self.config.gateway), self._state(False), qos=1, retain=True),
+            keepalive_s=mqtt.keepalive_s,
+            tls=tls,
+            will=Will(self.topics.state(self.config.gateway), self._state(False), qos=1, retain=True),
         )
 
     def _payload(self, message: BufferedMessage, replay: bool) -> bytes:
@@ -173,76 +204,94 @@ class Agent:
         backoff = 0.5
         down_since: float | None = None
         while True:
+            link: MqttLink | None = None
             try:
-                async with self._client() as client:
-                    await client.publish(
-                        self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
-                    )
-                    if down_since is not None:
-                        log.info("broker connection back after %.0f s", time.monotonic() - down_since)
-                    down_since, backoff = None, 0.5
-                    # Everything stored before this connection counts as replay; the backlog itself stays on disk.
-                    replay_up_to = self.buffer.last_id()
-                    await client.subscribe(self.topics.setpoints_for(self.config.gateway), qos=1)
-                    await client.subscribe(self.topics.heartbeat(), qos=1)
-                    self.connected.set()
-                    async with asyncio.TaskGroup() as group:
-                        group.create_task(self._send(client, replay_up_to), name="send")
-                        group.create_task(self._receive(client), name="receive")
-            except* aiomqtt.MqttError as group:
+                link = await self._connect()
+                await link.publish(
+                    self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
+                )
+                if down_since is not None:
+                    log.info("broker connection back after %.0f s", time.monotonic() - down_since)
+                down_since, backoff = None, 0.5
+                # Everything stored before this connection counts as replay; the backlog itself stays on disk.
+                replay_up_to = self.buffer.last_id()
+                granted = await link.subscribe(
+                    [(self.topics.setpoints_for(self.config.gateway), 1), (self.topics.heartbeat(), 1)]
+                )
+                if any(code >= 0x80 for code in granted):
+                    log.error("the broker refused our setpoint or heartbeat subscription (codes %s)", granted)
+                self.connected.set()
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self._send(link, replay_up_to), name="send")
+                    group.create_task(self._receive(link), name="receive")
+            except* MqttLinkError as group:
                 exc = group.exceptions[0]
                 self.connected.clear()
+                self._flush_acks()
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("broker connection lost or refused (%s); buffering on disk, retrying", exc)
                 await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
                 backoff = min(backoff * 2, 30.0)
+            finally:
+                if link is not None:
+                    link.abort()
 
-    async def _send(self, client: aiomqtt.Client, replay_up_to: int) -> None:
-        limit = self.config.mqtt.max_inflight
+    def _flush_acks(self) -> None:
+        """Delete what the broker has acknowledged: batched, since each delete is a synchronous disk write."""
+        if self._acked:
+            self.buffer.ack(self._acked)
+            self._acked = []
+        self._acked_at = time.monotonic()
+
+    async def _send(self, link: MqttLink, replay_up_to: int) -> None:
+        limit = max(1, min(self.config.mqtt.max_inflight, link.receive_maximum))
         reported_failsafe, reported_at = self._in_failsafe(), time.monotonic()
+        sent_up_to = 0  # this connection starts again at the oldest message still on disk
         while True:
             # The state (with health) goes out when failsafe changes, and every 10 s anyway.
             failsafe = self._in_failsafe()
             if failsafe != reported_failsafe or time.monotonic() - reported_at > 10.0:
-                await client.publish(
-                    self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
-                )
+                link.publish_batch([(self.topics.state(self.config.gateway), self._state(True))], retain=True)
                 reported_failsafe, reported_at = failsafe, time.monotonic()
-            batch = self.buffer.peek(limit)
+            if time.monotonic() - self._acked_at > 1.0 or len(self._acked) >= 5000:
+                self._flush_acks()
+            batch = self.buffer.peek(limit, after_id=sent_up_to)
             if not batch:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
-            # QoS 1 publishes complete on PUBACK; only then do the messages leave the disk.
-            await asyncio.gather(
-                *(
-                    client.publish(
-                        m.topic, self._payload(m, m.id <= replay_up_to or m.session != self.session), qos=1
-                    )
+            # QoS 1: a message leaves the disk only once its PUBACK is in.
+            sent = link.publish_batch(
+                [
+                    (m.topic, self._payload(m, m.id <= replay_up_to or m.session != self.session))
                     for m in batch
-                )
+                ]
             )
-            self.buffer.ack([m.id for m in batch])
-            self.published += len(batch)
+            await link.wait(sent.done)
+            for index, reason in sent.refused:
+                # Refused for good (not authorized, malformed): holding it would stop the whole gateway.
+                log.error("the broker refused %s (reason 0x%02x); dropping it", batch[index].topic, reason)
+            sent_up_to = batch[-1].id
+            self._acked.extend(m.id for m in batch)
+            self.published += len(batch) - len(sent.refused)
             self.last_publish = datetime.now(UTC)
 
-    async def _receive(self, client: aiomqtt.Client) -> None:
-        async for message in client.messages:
+    async def _receive(self, link: MqttLink) -> None:
+        while True:
+            message = await link.next_message()
             try:
-                info = self.topics.parse(str(message.topic))
+                info = self.topics.parse(message.topic)
             except TopicError as exc:
                 log.warning("ignoring message on unexpected topic: %s", exc)
                 continue
             if info.kind is TopicKind.HEARTBEAT:
-                self._heartbeat(bytes(message.payload))
+                self._heartbeat(message.payload)
             elif info.kind is TopicKind.SETPOINT and info.device is not None:
-                ack = await self._setpoint(info.device, bytes(message.payload))
+                ack = await self._setpoint(info.device, message.payload)
                 if ack is not None:
-                    await client.publish(
-                        self.topics.ack(self.config.gateway, info.device), encode(ack), qos=1
-                    )
+                    link.publish_batch([(self.topics.ack(self.config.gateway, info.device), encode(ack))])
 
     def _heartbeat(self, payload: bytes) -> None:
         try:
@@ -264,8 +313,15 @@ class Agent:
         try:
             setpoint = decode(Setpoint, payload)
         except MessageError as exc:
-            log.warning("ignoring a setpoint for %s that does not parse: %s", device, exc)
-            return None
+            setpoint_id = _raw_id(payload)
+            log.warning(
+                "rejecting a setpoint for %s that does not parse (id %s): %s", device, setpoint_id, exc
+            )
+            if setpoint_id is None:
+                return None  # nothing to acknowledge it by: the log is all there is
+            return SetpointAck(
+                id=setpoint_id, status=SetpointStatus.REJECTED, ts=datetime.now(UTC), reason=str(exc)[:200]
+            )
         control = self.controls.get(device)
         if control is None:
             return SetpointAck(
@@ -304,6 +360,8 @@ class Agent:
                     self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Profiles, plans and clients live as long as the process: keep the cyclic collector from rescanning them.
+        gc.freeze()
         log.info(
             "gateway %s session %d: %d devices, %d buffered",
             self.config.gateway,
@@ -322,6 +380,17 @@ class Agent:
                 for task in tasks:
                     task.cancel()
         finally:
+            self._flush_acks()
             for bus in self.buses.values():
                 bus.close()
             self.buffer.close()
+
+
+def _raw_id(payload: bytes) -> str | None:
+    """The id of a setpoint that failed validation, when the payload still carries a usable one."""
+    try:
+        raw = json.loads(payload)
+    except ValueError:
+        return None
+    setpoint_id = raw.get("id") if isinstance(raw, dict) else None
+    return setpoint_id if isinstance(setpoint_id, str) and 0 < len(setpoint_id) <= 64 else None

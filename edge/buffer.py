@@ -9,6 +9,7 @@ session counter, so a restarted agent starts a new session that the ingest can t
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +42,23 @@ class BufferedMessage:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on an exception (autocommit connections need it spelled out)."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, lock: threading.RLock) -> None:
         self._db = db
+        self._lock = lock
 
     def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()
 
 
 class MeasurementBuffer:
@@ -58,6 +68,9 @@ class MeasurementBuffer:
         self.path = Path(path)
         self.max_messages = max_messages
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The poll loop appends from a worker thread while the publish loop reads and deletes: one connection,
+        # so every use of it goes through this lock (a second BEGIN on it would fail).
+        self._lock = threading.RLock()
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -72,11 +85,13 @@ class MeasurementBuffer:
         self._depth = self._db.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
     # -- meta ------------------------------------------------------------------------------------------------
     def _meta(self, key: str) -> int:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return int(row[0]) if row else 0
 
     def next_session(self) -> int:
@@ -97,7 +112,7 @@ class MeasurementBuffer:
 
     # -- messages -------------------------------------------------------------------------------------------
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        return _Transaction(self._db, self._lock)
 
     def append_many(self, messages: Iterable[tuple[str, bytes]], *, session: int) -> None:
         """Store a batch in one transaction; when full, drop the oldest to make room and count them."""
@@ -117,18 +132,21 @@ class MeasurementBuffer:
                     "ON CONFLICT(key) DO UPDATE SET value = value + excluded.value",
                     (excess,),
                 )
-        self._depth = min(self._depth + len(rows), self.max_messages)
+            self._depth = min(self._depth + len(rows), self.max_messages)
 
     def last_id(self) -> int:
         """Id of the newest stored message (0 when empty): what was buffered up to now."""
-        row = self._db.execute("SELECT MAX(id) FROM messages").fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT MAX(id) FROM messages").fetchone()
         return int(row[0] or 0)
 
-    def peek(self, limit: int) -> list[BufferedMessage]:
-        """The oldest ``limit`` messages, in the order they were stored."""
-        rows = self._db.execute(
-            "SELECT id, topic, payload, session FROM messages ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
+    def peek(self, limit: int, *, after_id: int = 0) -> list[BufferedMessage]:
+        """The oldest ``limit`` messages with an id above ``after_id``, in the order they were stored."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, topic, payload, session FROM messages WHERE id > ? ORDER BY id LIMIT ?",
+                (after_id, limit),
+            ).fetchall()
         return [BufferedMessage(int(r[0]), str(r[1]), bytes(r[2]), int(r[3])) for r in rows]
 
     def ack(self, ids: Sequence[int]) -> None:
@@ -136,7 +154,7 @@ class MeasurementBuffer:
         if not ids:
             return
         with self._transaction():
-            # One statement for the batch: acks arrive in batches of up to max_inflight.
+            # One statement for the batch (the agent flushes at most 5,000 ids, under SQLite's 32,766 parameters).
             marks = ",".join("?" * len(ids))
             cursor = self._db.execute(f"DELETE FROM messages WHERE id IN ({marks})", list(ids))
-        self._depth = max(0, self._depth - max(cursor.rowcount, 0))
+            self._depth = max(0, self._depth - max(cursor.rowcount, 0))

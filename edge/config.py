@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hub.topics import DEFAULT_ROOT, TopicError, check_id
 
-__all__ = ["AgentConfig", "ConfigError", "DeviceConfig", "MqttConfig", "load_agent_config"]
+__all__ = ["AgentConfig", "ConfigError", "DeviceConfig", "MqttConfig", "SerialLine", "load_agent_config"]
 
 
 class _Strict(BaseModel):
@@ -26,14 +27,27 @@ class MqttConfig(_Strict):
         None, description="CA certificate: connect with TLS and check the broker's name."
     )
     keepalive_s: int = Field(15, ge=5, le=600)
-    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once.")
+    max_inflight: int = Field(
+        100, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once (capped by the broker's)."
+    )
+
+
+class SerialLine(_Strict):
+    """A Modbus RTU line: a serial port, or ``socket://host:port`` for RTU frames through a TCP converter."""
+
+    port: str = Field(description="e.g. /dev/ttyUSB0, or socket://127.0.0.1:4001")
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
 
 
 class DeviceConfig(_Strict):
     id: str
     profile: str
-    host: str
+    host: str | None = Field(None, description="Modbus TCP address; leave out for a device on a serial line.")
     port: int = Field(502, ge=1, le=65535)
+    serial: SerialLine | None = Field(None, description="Modbus RTU line, instead of host and port.")
     unit_id: int = Field(1, ge=0, le=255)
     interval_s: float | None = Field(
         None, gt=0, description="Poll interval; the agent's default if left out."
@@ -45,6 +59,19 @@ class DeviceConfig(_Strict):
         default_factory=dict,
         description="Setpoints applied when control is gone or a setpoint expires, e.g. {active_power_limit_pct: 30}.",
     )
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        if (self.host is None) == (self.serial is None):
+            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU), not both or neither")
+        return self
+
+    @property
+    def bus_key(self) -> str:
+        """Devices with the same key share one connection, and one owner polls them in turn."""
+        return (
+            f"rtu:{self.serial.port}" if self.serial is not None else f"tcp:{self.host}:{self.port}"
+        )  # as Bus.name
 
     @field_validator("id")
     @classmethod

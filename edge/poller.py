@@ -13,11 +13,13 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus import FramerType
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, ModbusBaseClient
 from pymodbus.exceptions import ModbusException
 
+from edge.config import DeviceConfig, SerialLine
 from edge.profile import DeviceProfile
-from edge.register_map import ReadBlock, decode_values, plan_reads
+from edge.register_map import BlockDecoder, ReadBlock, plan_reads
 from hub.messages import Quality
 
 __all__ = ["Bus", "DevicePoller", "PollResult"]
@@ -26,14 +28,43 @@ log = logging.getLogger(__name__)
 
 
 class Bus:
-    """One Modbus TCP connection and its lock."""
+    """One Modbus connection (TCP, or an RTU serial line) and its lock."""
 
-    def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
-        self.host, self.port = host, port
+    def __init__(self, name: str, client: ModbusBaseClient) -> None:
+        self.name = name
         self.lock = asyncio.Lock()
-        self.client = AsyncModbusTcpClient(
+        self.client = client
+
+    # retries=0 on the clients: the poller retries per block itself, so one slow device cannot hold the bus long.
+    @classmethod
+    def tcp(cls, host: str, port: int, *, timeout_s: float) -> Bus:
+        client = AsyncModbusTcpClient(
             host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0.5, reconnect_delay_max=10.0
         )
+        return cls(f"tcp:{host}:{port}", client)
+
+    @classmethod
+    def rtu(cls, line: SerialLine, *, timeout_s: float) -> Bus:
+        client = AsyncModbusSerialClient(
+            line.port,
+            framer=FramerType.RTU,
+            baudrate=line.baudrate,
+            parity=line.parity,
+            stopbits=line.stopbits,
+            bytesize=line.bytesize,
+            timeout=timeout_s,
+            retries=0,
+            reconnect_delay=0.5,
+            reconnect_delay_max=10.0,
+        )
+        return cls(f"rtu:{line.port}", client)
+
+    @classmethod
+    def for_device(cls, device: DeviceConfig, *, timeout_s: float) -> Bus:
+        if device.serial is not None:
+            return cls.rtu(device.serial, timeout_s=timeout_s)
+        assert device.host is not None  # DeviceConfig checks that one of the two is given
+        return cls.tcp(device.host, device.port, timeout_s=timeout_s)
 
     async def read(self, block: ReadBlock, unit_id: int) -> list[int] | None:
         async with self.lock:
@@ -83,12 +114,14 @@ class DevicePoller:
     bus: Bus
     unit_id: int
     retries: int = 1
+    interval_s: float = 1.0
+    next_due: float = 0.0  # monotonic time of the next poll, kept by the agent's poll loop
     discover: Callable[[], Awaitable[DeviceProfile | None]] | None = field(default=None, repr=False)
     polls: int = 0
     last_success: float | None = None
     last_error: str | None = None
     failing: bool = field(default=False)
-    _plans: dict[bool, list[ReadBlock]] = field(default_factory=dict, repr=False)
+    _decoders: dict[bool, BlockDecoder] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.profile is not None:
@@ -96,7 +129,9 @@ class DevicePoller:
 
     def _use(self, profile: DeviceProfile) -> None:
         self.profile = profile
-        self._plans = {slow: plan_reads(profile, include_slow=slow) for slow in (True, False)}
+        self._decoders = {
+            slow: BlockDecoder(profile, plan_reads(profile, include_slow=slow)) for slow in (True, False)
+        }
 
     async def poll(self) -> PollResult:
         profile = self.profile
@@ -109,26 +144,22 @@ class DevicePoller:
         include_slow = self.polls % profile.slow_every == 0
         self.polls += 1
         ts = time.time()
-        blocks: dict[tuple[str, int], list[int]] = {}
+        decoder = self._decoders[include_slow]
+        words: list[list[int] | None] = []
         failed = 0
-        plan = self._plans[include_slow]
-        for block in plan:
-            words = None
+        for block in decoder.blocks:
+            read = None
             for _attempt in range(self.retries + 1):
-                words = await self.bus.read(block, self.unit_id)
-                if words is not None:
+                read = await self.bus.read(block, self.unit_id)
+                if read is not None:
                     break
-            if words is None:
-                failed += 1
-            else:
-                blocks[(block.function, block.address)] = words
-        decoded = decode_values(profile, blocks)
+            failed += read is None
+            words.append(read)
         # Every value of the poll is reported: those not read are missing (None).
-        names = [v.name for b in plan for v in b.values]
-        values = {name: decoded.get(name) for name in names}
+        values = decoder.decode(words)
         missing = sum(v is None for v in values.values())
         quality = Quality.GOOD if missing == 0 else Quality.BAD if missing == len(values) else Quality.PARTIAL
-        self._availability(failed == len(plan), f"{failed} of {len(plan)} reads failed")
+        self._availability(failed == len(words), f"{failed} of {len(words)} reads failed")
         return PollResult(values, quality, ts)
 
     def _availability(self, down: bool, why: str) -> None:

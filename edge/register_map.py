@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from edge.profile import DeviceProfile, RegisterType, ValueSpec
 
-__all__ = ["ReadBlock", "decode_values", "plan_reads"]
+__all__ = ["BlockDecoder", "ReadBlock", "decode_values", "plan_reads"]
 
 _FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
 
@@ -50,56 +51,125 @@ def plan_reads(profile: DeviceProfile, *, include_slow: bool = True) -> list[Rea
     return blocks
 
 
-def _raw(words: list[int], spec: ValueSpec, word_order: str) -> float | int | str:
-    if spec.word_order is not None:
-        word_order = spec.word_order
-    if word_order == "little":
-        words = list(reversed(words))
-    data = struct.pack(f">{len(words)}H", *words)
-    if spec.type is RegisterType.STRING:
-        return data.rstrip(b"\0").decode("ascii", "replace")
-    value: float | int = struct.unpack(_FORMATS[spec.type.value], data)[0]
-    return value
+_WORDS: dict[int, struct.Struct] = {}
+_SF = struct.Struct(">h")
+
+
+def _pack_words(words: Sequence[int]) -> bytes:
+    packer = _WORDS.get(len(words))
+    if packer is None:
+        packer = _WORDS[len(words)] = struct.Struct(f">{len(words)}H")
+    return packer.pack(*words)
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where one value sits in the blocks of a plan, and how it turns into a number: worked out once."""
+
+    name: str
+    block: int
+    word: int  # offset in the block, in registers
+    registers: int
+    fmt: struct.Struct | None  # None for a string
+    little: bool  # word order reversed
+    not_implemented: frozenset[float]
+    factor: float
+    sf: tuple[int, int] | None  # (block, word) of the SunSpec scale factor
+    codes: dict[str, float] | None
+
+
+class BlockDecoder:
+    """Decodes the registers of a read plan into values by name.
+
+    Built once per plan: finding each value's block and offset, and the format, is the part of decoding that does
+    not change between polls. A value that is missing, not implemented, NaN or infinite decodes to None, never to
+    a stale or made-up number.
+    """
+
+    def __init__(self, profile: DeviceProfile, blocks: Sequence[ReadBlock]) -> None:
+        self.blocks = list(blocks)
+        self._slots: list[_Slot] = []
+        for spec in profile.values:
+            where = self._locate(spec.function, spec.address, spec.registers)
+            if where is None:
+                continue  # not read by this plan (a slow value on a fast poll)
+            sf = None
+            if spec.sf_address is not None:
+                sf = self._locate(spec.function, spec.sf_address, 1) or (-1, 0)
+            word_order = spec.word_order or profile.word_order
+            self._slots.append(
+                _Slot(
+                    name=spec.name,
+                    block=where[0],
+                    word=where[1],
+                    registers=spec.registers,
+                    fmt=None
+                    if spec.type is RegisterType.STRING
+                    else struct.Struct(_FORMATS[spec.type.value]),
+                    little=word_order == "little" and spec.registers > 1,
+                    not_implemented=frozenset(spec.not_implemented),
+                    factor=spec.scale * spec.sign,
+                    sf=sf,
+                    codes=spec.codes,
+                )
+            )
+
+    @property
+    def names(self) -> list[str]:
+        return [slot.name for slot in self._slots]
+
+    def _locate(self, function: str, address: int, count: int) -> tuple[int, int] | None:
+        for index, block in enumerate(self.blocks):
+            if (
+                block.function == function
+                and block.address <= address
+                and address + count <= block.address + block.count
+            ):
+                return index, address - block.address
+        return None
+
+    def decode(self, words: Sequence[Sequence[int] | None]) -> dict[str, float | None]:
+        """``words[i]`` holds the registers read for block ``i``, or None when that read failed."""
+        data = [None if w is None else _pack_words(w) for w in words]
+        values: dict[str, float | None] = {}
+        for slot in self._slots:
+            raw_bytes = data[slot.block]
+            if raw_bytes is None:
+                values[slot.name] = None
+                continue
+            if slot.little:
+                block_words = words[slot.block]
+                assert block_words is not None
+                raw_bytes = _pack_words(block_words[slot.word : slot.word + slot.registers][::-1])
+                offset = 0
+            else:
+                offset = 2 * slot.word
+            if slot.fmt is None:
+                text = (
+                    raw_bytes[offset : offset + 2 * slot.registers].rstrip(b"\0").decode("ascii", "replace")
+                )
+                values[slot.name] = (slot.codes or {}).get(text.strip())  # an unknown text is no value
+                continue
+            raw = slot.fmt.unpack_from(raw_bytes, offset)[0]
+            if raw in slot.not_implemented or (isinstance(raw, float) and not math.isfinite(raw)):
+                values[slot.name] = None
+                continue
+            factor = slot.factor
+            if slot.sf is not None:
+                sf_bytes = data[slot.sf[0]] if slot.sf[0] >= 0 else None
+                sf = None if sf_bytes is None else _SF.unpack_from(sf_bytes, 2 * slot.sf[1])[0]
+                # Not implemented (0x8000) or garbage: no value, rather than a huge one.
+                if sf is None or not -10 <= sf <= 10:
+                    values[slot.name] = None
+                    continue
+                factor *= 10.0**sf
+            values[slot.name] = float(raw) * factor
+        return values
 
 
 def decode_values(
     profile: DeviceProfile, blocks: dict[tuple[str, int], list[int]]
 ) -> dict[str, float | None]:
-    """Values by name from the registers read (``blocks`` maps (function, address) to registers). A value that
-    is missing, not implemented, NaN or infinite is None, never a stale or made-up number."""
-    spans = [
-        (function, address, address + len(words), words) for (function, address), words in blocks.items()
-    ]
-
-    def words_at(function: str, address: int, count: int) -> list[int] | None:
-        # A profile reads a handful of blocks: a scan is cheaper than indexing every register.
-        for block_function, start, end, words in spans:
-            if block_function == function and start <= address and address + count <= end:
-                return words[address - start : address - start + count]
-        return None
-
-    values: dict[str, float | None] = {}
-    for spec in profile.values:
-        found = words_at(spec.function, spec.address, spec.registers)
-        if found is None:
-            continue  # not read this poll (a slow value)
-        raw = _raw(found, spec, profile.word_order)
-        if isinstance(raw, str):
-            values[spec.name] = (spec.codes or {}).get(raw.strip())  # an unknown text is no value
-            continue
-        if raw in spec.not_implemented or (isinstance(raw, float) and not math.isfinite(raw)):
-            values[spec.name] = None
-            continue
-        factor = spec.scale * spec.sign
-        if spec.sf_address is not None:
-            sf_words = words_at(spec.function, spec.sf_address, 1)
-            if sf_words is None or sf_words[0] == 0x8000:
-                values[spec.name] = None
-                continue
-            sf = struct.unpack(">h", struct.pack(">H", sf_words[0]))[0]
-            if not -10 <= sf <= 10:
-                values[spec.name] = None  # a garbage scale factor is no value, not a huge one
-                continue
-            factor *= 10.0**sf
-        values[spec.name] = float(raw) * factor
-    return values
+    """Values by name from registers read (``blocks`` maps (function, address) to registers); see BlockDecoder."""
+    plan = [ReadBlock(function, address, len(words), ()) for (function, address), words in blocks.items()]
+    return BlockDecoder(profile, plan).decode(list(blocks.values()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from pymodbus import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -26,16 +27,25 @@ def _sim_device(device: SimulatedDevice) -> SimDevice:
 
 
 class GatewayServer:
-    """A Modbus TCP server on ``host:port`` serving ``devices`` by unit id."""
+    """A Modbus server on ``host:port`` serving ``devices`` by unit id.
 
-    def __init__(self, *, host: str, port: int, devices: list[SimulatedDevice]) -> None:
+    ``framer="rtu"`` speaks RTU frames (with CRC, no MBAP header) over TCP, as serial-to-Ethernet converters in
+    transparent mode do; a serial client reaches it at ``socket://host:port``. That runs the agent's RTU path
+    without a serial port.
+    """
+
+    def __init__(
+        self, *, host: str, port: int, devices: list[SimulatedDevice], framer: str = "socket"
+    ) -> None:
         ids = [d.unit_id for d in devices]
         if len(set(ids)) != len(ids):
             raise ValueError(f"unit ids on {host}:{port} must be unique, got {ids}")
         self.host = host
         self.port = port
         self.devices = {d.unit_id: d for d in devices}
-        self._server = ModbusTcpServer([_sim_device(d) for d in devices], address=(host, port))
+        self._server = ModbusTcpServer(
+            [_sim_device(d) for d in devices], address=(host, port), framer=FramerType(framer)
+        )
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:

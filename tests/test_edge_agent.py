@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from edge.agent import Agent
-from edge.config import load_agent_config
+from edge.config import ConfigError, load_agent_config
 from hub.messages import (
     ControllerHeartbeat,
     GatewayState,
@@ -163,9 +163,11 @@ async def running_agent(path: Path):
             await task
 
 
-def buffered(path: Path) -> int:
+def newest_buffered_seq(path: Path) -> int:
+    """The highest sequence number on the agent's disk (-1 when empty): what was polled, sent or not."""
     with contextlib.closing(sqlite3.connect(path)) as db:
-        return int(db.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+        rows = db.execute("SELECT payload FROM messages ORDER BY id DESC LIMIT 1").fetchall()
+    return decode(Measurement, rows[0][0]).seq if rows else -1
 
 
 @pytest.fixture
@@ -207,7 +209,7 @@ async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outag
 
         # Broker down for a while: the agent buffers on disk; after the restart nothing is missing.
         process.stop()
-        await observer.wait_for(lambda: agent.buffer.depth >= 10)
+        await observer.wait_for(lambda: agent.unsent >= 10)
         buffered_max = agent.seq
         process.start()
         process.wait_ready()
@@ -215,6 +217,57 @@ async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outag
         seqs = observer.seqs(1)
         assert seqs == list(range(seqs[-1] + 1)), "a sequence gap after the broker outage"
         assert any(m.replay for _d, m in observer.messages), "buffered messages are marked as replay"
+
+
+async def test_each_device_is_polled_at_its_own_interval(tmp_path, broker, devices):
+    settings, accounts, _supervisor, _process = broker
+    server, _meter, _inverter = devices
+    config = agent_config(tmp_path, settings, accounts, server.port, pv={"interval_s": 0.8})
+    async with observing(settings, accounts) as observer, running_agent(config):
+        count = lambda device: sum(d == device for d, _m in observer.messages)  # noqa: E731
+        await observer.wait_for(lambda: count("pv") >= 2)
+        meter0, pv0 = count("meter"), count("pv")
+        await observer.wait_for(lambda: count("pv") >= pv0 + 4)
+        # Four pv polls at 0.8 s take 3.2 s, in which the meter at 0.2 s is polled about 16 times.
+        assert 10 <= count("meter") - meter0 <= 22
+
+
+async def test_rtu_line_goes_through_the_same_path(tmp_path, broker):
+    """Two meters on one RTU line (RTU frames over TCP, as a transparent serial converter passes them)."""
+    settings, accounts, _supervisor, _process = broker
+    meters = [MeterDevice(unit_id=u, state=MeterState(power_w=1_000.0 * u)) for u in (3, 4)]
+    server = GatewayServer(host="127.0.0.1", port=free_port(), devices=meters, framer="rtu")
+    line = {"serial": {"port": f"socket://127.0.0.1:{server.port}", "baudrate": 19200, "parity": "E"}}
+    config = agent_config(tmp_path, settings, accounts, server.port, timeout_s=0.08)
+    data = yaml.safe_load(config.read_text())
+    data["devices"] = [{"id": f"rtu{u}", "profile": "eastron_sdm630", "unit_id": u, **line} for u in (3, 4)]
+    config.write_text(yaml.safe_dump(data))
+    async with server, observing(settings, accounts) as observer, running_agent(config) as agent:
+        await observer.wait_for(lambda: {d for d, _m in observer.messages} == {"rtu3", "rtu4"})
+        assert len(agent.buses) == 1  # one owner for the line
+        by_device = {d: m for d, m in observer.messages}
+        assert by_device["rtu3"].values["power_w"] == 3_000.0
+        assert by_device["rtu4"].values["power_w"] == 4_000.0
+        assert all(m.quality is Quality.GOOD for _d, m in observer.messages)
+
+
+def test_a_device_needs_exactly_one_transport(tmp_path):
+    path = tmp_path / "g.yaml"
+    base = {"gateway": "gw-x", "site": "s", "devices": []}
+    for device, problem in (
+        ({"id": "a", "profile": "eastron_sdm630"}, "give either host"),
+        (
+            {"id": "a", "profile": "eastron_sdm630", "host": "127.0.0.1", "serial": {"port": "/dev/ttyUSB0"}},
+            "not both",
+        ),
+        (
+            {"id": "a", "profile": "eastron_sdm630", "serial": {"port": "/dev/ttyUSB0", "parity": "X"}},
+            "parity",
+        ),
+    ):
+        path.write_text(yaml.safe_dump({**base, "devices": [device]}))
+        with pytest.raises(ConfigError, match=rf"{path}: .*devices\.0.*{problem}"):
+            load_agent_config(path)
 
 
 async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices):
@@ -228,8 +281,9 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
         try:
             await observer.wait_for(lambda: len(observer.seqs(1)) >= 10)
             process.stop()  # broker away, so the agent holds unsent messages on disk when it dies
-            # Polls that only the disk holds.
-            await observer.wait_for(lambda: buffered(tmp_path / "buffer.db") >= 6)
+            # Polls that only the disk holds: six past what the observer had when the broker went.
+            received = observer.seqs(1)[-1]
+            await observer.wait_for(lambda: newest_buffered_seq(tmp_path / "buffer.db") >= received + 6)
             os.kill(agent.pid, signal.SIGKILL)
             agent.wait()
             process.start()
@@ -241,7 +295,8 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
                 raise AssertionError((tmp_path / "agent.log").read_text()[-3000:]) from None
             first = observer.seqs(1)
             assert first == list(range(first[-1] + 1)), "a gap in the killed session"
-            assert first[-1] >= 12  # polls made while the broker was down were replayed by the next session
+            # Polls made while the broker was down were replayed by the next session.
+            assert first[-1] >= received + 6
             assert observer.seqs(2)[0] == 0
             assert any(m.replay and m.session == 1 for _d, m in observer.messages)
         finally:
@@ -329,6 +384,14 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
             assert ack.reason.startswith("expired at")
             ack = await send("sp-5", "meter", "active_power_limit_pct", 40)
             assert ack.reason == "gateway gw-test has no controllable device 'meter'"
+            # A payload that fails validation but carries an id is rejected by that id, with the reason.
+            await control.publish(
+                topics.setpoint(GATEWAY, "pv"), b'{"id": "sp-bad", "name": "active_power_limit_pct"}', qos=1
+            )
+            await observer.wait_for(lambda: "sp-bad" in acks)
+            assert acks["sp-bad"].status is SetpointStatus.REJECTED
+            assert "value" in acks["sp-bad"].reason
+            assert "Field required" in acks["sp-bad"].reason
             assert inverter.state.limit_pct == 25.0  # none of the rejected ones touched the device
 
             # A setpoint that expires without a successor: the device goes to its safe mode.

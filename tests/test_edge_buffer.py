@@ -81,3 +81,30 @@ def test_kill_9_loses_nothing_committed(tmp_path):
     payloads = [int(m.payload) for m in buffer.peek(10**6)]
     assert len(payloads) >= committed
     assert payloads == list(range(len(payloads)))  # in order, no gap, no duplicate
+
+
+def test_appends_from_a_thread_while_acking_keep_count_and_order(tmp_path):
+    """The agent appends from a worker thread while its publish loop peeks and acks on the same connection."""
+    import threading
+
+    buffer = MeasurementBuffer(tmp_path / "b.db")
+    batches, per_batch = 200, 10
+
+    def writer() -> None:
+        for b in range(batches):
+            buffer.append_many([("t", f"{b}-{i}".encode()) for i in range(per_batch)], session=1)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    seen: list[bytes] = []
+    after = 0
+    while thread.is_alive() or buffer.peek(1, after_id=after):
+        got = buffer.peek(7, after_id=after)
+        if got:
+            seen.extend(m.payload for m in got)
+            after = got[-1].id
+            buffer.ack([m.id for m in got])
+    thread.join()
+    assert seen == [f"{b}-{i}".encode() for b in range(batches) for i in range(per_batch)]
+    assert buffer.depth == 0
+    buffer.close()

@@ -17,7 +17,7 @@ async def test_discovery_reads_inverter_and_battery():
     async with GatewayServer(
         host="127.0.0.1", port=free_port(), devices=[MeterDevice(unit_id=1), inverter, battery]
     ) as server:
-        bus = Bus("127.0.0.1", server.port, timeout_s=1.0)
+        bus = Bus.tcp("127.0.0.1", server.port, timeout_s=1.0)
         inv_profile = await discover_profile(bus, 2)
         bat_profile = await discover_profile(bus, 3)
         assert await discover_profile(bus, 1) is None  # an SDM630 is not SunSpec
