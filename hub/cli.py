@@ -193,8 +193,8 @@ def demo(
     start: Annotated[str, typer.Option(help="Simulated start time.")] = "2026-06-01T05:00:00Z",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker, database and a few simulated companies, accelerated (later: edge agents, ingest,
-    control, live page)."""
+    """Start the demo: broker, database, a few simulated companies (accelerated) and their edge agents (later:
+    ingest, control, live page)."""
     _setup_logging(verbose)
     try:
         summary = summarize(load_community(community))
@@ -230,7 +230,45 @@ def demo(
         log_path=settings.state_dir.resolve() / "log" / "simulator.log",
         ready=lambda: _simulator_answers(endpoints),
     )
-    _run_services(settings, banner="energyhub demo is up:", extra=[simulator])
+    agents = _demo_agents(settings, community, gateways or DEMO_GATEWAYS)
+    _run_services(settings, banner="energyhub demo is up:", extra=[simulator, *agents])
+
+
+def _demo_agents(settings: ServiceSettings, community: Path, gateways: list[str]) -> list[ProcessSpec]:
+    """An account, a config and an edge agent per simulated gateway, as a deployment would have them."""
+    import yaml
+
+    from edge.gateway_config import gateway_config
+    from hub.services import broker_accounts
+
+    accounts = broker_accounts(settings)
+    known = accounts.accounts()
+    state = settings.state_dir.resolve()
+    specs = []
+    for gateway in gateways:
+        if gateway not in known or not accounts.credentials_path(gateway).exists():
+            accounts.add_gateway(gateway, rotate=gateway in known)
+        config = gateway_config(
+            load_community(community),
+            gateway,
+            mqtt_host=settings.host,
+            mqtt_port=settings.mqtt_port,
+            credentials_file=accounts.credentials_path(gateway),
+            buffer_path=state / "edge" / f"{gateway}.db",
+        )
+        path = state / "edge" / f"{gateway}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        specs.append(
+            ProcessSpec(
+                name=f"edge-{gateway}",
+                argv=[sys.executable, "-m", "hub.cli", "edge", "--config", str(path)],
+                log_path=state / "log" / f"edge-{gateway}.log",
+                # The agent waits for its broker and devices itself and buffers meanwhile: nothing to wait for.
+                ready=lambda: True,
+            )
+        )
+    return specs
 
 
 @app.command("gateway-config")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -13,6 +14,7 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from mqtt_helpers import can_log_in, mqtt_client, next_message
 from pymodbus.client import ModbusTcpClient
@@ -206,6 +208,25 @@ def test_services_die_with_a_killed_supervisor(tmp_path):
             parent.kill()
 
 
+async def _gateways_publishing(port: int, creds: dict, *, want: int, timeout_s: float = 60) -> set[str]:
+    topics = Topics(site="de-koumen")
+    seen: set[str] = set()
+    async with (
+        asyncio.timeout(timeout_s),
+        aiomqtt.Client(
+            "127.0.0.1", port, username=creds["username"], password=creds["password"], identifier="demo-test"
+        ) as client,
+    ):
+        await client.subscribe(topics.all_measurements(), qos=1)
+        async for message in client.messages:
+            info = topics.parse(str(message.topic))
+            decode(Measurement, message.payload)  # a valid measurement, not just bytes on the topic
+            seen.add(info.gateway)
+            if len(seen) >= want:
+                return seen
+    return seen
+
+
 def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
     ports = {
         "EHUB_MQTT_PORT": free_port(),
@@ -239,6 +260,10 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
         client.close()
         assert not reply.isError()
         assert math.isfinite(struct.unpack(">f", struct.pack(">HH", *reply.registers))[0])
+        # Each simulated gateway's edge agent publishes its devices' measurements through the broker.
+        creds = json.loads((tmp_path / "broker" / "credentials" / "ehub-ingest.json").read_text())
+        seen = asyncio.run(_gateways_publishing(ports["EHUB_MQTT_PORT"], creds, want=4))
+        assert seen == {"gw-002", "gw-011", "gw-018", "gw-049"}, text
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
