@@ -4,7 +4,7 @@ Two tasks share the on-disk buffer: the poll loop writes one batch per cycle, th
 messages with QoS 1 (at most ``max_inflight`` awaiting PUBACK, in one socket write) and deletes them once the broker
 has them. Deletes are batched about once a second, because each is a synchronous disk write; a process killed in
 that second sends those messages again after its restart (at least once; the ingest's writes are idempotent). The
-publish loop owns the MQTT connection (``edge.mqtt_link``): birth (retained) on connect, the same topic as Last Will
+publish loop owns the MQTT connection (``hub.mqtt_link``): birth (retained) on connect, the same topic as Last Will
 for death, and a jittered back-off between reconnects. Messages buffered before the current connection are marked
 as replay.
 """
@@ -25,7 +25,6 @@ from functools import partial
 
 from edge.buffer import BufferedMessage, MeasurementBuffer
 from edge.config import AgentConfig, DeviceConfig
-from edge.mqtt_link import MqttLink, MqttLinkError, Will
 from edge.poller import Bus, DevicePoller, PollResult
 from edge.profile import DeviceProfile, load_profile
 from edge.setpoints import DeviceControl
@@ -42,6 +41,7 @@ from hub.messages import (
     decode,
     encode,
 )
+from hub.mqtt_link import MqttLink, MqttLinkError, Will
 from hub.topics import TopicError, TopicKind, Topics
 
 __all__ = ["Agent"]

@@ -15,6 +15,8 @@ from typing import Annotated, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hub.messages import RESERVED_VALUE_NAMES
+
 __all__ = [
     "DeviceProfile",
     "ProfileError",
@@ -96,6 +98,12 @@ class ValueSpec(_Register):
     codes: dict[str, float] | None = Field(
         None, description="For a string: the number published for each text."
     )
+
+    @model_validator(mode="after")
+    def _not_reserved(self) -> Self:
+        if self.name in RESERVED_VALUE_NAMES:
+            raise ValueError(f"value name {self.name!r} is reserved (the message's own fields: seq, session, ...)")
+        return self
 
     @model_validator(mode="after")
     def _strings_have_codes(self) -> Self:

@@ -15,6 +15,7 @@ from edge.cli import edge as edge_command
 from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
 from hub.supervisor import ProcessSpec
+from ingest.cli import ingest as ingest_command
 from simulators.cli import app as sim_app
 
 __all__ = ["app"]
@@ -31,6 +32,7 @@ app.add_typer(community_app, name="community")
 app.add_typer(broker_app, name="broker")
 app.add_typer(sim_app, name="sim")
 app.command("edge")(edge_command)
+app.command("ingest")(ingest_command)
 
 DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]

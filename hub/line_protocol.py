@@ -1,8 +1,11 @@
-"""InfluxDB line protocol, escaped as InfluxDB parses it.
+r"""InfluxDB line protocol, escaped as InfluxDB parses it.
 
-Measurement names escape commas and spaces; tag keys, tag values and field keys also escape equals signs; string field
-values are double-quoted with backslashes and quotes escaped. Integers carry an ``i`` suffix so a field keeps one
-type. Newlines cannot be represented in names or tags (InfluxDB ends the point there), so they are refused.
+Measurement names escape commas and spaces; tag keys, tag values and field keys also escape equals signs. A
+backslash there is left as it is: InfluxDB reads ``\\`` in a tag as two backslashes, and only ``\,``, ``\=``
+and ``\ `` as escapes. String field values are double-quoted with backslashes and quotes escaped. Integers carry
+an ``i`` suffix so a field keeps one type. What InfluxDB cannot store in a name or tag is refused with a
+``LineProtocolError``: a line break (it ends the point), a trailing backslash (it would escape the separator), and
+an empty name. Checked against influxd 1.6 by ``tests/test_line_protocol.py``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ __all__ = [
 
 FieldValue = float | int | bool | str
 
-_MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ ", "\\": "\\\\"})
-_KEY = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\=", "\\": "\\\\"})
+_MEASUREMENT = str.maketrans({",": "\\,", " ": "\\ "})
+_KEY = str.maketrans({",": "\\,", " ": "\\ ", "=": "\\="})
 
 
 class LineProtocolError(ValueError):
@@ -37,6 +40,8 @@ def _check(text: str, what: str) -> str:
         raise LineProtocolError(f"{what} is empty")
     if "\n" in text or "\r" in text:
         raise LineProtocolError(f"{what} {text!r} contains a line break")
+    if text.endswith("\\"):
+        raise LineProtocolError(f"{what} {text!r} ends with a backslash, which InfluxDB cannot store there")
     return text
 
 

@@ -71,6 +71,10 @@ class Quality(StrEnum):
     BAD = "bad"  # the device did not answer: every value is null
 
 
+# Stored beside a device's values in the same point (see ingest/points.py), so no value may carry these names.
+RESERVED_VALUE_NAMES = frozenset({"seq", "session", "quality", "replay"})
+
+
 class Measurement(Message):
     """All values of one device from one poll."""
 
@@ -85,6 +89,9 @@ class Measurement(Message):
 
     @model_validator(mode="after")
     def _quality_matches_values(self) -> Self:
+        reserved = RESERVED_VALUE_NAMES.intersection(self.values)
+        if reserved:
+            raise ValueError(f"value names {sorted(reserved)} are reserved for the message's own fields")
         missing = sum(v is None for v in self.values.values())
         expected = (
             Quality.GOOD
@@ -145,6 +152,17 @@ class ControllerHeartbeat(Message):
     cycle: int = Field(ge=0)
     period_s: Finite = Field(gt=0)
     policy: str | None = None
+
+
+class DeadLetter(Message):
+    """What a service could not use: the original bytes (base64) and why, on ``deadletter/<service>``."""
+
+    service: str
+    topic: str = Field(description="Where the message came in.")
+    reason: str = Field(max_length=2000)
+    payload_b64: str = Field(description="The original payload, base64: it may not be text at all.")
+    size: int = Field(ge=0, description="Bytes of the original payload.")
+    ts: UtcDatetime = Field(description="When the service gave up on it.")
 
 
 class MessageError(ValueError):

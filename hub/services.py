@@ -29,13 +29,20 @@ __all__ = [
 ]
 
 
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host`` (the OS picks it)."""
+    """A TCP port that was free a moment ago on ``host`` (the OS picks it), never one this process got before:
+    the OS may hand a just-closed port out again, and two services configured on one port fail at start."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    while True:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, 0))
+            port: int = sock.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
 
 
 def tcp_answers(host: str, port: int, timeout_s: float = 0.5) -> bool:

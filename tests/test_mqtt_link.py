@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from mqtt_helpers import can_log_in, mqtt_client, next_message
 
-from edge.mqtt_link import MqttLink, MqttLinkError, Will
+from hub.mqtt_link import MqttLink, MqttLinkError, Will
 from hub.topics import Topics
 
 

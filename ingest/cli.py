@@ -1,0 +1,69 @@
+"""``energyhub ingest``: run one ingest worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["ingest"]
+
+
+def ingest(
+    config: Annotated[
+        Path | None, typer.Option(help="Settings YAML (keys as in `ingest/settings.py`).")
+    ] = None,
+    worker: Annotated[str | None, typer.Option(help="Worker name: client id ehub-ingest-<worker>.")] = None,
+    mqtt_host: Annotated[str | None, typer.Option()] = None,
+    mqtt_port: Annotated[int | None, typer.Option()] = None,
+    mqtt_credentials_file: Annotated[Path | None, typer.Option(help="From `energyhub broker`.")] = None,
+    influx_url: Annotated[str | None, typer.Option()] = None,
+    influx_db: Annotated[str | None, typer.Option()] = None,
+    site: Annotated[str | None, typer.Option()] = None,
+    community: Annotated[Path | None, typer.Option(help="Adds connection and role tags.")] = None,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics here.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Store every measurement and gateway state from MQTT in InfluxDB until Ctrl-C or SIGTERM.
+
+    Settings come from these flags, then EHUB_INGEST_* environment variables, then --config, then defaults.
+    """
+    from hub.community import CommunityError
+    from ingest.service import IngestService
+    from ingest.settings import SettingsError, load_settings
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per write otherwise
+    try:
+        settings = load_settings(
+            config,
+            worker=worker,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            mqtt_credentials_file=mqtt_credentials_file,
+            influx_url=influx_url,
+            influx_db=influx_db,
+            site=site,
+            community=community,
+            metrics_port=metrics_port,
+        )
+        service = IngestService(settings)
+    except (SettingsError, CommunityError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await service.run(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,110 @@
+"""The ingest's own figures: Prometheus metrics, and the same figures written to InfluxDB for the dashboards."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter as Tally
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["IngestMetrics"]
+
+_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300)
+_BATCH_BUCKETS = (1, 10, 50, 100, 500, 1000, 5000, 10000)
+
+
+class IngestMetrics:
+    """Every event is counted twice on purpose: in Prometheus objects for scraping, and in plain totals for the
+    ``ingest`` point, which reads them without reaching into the Prometheus client's internals."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self._messages = Counter("ehub_ingest_messages", "MQTT messages taken in", ["kind"], registry=r)
+        self._points = Counter("ehub_ingest_points", "Points stored in InfluxDB", registry=r)
+        self._fields = Counter("ehub_ingest_fields", "Fields stored in InfluxDB", registry=r)
+        self._batch_size = Histogram(
+            "ehub_ingest_batch_size", "Points per batch written", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self._retries = Counter("ehub_ingest_write_retries", "Writes retried after an outage", registry=r)
+        self._dead = Counter("ehub_ingest_dead_letters", "Messages sent to dead letters", ["why"], registry=r)
+        self._replayed = Counter("ehub_ingest_replayed", "Replayed measurements", ["gateway"], registry=r)
+        self._gaps = Counter(
+            "ehub_ingest_sequence_gaps",
+            "Measurements missing in a gateway's sequence",
+            ["gateway"],
+            registry=r,
+        )
+        self._lag = Histogram(
+            "ehub_ingest_lag_seconds",
+            "Device timestamp to stored, for live (not replayed) measurements",
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
+        self._pending = Gauge("ehub_ingest_pending", "Messages held, not yet stored", registry=r)
+        self.totals: Tally[str] = Tally()
+        self.replayed: Tally[str] = Tally()
+        self.gaps: Tally[str] = Tally()
+        self.pending = 0
+        self._lags: deque[float] = deque(maxlen=20_000)
+        self._last = (time.monotonic(), 0, 0)
+
+    def message(self, kind: str) -> None:
+        self._messages.labels(kind).inc()
+        self.totals["messages"] += 1
+
+    def stored(self, points: int, fields: int) -> None:
+        self._points.inc(points)
+        self._fields.inc(fields)
+        self._batch_size.observe(points)
+        self.totals.update(points=points, fields=fields, batches=1)
+
+    def retry(self) -> None:
+        self._retries.inc()
+        self.totals["retries"] += 1
+
+    def dead_letter(self, why: str) -> None:
+        self._dead.labels(why).inc()
+        self.totals["dead_letters"] += 1
+
+    def replay(self, gateway: str) -> None:
+        self._replayed.labels(gateway).inc()
+        self.replayed[gateway] += 1
+
+    def gap(self, gateway: str, missing: int) -> None:
+        self._gaps.labels(gateway).inc(missing)
+        self.gaps[gateway] += missing
+
+    def lag(self, seconds: float) -> None:
+        self._lag.observe(seconds)
+        self._lags.append(seconds)
+
+    def set_pending(self, count: int) -> None:
+        self._pending.set(count)
+        self.pending = count
+
+    def snapshot(self) -> dict[str, float | int]:
+        """Totals, rates since the last snapshot and lag percentiles: the fields of the ``ingest`` point."""
+        now = time.monotonic()
+        messages, points = self.totals["messages"], self.totals["points"]
+        last_t, last_messages, last_points = self._last
+        span = max(now - last_t, 1e-9)
+        self._last = (now, messages, points)
+        out: dict[str, float | int] = {
+            key: self.totals[key]
+            for key in ("messages", "points", "fields", "batches", "retries", "dead_letters")
+        }
+        out.update(
+            pending=self.pending,
+            messages_per_s=(messages - last_messages) / span,
+            points_per_s=(points - last_points) / span,
+            replayed=sum(self.replayed.values()),
+            gaps=sum(self.gaps.values()),
+        )
+        lags = sorted(self._lags)
+        self._lags.clear()
+        if lags:
+            out["lag_p50_s"] = statistics.median(lags)
+            out["lag_p99_s"] = lags[min(len(lags) - 1, int(0.99 * len(lags)))]
+        return out

@@ -1,0 +1,71 @@
+"""Messages to InfluxDB points: one point per message, so a redelivered message overwrites itself.
+
+Schema (what dashboards and control query):
+
+- ``device``: one point per measurement message, at the device's timestamp. Tags: ``site``, ``gateway``,
+  ``device``, ``session``, plus ``connection`` and ``role`` when the ingest knows the community. Fields: every
+  value that was read (float; a value that could not be read is left out: InfluxDB has no null), and ``seq``
+  (integer), ``quality`` (string), ``replay`` (boolean).
+- ``gateway_state``: one point per state message (birth, death, health). Tags: ``site``, ``gateway``. Fields:
+  ``online``, ``session``, ``agent_version`` and the health summary.
+
+Tags are bounded identifiers. ``session`` is a tag because it changes only when an agent restarts, and gaps are
+counted per session. Series and timestamp come from the message alone, so storing a message twice stores it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from hub.line_protocol import FieldValue, encode_point, timestamp_ns
+from hub.messages import GatewayState, Measurement
+
+__all__ = ["DEVICE", "GATEWAY_STATE", "DeviceTags", "measurement_point", "state_point"]
+
+DEVICE = "device"
+GATEWAY_STATE = "gateway_state"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTags:
+    """What the community file adds to a device's points."""
+
+    connection: str
+    role: str
+
+
+def measurement_point(
+    site: str, gateway: str, device: str, message: Measurement, known: Mapping[str, DeviceTags] | None = None
+) -> tuple[str, int]:
+    """The line for ``message`` and its number of fields."""
+    fields: dict[str, FieldValue] = {
+        name: value for name, value in message.values.items() if value is not None
+    }
+    fields["seq"] = message.seq
+    fields["quality"] = message.quality.value
+    fields["replay"] = message.replay
+    tags = {"site": site, "gateway": gateway, "device": device, "session": str(message.session)}
+    extra = known.get(f"{gateway}/{device}") if known else None
+    if extra is not None:
+        tags["connection"], tags["role"] = extra.connection, extra.role
+    return encode_point(DEVICE, tags, fields, timestamp_ns(message.ts)), len(fields)
+
+
+def state_point(site: str, gateway: str, message: GatewayState) -> tuple[str, int]:
+    fields: dict[str, FieldValue] = {"online": message.online, "session": message.session}
+    if message.agent_version:
+        fields["agent_version"] = message.agent_version
+    health = message.health
+    if health is not None:
+        fields.update(
+            devices_ok=health.devices_ok,
+            devices_failing=health.devices_failing,
+            buffer_depth=health.buffer_depth,
+            buffer_dropped=health.buffer_dropped,
+            failsafe=health.failsafe,
+        )
+        if health.last_publish is not None:
+            fields["last_publish_ns"] = timestamp_ns(health.last_publish)
+    line = encode_point(GATEWAY_STATE, {"site": site, "gateway": gateway}, fields, timestamp_ns(message.ts))
+    return line, len(fields)

@@ -1,0 +1,294 @@
+"""The ingest: every measurement and gateway state from MQTT into InfluxDB, at least once, whatever fails.
+
+A message is acknowledged to the broker only after the write that holds it succeeded (or after it went to the dead
+letters), in the order received. While InfluxDB is away the batch is retried and held, and the worker reads no
+more: with ``max_pending`` messages unacknowledged (MQTT 5 Receive Maximum) the broker keeps the rest in this
+worker's persistent session. Several workers in one shared-subscription group split the load; a worker killed
+mid-batch gets its unacknowledged messages again when it reconnects with the same client id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import random
+import ssl
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from hub.community import load_community
+from hub.influx import InfluxClient, InfluxError
+from hub.line_protocol import LineProtocolError, encode_point
+from hub.messages import DeadLetter, GatewayState, Measurement, MessageError, decode, encode
+from hub.mqtt_link import IncomingMessage, MqttLink, MqttLinkError
+from hub.topics import TopicError, TopicKind, Topics
+from ingest.metrics import IngestMetrics
+from ingest.points import DeviceTags, measurement_point, state_point
+from ingest.sequence import SequenceTracker
+from ingest.settings import IngestSettings
+from ingest.writer import write_batch
+
+__all__ = ["IngestService"]
+
+log = logging.getLogger(__name__)
+SERVICE = "ingest"
+
+
+@dataclass(slots=True)
+class _Pending:
+    message: IncomingMessage
+    line: str | None = None
+    fields: int = 0
+    device_ts: float | None = None  # live measurements only: for the lag
+    why: str | None = None  # dead letter: the kind of problem
+    reason: str | None = None  # dead letter: the problem in words
+
+
+class IngestService:
+    def __init__(self, settings: IngestSettings) -> None:
+        self.settings = settings
+        self.topics = Topics(site=settings.site, root=settings.topic_root)
+        self.metrics = IngestMetrics()
+        self.tracker = SequenceTracker() if settings.track_gaps else None
+        self.known = _device_tags(settings)
+        self.influx = InfluxClient(
+            url=settings.influx_url,
+            database=settings.influx_db,
+            retention_policy=settings.influx_rp,
+            username=settings.influx_username,
+            password=settings.influx_password,
+            token=settings.influx_token,
+        )
+        self.connected = asyncio.Event()
+        self.client_id = f"ehub-ingest-{settings.worker}"
+
+    # -- MQTT ---------------------------------------------------------------------------------------------------
+    async def _connect(self) -> MqttLink:
+        s = self.settings
+        username, password = s.mqtt_username, s.mqtt_password
+        if s.mqtt_credentials_file is not None:
+            creds = json.loads(s.mqtt_credentials_file.read_text())
+            username, password = creds["username"], creds["password"]
+        tls = ssl.create_default_context(cafile=str(s.mqtt_ca_file)) if s.mqtt_ca_file else None
+        return await MqttLink.connect(
+            s.mqtt_host,
+            s.mqtt_port,
+            client_id=self.client_id,
+            username=username,
+            password=password,
+            tls=tls,
+            session_expiry_s=s.session_expiry_s,
+            receive_maximum=s.max_pending,
+            manual_ack=True,
+        )
+
+    def _filters(self) -> list[tuple[str, int]]:
+        base = self.topics.base
+        filters = [f"{base}/gw/+/meas/+", f"{base}/gw/+/state"]
+        if self.settings.share_group:
+            filters = [f"$share/{self.settings.share_group}/{f}" for f in filters]
+        return [(f, 1) for f in filters]
+
+    async def consume_loop(self) -> None:
+        backoff = 0.5
+        while True:
+            link: MqttLink | None = None
+            try:
+                link = await self._connect()
+                granted = await link.subscribe(self._filters())
+                if any(code >= 0x80 for code in granted):
+                    raise MqttLinkError(f"the broker refused the subscriptions (codes {granted})")
+                log.info(
+                    "connected as %s (%s session), reading %s",
+                    self.client_id,
+                    "resumed" if link.session_present else "new",
+                    ", ".join(f for f, _ in self._filters()),
+                )
+                backoff = 0.5
+                self.connected.set()
+                await self._consume(link)
+            except MqttLinkError as exc:
+                self.connected.clear()
+                log.warning("broker connection lost or refused (%s); retrying", exc)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+                backoff = min(backoff * 2, 30.0)
+            finally:
+                if link is not None:
+                    link.abort()
+
+    async def _consume(self, link: MqttLink) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        batch: list[_Pending] = []
+        deadline = 0.0
+        while True:
+            timeout = None if not batch else max(0.0, deadline - loop.time())
+            if await link.wait_messages(timeout):
+                if not batch:
+                    deadline = loop.time() + s.batch_max_delay_s
+                batch.extend(self._prepare(m) for m in link.take(s.batch_max_points - len(batch)))
+                self.metrics.set_pending(len(batch))
+                if len(batch) < s.batch_max_points and loop.time() < deadline:
+                    continue
+            if batch:
+                await self._flush(link, batch)
+                batch = []
+                self.metrics.set_pending(0)
+
+    # -- one message --------------------------------------------------------------------------------------------
+    def _prepare(self, message: IncomingMessage) -> _Pending:
+        pending = _Pending(message)
+        try:
+            info = self.topics.parse(message.topic)
+            if info.gateway is None:
+                raise TopicError(f"{message.topic!r} names no gateway")
+            if info.kind is TopicKind.MEASUREMENT and info.device is not None:
+                measurement = decode(Measurement, message.payload)
+                self.metrics.message("measurement")
+                pending.line, pending.fields = measurement_point(
+                    self.topics.site, info.gateway, info.device, measurement, self.known
+                )
+                if measurement.replay:
+                    self.metrics.replay(info.gateway)
+                else:
+                    pending.device_ts = measurement.ts.timestamp()
+                if self.tracker is not None:
+                    missing = self.tracker.see(info.gateway, measurement.session, measurement.seq)
+                    if missing:
+                        self.metrics.gap(info.gateway, missing)
+                        log.warning(
+                            "gateway %s session %d: %d measurement(s) missing before seq %d",
+                            info.gateway,
+                            measurement.session,
+                            missing,
+                            measurement.seq,
+                        )
+            elif info.kind is TopicKind.STATE:
+                state = decode(GatewayState, message.payload)
+                self.metrics.message("state")
+                pending.line, pending.fields = state_point(self.topics.site, info.gateway, state)
+                if self.tracker is not None and state.online and not message.retained:
+                    self.tracker.birth(info.gateway, state.session)
+            else:
+                raise TopicError(f"{message.topic!r} is neither a measurement nor a gateway state")
+        except TopicError as exc:
+            pending.why, pending.reason = "topic", str(exc)
+        except MessageError as exc:
+            pending.why, pending.reason = "payload", str(exc)
+        except LineProtocolError as exc:
+            pending.why, pending.reason = "point", str(exc)
+        if pending.why is not None:
+            self.metrics.message("rejected")
+        return pending
+
+    # -- one batch ----------------------------------------------------------------------------------------------
+    async def _flush(self, link: MqttLink, batch: list[_Pending]) -> None:
+        writable = [p for p in batch if p.line is not None]
+        lines = [p.line for p in writable if p.line is not None]
+        refused = await write_batch(
+            self.influx,
+            lines,
+            retry_max_s=self.settings.retry_max_s,
+            on_retry=lambda _e: self.metrics.retry(),
+        )
+        for index, reason in refused:
+            writable[index].why, writable[index].reason = "influxdb", f"InfluxDB refused the point: {reason}"
+        now = time.time()
+        stored = [p for p in writable if p.why is None]
+        self.metrics.stored(len(stored), sum(p.fields for p in stored))
+        for p in stored:
+            if p.device_ts is not None:
+                self.metrics.lag(now - p.device_ts)
+        dead = [p for p in batch if p.why is not None]
+        if dead:
+            await self._dead_letters(link, dead)
+        # Only now does the broker forget them: a crash before this line gets them all again.
+        link.ack([p.message for p in batch])
+
+    async def _dead_letters(self, link: MqttLink, dead: list[_Pending]) -> None:
+        topic = self.topics.deadletter(SERVICE)
+        letters = []
+        for p in dead:
+            why, reason = p.why or "unknown", p.reason or "no reason recorded"
+            self.metrics.dead_letter(why)
+            log.warning("dead letter from %r: %s", p.message.topic[:200], reason[:300])
+            letter = DeadLetter(
+                service=SERVICE,
+                topic=p.message.topic,
+                reason=reason[:2000],
+                payload_b64=base64.b64encode(p.message.payload).decode(),
+                size=len(p.message.payload),
+                ts=datetime.now(UTC),
+            )
+            letters.append((topic, encode(letter)))
+        sent = link.publish_batch(letters)
+        await link.wait(sent.done)
+        if sent.refused:
+            log.error("the broker refused %d dead letter(s): check the ingest's ACL", len(sent.refused))
+
+    # -- the ingest's own figures -------------------------------------------------------------------------------
+    async def metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.metrics_interval_s)
+            await self.write_own_metrics()
+
+    async def write_own_metrics(self) -> None:
+        now = time.time_ns()
+        site, worker = self.topics.site, self.settings.worker
+        lines = [encode_point("ingest", {"site": site, "worker": worker}, self.metrics.snapshot(), now)]
+        for gateway in sorted(set(self.metrics.replayed) | set(self.metrics.gaps)):
+            fields = {"replayed": self.metrics.replayed[gateway], "gaps": self.metrics.gaps[gateway]}
+            lines.append(
+                encode_point(
+                    "ingest_gateway", {"site": site, "gateway": gateway, "worker": worker}, fields, now
+                )
+            )
+        try:
+            await self.influx.write(lines)
+        except InfluxError as exc:
+            log.warning("could not write the ingest's own figures: %s", exc)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        if s.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(s.metrics_port, addr=s.metrics_host, registry=self.metrics.registry)
+            log.info("Prometheus metrics on http://%s:%d/metrics", s.metrics_host, s.metrics_port)
+        log.info(
+            "ingest %s: MQTT %s:%d -> InfluxDB %s/%s",
+            self.client_id,
+            s.mqtt_host,
+            s.mqtt_port,
+            s.influx_url,
+            s.influx_db,
+        )
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [
+                    group.create_task(self.consume_loop(), name="consume"),
+                    group.create_task(self.metrics_loop(), name="metrics"),
+                ]
+                await stop.wait()
+                for task in tasks:
+                    task.cancel()
+        finally:
+            with contextlib.suppress(Exception):
+                await self.write_own_metrics()
+            await self.influx.aclose()
+
+
+def _device_tags(settings: IngestSettings) -> dict[str, DeviceTags]:
+    if settings.community is None:
+        return {}
+    community = load_community(settings.community)
+    return {
+        f"{community.gateway_of(connection, device)}/{device.id}": DeviceTags(
+            connection.id, device.role.value
+        )
+        for connection, device in community.devices()
+    }

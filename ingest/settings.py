@@ -1,0 +1,116 @@
+"""The ingest's settings: flags over ``EHUB_INGEST_*`` environment variables over a YAML file over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from hub.topics import DEFAULT_ROOT, check_id
+
+__all__ = ["IngestSettings", "SettingsError", "load_settings"]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names the source and the field."""
+
+
+class IngestSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="EHUB_INGEST_", extra="forbid")
+
+    site: str = Field("de-koumen", description="Site id: the level after the topic root.")
+    topic_root: str = Field(DEFAULT_ROOT, description="Versioned root of every MQTT topic.")
+    worker: str = Field("1", description="This worker's name; its MQTT client id is ehub-ingest-<worker>.")
+    share_group: str | None = Field(
+        "ingest",
+        description="MQTT 5 shared-subscription group: workers in one group split the messages. None: no sharing.",
+    )
+    track_gaps: bool = Field(
+        True,
+        description="Count sequence gaps from what this worker sees (exact only when it is the only one).",
+    )
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(18830, ge=1, le=65535)
+    mqtt_credentials_file: Path | None = Field(
+        None, description="JSON with username and password, as `energyhub broker` writes them."
+    )
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_ca_file: Path | None = Field(None, description="CA certificate: connect with TLS.")
+    session_expiry_s: int = Field(
+        3600, ge=0, description="The broker keeps this worker's queue this long while it is away."
+    )
+    max_pending: int = Field(
+        5000,
+        ge=10,
+        le=65535,
+        description="Messages held unacknowledged at most (MQTT Receive Maximum): beyond it the broker keeps them.",
+    )
+    influx_url: str = "http://127.0.0.1:18086"
+    influx_db: str = "energyhub"
+    influx_rp: str | None = Field(None, description="Retention policy (InfluxDB 1.x; DBRP mapping in 2.x).")
+    influx_username: str | None = None
+    influx_password: str | None = None
+    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
+    batch_max_points: int = Field(5000, ge=1, le=100_000)
+    batch_max_delay_s: float = Field(
+        0.2, gt=0, le=10, description="A batch is written at the latest after this."
+    )
+    retry_max_s: float = Field(30.0, gt=0, description="Longest wait between write retries.")
+    community: Path | None = Field(
+        None, description="Community file: adds connection and role tags to device points."
+    )
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port (None: off)."
+    )
+    metrics_interval_s: float = Field(10.0, gt=0, description="How often the ingest writes its own figures.")
+
+    @field_validator("site", "worker")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return check_id(value)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if settings_cls.model_config.get("yaml_file"):
+            sources += (YamlConfigSettingsSource(settings_cls),)
+        return sources
+
+
+def load_settings(file: Path | None = None, **flags: Any) -> IngestSettings:
+    """Settings from ``flags`` (those not None), the environment, then ``file`` (YAML)."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    cls: type[IngestSettings] = IngestSettings
+    if file is not None:
+        if not file.is_file():
+            raise SettingsError(f"{file}: no such settings file")
+
+        class _FromFile(IngestSettings):
+            model_config = SettingsConfigDict(yaml_file=file)
+
+        cls = _FromFile
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        where = f"{file}" if file else "ingest settings"
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise SettingsError(f"{where} (flags, EHUB_INGEST_* or file):\n" + "\n".join(lines)) from None
