@@ -102,7 +102,9 @@ class ValueSpec(_Register):
     @model_validator(mode="after")
     def _not_reserved(self) -> Self:
         if self.name in RESERVED_VALUE_NAMES:
-            raise ValueError(f"value name {self.name!r} is reserved (the message's own fields: seq, session, ...)")
+            raise ValueError(
+                f"value name {self.name!r} is reserved (the message's own fields: seq, session, ...)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -51,9 +51,7 @@ def test_tags_and_strings_survive_influxd_unchanged(influx, unique_id, tag, text
     async def round_trip() -> list[dict]:
         async with InfluxClient(url=influx.influx_url, database=influx.influx_db) as client:
             await client.write(line)
-            series = await client.query(
-                f"SELECT * FROM lp_roundtrip WHERE probe = '{unique_id}'", epoch="ns"
-            )
+            series = await client.query(f"SELECT * FROM lp_roundtrip WHERE probe = '{unique_id}'", epoch="ns")
             await client.query(f"DROP SERIES FROM lp_roundtrip WHERE probe = '{unique_id}'")
         return [row for s in series for row in s.rows()]
 
