@@ -195,8 +195,8 @@ def demo(
     start: Annotated[str, typer.Option(help="Simulated start time.")] = "2026-06-01T05:00:00Z",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker, database, a few simulated companies (accelerated) and their edge agents (later:
-    ingest, control, live page)."""
+    """Start the demo: broker, database, a few simulated companies (accelerated), their edge agents and the
+    ingest (later: control, live page)."""
     _setup_logging(verbose)
     try:
         summary = summarize(load_community(community))
@@ -233,7 +233,35 @@ def demo(
         ready=lambda: _simulator_answers(endpoints),
     )
     agents = _demo_agents(settings, community, gateways or DEMO_GATEWAYS)
-    _run_services(settings, banner="energyhub demo is up:", extra=[simulator, *agents])
+    from hub.services import tcp_answers
+
+    state = settings.state_dir.resolve()
+    ingest = ProcessSpec(
+        name="ingest",
+        argv=[
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "ingest",
+            "--site",
+            settings.site,
+            "--mqtt-port",
+            str(settings.mqtt_port),
+            "--mqtt-credentials-file",
+            str(state / "broker" / "credentials" / "ehub-ingest.json"),
+            "--influx-url",
+            settings.influx_url,
+            "--influx-db",
+            settings.influx_db,
+            "--community",
+            str(community),
+            "--metrics-port",
+            str(settings.ingest_metrics_port),
+        ],
+        log_path=state / "log" / "ingest.log",
+        ready=lambda: tcp_answers(settings.host, settings.ingest_metrics_port),
+    )
+    _run_services(settings, banner="energyhub demo is up:", extra=[simulator, ingest, *agents])
 
 
 def _demo_agents(settings: ServiceSettings, community: Path, gateways: list[str]) -> list[ProcessSpec]:

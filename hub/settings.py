@@ -32,6 +32,9 @@ class ServiceSettings(BaseSettings):
     influx_rpc_port: int = Field(
         18088, ge=1, le=65535, description="influxd's backup/RPC port (loopback only)."
     )
+    ingest_metrics_port: int = Field(
+        18089, ge=1, le=65535, description="The demo's ingest serves Prometheus /metrics here."
+    )
     influx_db: str = Field("energyhub", description="InfluxDB database that measurements are written to.")
     site: str = Field(
         "de-koumen", description="Site id (the community id): the level after the root in every MQTT topic."

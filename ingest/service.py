@@ -62,9 +62,13 @@ class IngestService:
             username=settings.influx_username,
             password=settings.influx_password,
             token=settings.influx_token,
+            gzip_min_bytes=settings.influx_gzip_min_bytes
+            if settings.influx_gzip_min_bytes is not None
+            else 2**63,
         )
         self.connected = asyncio.Event()
         self.client_id = f"ehub-ingest-{settings.worker}"
+        self._gap_logged: dict[str, float] = {}
 
     # -- MQTT ---------------------------------------------------------------------------------------------------
     async def _connect(self) -> MqttLink:
@@ -160,13 +164,7 @@ class IngestService:
                     missing = self.tracker.see(info.gateway, measurement.session, measurement.seq)
                     if missing:
                         self.metrics.gap(info.gateway, missing)
-                        log.warning(
-                            "gateway %s session %d: %d measurement(s) missing before seq %d",
-                            info.gateway,
-                            measurement.session,
-                            missing,
-                            measurement.seq,
-                        )
+                        self._log_gap(info.gateway, measurement.session, missing, measurement.seq)
             elif info.kind is TopicKind.STATE:
                 state = decode(GatewayState, message.payload)
                 self.metrics.message("state")
@@ -184,6 +182,22 @@ class IngestService:
         if pending.why is not None:
             self.metrics.message("rejected")
         return pending
+
+    def _log_gap(self, gateway: str, session: int, missing: int, seq: int) -> None:
+        # At most one line per gateway a minute: a gateway that loses messages all the time must not flood the log.
+        now = time.monotonic()
+        if now - self._gap_logged.get(gateway, -1e9) < 60:
+            return
+        self._gap_logged[gateway] = now
+        log.warning(
+            "gateway %s session %d: %d measurement(s) missing before seq %d (%d missing so far; logged once a "
+            "minute at most)",
+            gateway,
+            session,
+            missing,
+            seq,
+            self.metrics.gaps[gateway],
+        )
 
     # -- one batch ----------------------------------------------------------------------------------------------
     async def _flush(self, link: MqttLink, batch: list[_Pending]) -> None:

@@ -59,6 +59,9 @@ class IngestSettings(BaseSettings):
     influx_username: str | None = None
     influx_password: str | None = None
     influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
+    influx_gzip_min_bytes: int | None = Field(
+        64 * 1024, ge=0, description="Gzip write bodies from this size (None: never); worth it over a WAN."
+    )
     batch_max_points: int = Field(5000, ge=1, le=100_000)
     batch_max_delay_s: float = Field(
         0.2, gt=0, le=10, description="A batch is written at the latest after this."

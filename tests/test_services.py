@@ -233,6 +233,7 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
         "EHUB_MQTT_TLS_PORT": free_port(),
         "EHUB_INFLUX_PORT": free_port(),
         "EHUB_INFLUX_RPC_PORT": free_port(),
+        "EHUB_INGEST_METRICS_PORT": free_port(),
     }
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     cli = [sys.executable, "-m", "hub.cli", "demo", "--state-dir", str(tmp_path)]
@@ -264,6 +265,19 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
         creds = json.loads((tmp_path / "broker" / "credentials" / "ehub-ingest.json").read_text())
         seen = asyncio.run(_gateways_publishing(ports["EHUB_MQTT_PORT"], creds, want=4))
         assert seen == {"gw-002", "gw-011", "gw-018", "gw-049"}, text
+        # The ingest stores them, tagged with each device's role from the community file.
+        influx = InfluxClient(url=f"http://127.0.0.1:{ports['EHUB_INFLUX_PORT']}", database="energyhub")
+
+        async def roles() -> set[str]:
+            async with influx:
+                while True:
+                    series = await influx.query('SHOW TAG VALUES FROM "device" WITH KEY = "role"')
+                    found = {row["value"] for s in series for row in s.rows()}
+                    if {"meter", "pv"} <= found:
+                        return found
+                    await asyncio.sleep(0.2)  # poll interval of a condition wait
+
+        assert {"meter", "pv"} <= asyncio.run(asyncio.wait_for(roles(), 30))
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
