@@ -1,0 +1,114 @@
+"""Linear programs through HiGHS (highspy): a model passed once and re-solved with new bounds, or solved once.
+
+The MPC solves the same structure every quarter hour with new right-hand sides; passing the model once and
+changing only the bounds lets HiGHS start from the last solution, which is what makes a year of quarter hours
+take minutes rather than hours. Rows are ``row_lower <= A x <= row_upper`` (equal bounds for an equality).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import highspy
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import csc_matrix  # type: ignore[import-untyped]
+
+__all__ = ["INF", "LinearProgram", "LpError", "solve_once"]
+
+Array = npt.NDArray[np.float64]
+INF = highspy.kHighsInf
+
+
+class LpError(RuntimeError):
+    """HiGHS did not find an optimum; the message says what it found instead."""
+
+
+def _quiet() -> highspy.Highs:
+    # HiGHS prints its banner on standard output, from C++, when the first instance is made: keep it off the
+    # output of `energyhub simulate` (which may be piped as JSON) by pointing fd 1 elsewhere meanwhile.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 1)
+            highs = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    highs.silent()  # no log either: a year of quarter hours would print a million lines
+    return highs
+
+
+_SHARED: highspy.Highs | None = None
+
+
+def solve_once(
+    cost: Array, matrix: csc_matrix, row_lower: Array, row_upper: Array, col_lower: Array, col_upper: Array
+) -> Array:
+    """Solve one model on a Highs instance kept for the purpose (creating one per quarter hour costs more)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = _quiet()
+    return LinearProgram(cost, matrix, row_lower, row_upper, col_lower, col_upper, highs=_SHARED).solve()
+
+
+def _finite(values: Array) -> Array:
+    out = np.asarray(values, dtype=float).copy()
+    out[np.isposinf(out)] = INF
+    out[np.isneginf(out)] = -INF
+    return out
+
+
+class LinearProgram:
+    """min cost.x subject to row and column bounds; ``solve`` may change bounds between solves."""
+
+    def __init__(
+        self,
+        cost: Array,
+        matrix: csc_matrix,
+        row_lower: Array,
+        row_upper: Array,
+        col_lower: Array,
+        col_upper: Array,
+        *,
+        highs: highspy.Highs | None = None,
+    ) -> None:
+        self._highs = highs if highs is not None else _quiet()
+        lp = highspy.HighsLp()
+        a = csc_matrix(matrix)
+        lp.num_col_, lp.num_row_ = a.shape[1], a.shape[0]
+        lp.col_cost_ = np.asarray(cost, dtype=float)
+        lp.col_lower_, lp.col_upper_ = _finite(col_lower), _finite(col_upper)
+        lp.row_lower_, lp.row_upper_ = _finite(row_lower), _finite(row_upper)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = a.indptr.astype(np.int32)
+        lp.a_matrix_.index_ = a.indices.astype(np.int32)
+        lp.a_matrix_.value_ = a.data.astype(float)
+        self._highs.passModel(lp)
+        self.num_row, self.num_col = a.shape
+
+    def solve(
+        self,
+        *,
+        row_lower: Array | None = None,
+        row_upper: Array | None = None,
+        col_upper: Array | None = None,
+    ) -> Array:
+        if row_lower is not None or row_upper is not None:
+            lower = _finite(row_lower) if row_lower is not None else np.full(self.num_row, -INF)
+            upper = _finite(row_upper) if row_upper is not None else np.full(self.num_row, INF)
+            self._highs.changeRowsBounds(self.num_row, np.arange(self.num_row, dtype=np.int32), lower, upper)
+        if col_upper is not None:
+            self._highs.changeColsBounds(
+                self.num_col,
+                np.arange(self.num_col, dtype=np.int32),
+                np.zeros(self.num_col),
+                _finite(col_upper),
+            )
+        self._highs.run()
+        status = self._highs.getModelStatus()
+        if status != highspy.HighsModelStatus.kOptimal:
+            raise LpError(f"HiGHS: {self._highs.modelStatusToString(status)}")
+        return np.array(self._highs.getSolution().col_value)

@@ -1,0 +1,210 @@
+"""The oracle: one linear program over the whole period with perfect foresight, for evaluation only.
+
+It knows every quarter hour's load, sun and charging session in advance and decides them all at once, with the same
+costs as the dispatch (a kW over a limit, then a kWh curtailed, then a kWh undelivered). No real controller can do
+this: it is the yardstick that ``mpc`` and ``greedy`` are measured against. The result is booked by the same code
+as the simulation, so the figures compare like for like.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import numpy.typing as npt
+from scipy.sparse import csc_matrix, csr_matrix  # type: ignore[import-untyped]
+
+from control.dispatch import COST_CURTAIL, COST_EV, COST_VIOLATION, DispatchInput, DispatchResult
+from control.inputs import Inputs
+from control.limits import LimitTable
+from control.lp import LinearProgram
+from control.network import Network
+from control.simulate import LISTED_LEVELS, SimulationResult, _book, share_key
+
+__all__ = ["oracle"]
+
+Array = npt.NDArray[np.float64]
+ISP_H = 0.25
+
+
+def oracle(
+    network: Network,
+    inputs: Inputs,
+    limits: LimitTable,
+    *,
+    margin: float = 0.02,
+    key: str = "kwp",
+    soc_start: float = 0.5,
+) -> SimulationResult:
+    started = time.perf_counter()
+    imp, exp = limits.with_margin(margin)
+    T, n_c = inputs.isps, len(network.connection_ids)
+    A = network.incidence
+    load, pv = inputs.load_kw, inputs.pv_kw
+    s_idx, t_idx, hours = inputs.presence_h()
+    sessions = inputs.sessions
+    session_conn = np.array([s.connection for s in sessions], dtype=np.int64)
+    session_max = np.array([s.max_kw for s in sessions])
+    energy = np.array([s.energy_kwh for s in sessions])
+    batteries = network.batteries
+    n_b = len(batteries)
+    flex = np.zeros(n_c, bool)
+    flex[[b.connection for b in batteries]] = True
+    flex[session_conn] = True
+    # PV used: where there is sun. A connection with nothing to steer but its PV can feed in at most its limit.
+    pv_c, pv_t = np.nonzero(pv > 1e-9)
+    exp_conn = exp[[network.node_index(c) for c in network.connection_ids]]
+    u_upper = pv[pv_c, pv_t].copy()
+    fixed = ~flex[pv_c]
+    u_upper[fixed] = np.clip(
+        np.minimum(u_upper[fixed], load[pv_c[fixed], pv_t[fixed]] + exp_conn[pv_c[fixed], pv_t[fixed]]),
+        0,
+        None,
+    )
+    n_u, n_e = len(pv_c), len(s_idx)
+    # Column blocks.
+    u0, e0, und0 = 0, n_u, n_u + n_e
+    ch0 = und0 + len(sessions)
+    dis0, soc0 = ch0 + n_b * T, ch0 + 2 * n_b * T
+    core = soc0 + n_b * T
+    bt = np.arange(n_b)[:, None] * T + np.arange(T)[None, :]  # battery-major index within a block
+    # Effect of each flow-moving action on its connection at its quarter hour: (connection, isp, column, coef).
+    b_conn = np.array([b.connection for b in batteries], dtype=np.int64)
+    eff_conn = np.concatenate([pv_c, session_conn[s_idx], np.repeat(b_conn, T), np.repeat(b_conn, T)])
+    eff_t = np.concatenate([pv_t, t_idx, np.tile(np.arange(T), n_b), np.tile(np.arange(T), n_b)])
+    eff_col = np.concatenate([u0 + np.arange(n_u), e0 + np.arange(n_e), ch0 + bt.ravel(), dis0 + bt.ravel()])
+    eff_coef = np.concatenate([-np.ones(n_u), np.full(n_e, 1 / ISP_H), np.ones(n_b * T), -np.ones(n_b * T)])
+    eff_upper = np.concatenate(
+        [
+            u_upper,
+            session_max[s_idx] * hours,
+            np.repeat([b.power_kw for b in batteries], T),
+            np.repeat([b.power_kw for b in batteries], T),
+        ]
+    )
+    # Which node rows could be pushed over their limit at all.
+    base = A @ load
+    up = np.zeros((n_c, T))
+    down = np.zeros((n_c, T))
+    np.add.at(up, (eff_conn, eff_t), np.maximum(eff_coef, 0) * eff_upper)
+    np.add.at(down, (eff_conn, eff_t), np.minimum(eff_coef, 0) * eff_upper)
+    hi, lo = base + A @ up, base + A @ down
+    imp_n, imp_t = np.nonzero(np.isfinite(imp) & (hi > imp - 1e-9))
+    exp_n, exp_t = np.nonzero(np.isfinite(exp) & (-lo > exp - 1e-9))
+    rows_n = np.concatenate([imp_n, exp_n])
+    rows_t = np.concatenate([imp_t, exp_t])
+    sign = np.concatenate([np.ones(len(imp_n)), -np.ones(len(exp_n))])
+    n_rows = len(rows_n)
+    slack0 = core
+    n_var = core + n_rows
+    # Limit rows: sign * (node's actions) - slack <= limit -/+ base. Join actions to rows by (node, isp).
+    row_of: dict[tuple[int, int], list[int]] = {}
+    for r, (n, t) in enumerate(zip(rows_n.tolist(), rows_t.tolist(), strict=True)):
+        row_of.setdefault((n, t), []).append(r)
+    by_isp: dict[int, list[int]] = {}
+    for r, t in enumerate(rows_t.tolist()):
+        by_isp.setdefault(t, []).append(r)
+    ri, ci, vi = [], [], []
+    nodes_of_conn = [np.flatnonzero(A[:, c]) for c in range(n_c)]
+    for k in range(len(eff_col)):
+        c, t = int(eff_conn[k]), int(eff_t[k])
+        for n in nodes_of_conn[c]:
+            for r in row_of.get((int(n), t), ()):
+                ri.append(r)
+                ci.append(int(eff_col[k]))
+                vi.append(sign[r] * eff_coef[k])
+    ri += list(range(n_rows))
+    ci += list(range(slack0, slack0 + n_rows))
+    vi += [-1.0] * n_rows
+    limit_upper = np.where(
+        sign > 0, imp[rows_n, rows_t] - base[rows_n, rows_t], exp[rows_n, rows_t] + base[rows_n, rows_t]
+    )
+    # Session rows: sum of its kWh + undelivered = wanted.
+    r0 = n_rows
+    ri += (r0 + s_idx).tolist() + (r0 + np.arange(len(sessions))).tolist()
+    ci += (e0 + np.arange(n_e)).tolist() + (und0 + np.arange(len(sessions))).tolist()
+    vi += [1.0] * (n_e + len(sessions))
+    # Battery rows: soc_t - soc_{t-1} - eff ch dt + dis dt / eff = soc_start at t = 0, else 0.
+    r1 = r0 + len(sessions)
+    eff = np.array([b.efficiency for b in batteries])
+    rows_b = r1 + bt
+    ri += rows_b.ravel().tolist() * 3 + rows_b[:, 1:].ravel().tolist()
+    ci += (soc0 + bt).ravel().tolist() + (ch0 + bt).ravel().tolist() + (dis0 + bt).ravel().tolist()
+    ci += (soc0 + bt[:, :-1]).ravel().tolist()
+    vi += [1.0] * (n_b * T) + np.repeat(-eff * ISP_H, T).tolist() + np.repeat(ISP_H / eff, T).tolist()
+    vi += [-1.0] * (n_b * (T - 1))
+    n_all_rows = r1 + n_b * T
+    matrix = csc_matrix(csr_matrix((vi, (ri, ci)), shape=(n_all_rows, n_var)))
+    capacity = np.array([b.capacity_kwh for b in batteries])
+    soc_first = np.zeros((n_b, T))
+    soc_first[:, 0] = capacity * soc_start
+    row_lower = np.concatenate([np.full(n_rows, -np.inf), energy, soc_first.ravel()])
+    row_upper = np.concatenate([limit_upper, energy, soc_first.ravel()])
+    cost = np.zeros(n_var)
+    cost[u0 : u0 + n_u] = -COST_CURTAIL * ISP_H
+    cost[und0 : und0 + len(sessions)] = (
+        COST_EV * 5
+    )  # the dispatch's highest urgency: undelivered at departure
+    cost[ch0:soc0] = 0.01  # no pointless cycling
+    cost[slack0:] = COST_VIOLATION
+    col_upper = np.concatenate(
+        [
+            u_upper,
+            session_max[s_idx] * hours,
+            energy,
+            eff_upper[n_u + n_e :],
+            np.repeat(capacity, T),
+            np.full(n_rows, np.inf),
+        ]
+    )
+    x = LinearProgram(cost, matrix, row_lower, row_upper, np.zeros(n_var), col_upper).solve()
+    # Book the plan quarter hour by quarter hour, as the simulation books its decisions.
+    pv_used = pv.copy()
+    pv_used[pv_c, pv_t] = x[u0 : u0 + n_u]
+    session_kwh = np.zeros((len(sessions), T))
+    session_kwh[s_idx, t_idx] = x[e0 : e0 + n_e]
+    battery = (x[ch0:dis0] - x[dis0:soc0]).reshape(n_b, T)
+    slack = x[slack0:]
+    infeasible = np.zeros(T, bool)
+    infeasible[rows_t[slack > 1e-4]] = True
+    result = SimulationResult("oracle", inputs.isp_starts[0], inputs.isp_starts[-1], T)
+    result.ev_requested_kwh = float(energy.sum())
+    result.ev_undelivered_kwh = float(x[und0 : und0 + len(sessions)].sum())
+    result.battery_throughput_kwh = float(np.abs(battery).sum() * ISP_H)
+    hub = network.levels.index("hub")  # type: ignore[arg-type]
+    listed = [i for i, level in enumerate(network.levels) if level in LISTED_LEVELS]
+    node_kw = np.zeros((len(network.node_ids), T))
+    keys = share_key(network, key)
+    for t in range(T):
+        present = s_idx[t_idx == t]
+        connection = load[:, t] - pv_used[:, t]
+        connection += np.bincount(session_conn[present], session_kwh[present, t] / ISP_H, minlength=n_c)
+        connection += np.bincount(b_conn, battery[:, t], minlength=n_c)
+        node = A @ connection
+        d = DispatchInput(
+            load_kw=load[:, t],
+            pv_kw=pv[:, t],
+            imp_kw=imp[:, t],
+            exp_kw=exp[:, t],
+            incidence=A,
+            session_connection=session_conn[present],
+            session_max_kwh=session_kwh[present, t],
+            session_urgency=np.ones(len(present)),
+            battery_connection=b_conn,
+            battery_charge_max_kw=np.zeros(n_b),
+            battery_discharge_max_kw=np.zeros(n_b),
+            battery_target_kw=battery[:, t],
+            share_key=keys,
+        )
+        decision = DispatchResult(pv_used[:, t], session_kwh[present, t], battery[:, t], connection, node)
+        decision.infeasible = bool(infeasible[t])
+        decision.solved = True
+        _book(result, decision, d, limits, t, network, hub, listed)
+        node_kw[:, t] = node
+    result.node_kw = node_kw
+    used = result.pv_available_kwh - result.curtailed_kwh
+    result.self_consumption_pct = (
+        100.0 * (used - result.hub_export_kwh) / result.pv_available_kwh if result.pv_available_kwh else 100.0
+    )
+    result.runtime_s = time.perf_counter() - started
+    return result
