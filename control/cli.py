@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["simulate_command"]
+__all__ = ["control_command", "simulate_command"]
 
 
 def _date(text: str, what: str) -> datetime:
@@ -112,3 +112,63 @@ def simulate_command(
         )
     )
     typer.echo(f"wrote {out / 'nodes.csv'} and {out / 'summary.json'}")
+
+
+def control_command(
+    config: Annotated[
+        Path | None, typer.Option(help="Settings YAML (keys as in `control/online.py`).")
+    ] = None,
+    community: Annotated[Path | None, typer.Option(help="Community YAML file.")] = None,
+    policy: Annotated[str | None, typer.Option(help="mpc or greedy.")] = None,
+    cycle_s: Annotated[float | None, typer.Option(help="Seconds per control cycle.")] = None,
+    mqtt_host: Annotated[str | None, typer.Option()] = None,
+    mqtt_port: Annotated[int | None, typer.Option()] = None,
+    mqtt_credentials_file: Annotated[Path | None, typer.Option(help="From `energyhub broker`.")] = None,
+    influx_url: Annotated[str | None, typer.Option()] = None,
+    influx_db: Annotated[str | None, typer.Option()] = None,
+    site: Annotated[str | None, typer.Option(help="Site id (default: the community id).")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Keep every limit online: a cycle every second, setpoints with expiry and a retained heartbeat.
+
+    Settings come from these flags, then EHUB_CONTROL_* environment variables, then --config, then defaults.
+    """
+    import asyncio
+    import logging
+    import signal
+
+    from control.online import OnlineController, load_control_settings
+    from hub.community import CommunityError
+    from hub.layered_settings import SettingsError
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        settings = load_control_settings(
+            config,
+            community=community,
+            policy=policy,
+            cycle_s=cycle_s,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            mqtt_credentials_file=mqtt_credentials_file,
+            influx_url=influx_url,
+            influx_db=influx_db,
+            site=site,
+        )
+        controller = OnlineController(settings)
+    except (SettingsError, CommunityError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await controller.run(stop)
+
+    asyncio.run(main())

@@ -69,8 +69,8 @@ class Inputs:
                     rows.append((s, t, hours))
         if not rows:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
-        s_idx, t_idx, hours = zip(*rows, strict=True)
-        return np.array(s_idx), np.array(t_idx), np.array(hours)
+        table = np.array(rows)
+        return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64), table[:, 2]
 
     @classmethod
     def from_folder(cls, folder: Path, network: Network, start: datetime, end: datetime) -> Inputs:

@@ -33,7 +33,7 @@ def _quiet() -> highspy.Highs:
     try:
         with open(os.devnull, "w") as sink:
             os.dup2(sink.fileno(), 1)
-            highs = highspy.Highs()
+            highs = highspy.Highs()  # type: ignore[no-untyped-call]
     finally:
         os.dup2(saved, 1)
         os.close(saved)
@@ -99,7 +99,7 @@ class LinearProgram:
         if row_lower is not None or row_upper is not None:
             lower = _finite(row_lower) if row_lower is not None else np.full(self.num_row, -INF)
             upper = _finite(row_upper) if row_upper is not None else np.full(self.num_row, INF)
-            self._highs.changeRowsBounds(self.num_row, np.arange(self.num_row, dtype=np.int32), lower, upper)
+            self._highs.changeRowsBounds(self.num_row, np.arange(self.num_row, dtype=np.int32), lower, upper)  # type: ignore[attr-defined]
         if col_upper is not None:
             self._highs.changeColsBounds(
                 self.num_col,

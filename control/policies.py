@@ -155,7 +155,8 @@ class Mpc:
         over_exp = k * per + 3 * n_b + np.arange(n_n)[None, :]
         over_imp = over_exp + n_n
         grid = (np.arange(h) * per + per - 1)[:, None]
-        under = net.incidence[np.ix_(self.nodes, [b.connection for b in self.batteries])]  # n_n x n_b
+        battery_connections = np.array([b.connection for b in self.batteries], dtype=np.int64)
+        under = net.incidence[np.ix_(self.nodes, battery_connections)]  # n_n x n_b
         rows, cols, vals = [], [], []
         r = 0
         # Import rows (k, j): sum_b under (ch - dis) - over_imp <= imp - F; export rows: -(...) - over_exp <= exp + F

@@ -11,10 +11,11 @@ __all__ = ["SAFE_MODES", "gateway_config"]
 
 # What each kind of device falls back to when control is gone: the hub takes no feed-in, so PV is held low,
 # batteries rest, chargers go to their minimum. Override per device in the written file.
-SAFE_MODES: dict[str, dict[str, float]] = {
-    "sunspec_inverter": {"active_power_limit_pct": 30.0},
-    "sunspec_battery": {"charge_rate_pct": 0.0, "discharge_rate_pct": 0.0},
-    "ev_charger": {"max_current_a": 6.0},
+# By role, not by profile: a PV inverter found by SunSpec discovery (`profile: sunspec`) needs its safe mode too.
+SAFE_MODES: dict[DeviceRole, dict[str, float]] = {
+    DeviceRole.PV: {"active_power_limit_pct": 30.0},
+    DeviceRole.BATTERY: {"charge_rate_pct": 0.0, "discharge_rate_pct": 0.0},
+    DeviceRole.EV: {"max_current_a": 6.0},
 }
 
 
@@ -38,8 +39,8 @@ def gateway_config(
             "port": device.modbus.port,
             "unit_id": device.modbus.unit_id,
         }
-        if device.profile in SAFE_MODES and device.role is not DeviceRole.METER:
-            entry["safe_mode"] = dict(SAFE_MODES[device.profile])
+        if device.role in SAFE_MODES:
+            entry["safe_mode"] = dict(SAFE_MODES[device.role])
         devices.append(entry)
     if not devices:
         known = sorted({community.gateway_of(c, d) for c, d in community.devices()})

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from broker.cli import app as broker_app
-from control.cli import simulate_command
+from control.cli import control_command, simulate_command
 from edge.cli import edge as edge_command
 from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
@@ -35,6 +35,7 @@ app.add_typer(sim_app, name="sim")
 app.command("edge")(edge_command)
 app.command("ingest")(ingest_command)
 app.command("simulate")(simulate_command)
+app.command("control")(control_command)
 
 DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]

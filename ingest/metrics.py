@@ -46,6 +46,7 @@ class IngestMetrics:
         self.totals: Tally[str] = Tally()
         self.replayed: Tally[str] = Tally()
         self.gaps: Tally[str] = Tally()
+        self.stored_by_gateway: Tally[str] = Tally()
         self.pending = 0
         self._lags: deque[float] = deque(maxlen=20_000)
         self._last = (time.monotonic(), 0, 0)
@@ -54,11 +55,13 @@ class IngestMetrics:
         self._messages.labels(kind).inc()
         self.totals["messages"] += 1
 
-    def stored(self, points: int, fields: int) -> None:
+    def stored(self, points: int, fields: int, by_gateway: Tally[str] | None = None) -> None:
         self._points.inc(points)
         self._fields.inc(fields)
         self._batch_size.observe(points)
         self.totals.update(points=points, fields=fields, batches=1)
+        if by_gateway:
+            self.stored_by_gateway.update(by_gateway)
 
     def retry(self) -> None:
         self._retries.inc()

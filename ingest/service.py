@@ -17,6 +17,7 @@ import logging
 import random
 import ssl
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,6 +42,7 @@ SERVICE = "ingest"
 @dataclass(slots=True)
 class _Pending:
     message: IncomingMessage
+    gateway: str | None = None
     line: str | None = None
     fields: int = 0
     device_ts: float | None = None  # live measurements only: for the lag
@@ -150,6 +152,7 @@ class IngestService:
             info = self.topics.parse(message.topic)
             if info.gateway is None:
                 raise TopicError(f"{message.topic!r} names no gateway")
+            pending.gateway = info.gateway
             if info.kind is TopicKind.MEASUREMENT and info.device is not None:
                 measurement = decode(Measurement, message.payload)
                 self.metrics.message("measurement")
@@ -213,7 +216,9 @@ class IngestService:
             writable[index].why, writable[index].reason = "influxdb", f"InfluxDB refused the point: {reason}"
         now = time.time()
         stored = [p for p in writable if p.why is None]
-        self.metrics.stored(len(stored), sum(p.fields for p in stored))
+        self.metrics.stored(
+            len(stored), sum(p.fields for p in stored), Counter(p.gateway for p in stored if p.gateway)
+        )
         for p in stored:
             if p.device_ts is not None:
                 self.metrics.lag(now - p.device_ts)

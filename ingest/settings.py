@@ -5,24 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    YamlConfigSettingsSource,
-)
+from pydantic import Field, field_validator
+from pydantic_settings import SettingsConfigDict
 
+from hub.layered_settings import LayeredSettings, SettingsError, load_layered
 from hub.topics import DEFAULT_ROOT, check_id
 
 __all__ = ["IngestSettings", "SettingsError", "load_settings"]
 
 
-class SettingsError(ValueError):
-    """Settings that cannot be used; the message names the source and the field."""
-
-
-class IngestSettings(BaseSettings):
+class IngestSettings(LayeredSettings):
     model_config = SettingsConfigDict(env_prefix="EHUB_INGEST_", extra="forbid")
 
     site: str = Field("de-koumen", description="Site id: the level after the topic root.")
@@ -81,39 +73,7 @@ class IngestSettings(BaseSettings):
     def _ids(cls, value: str) -> str:
         return check_id(value)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
-        if settings_cls.model_config.get("yaml_file"):
-            sources += (YamlConfigSettingsSource(settings_cls),)
-        return sources
-
 
 def load_settings(file: Path | None = None, **flags: Any) -> IngestSettings:
     """Settings from ``flags`` (those not None), the environment, then ``file`` (YAML)."""
-    given = {k: v for k, v in flags.items() if v is not None}
-    cls: type[IngestSettings] = IngestSettings
-    if file is not None:
-        if not file.is_file():
-            raise SettingsError(f"{file}: no such settings file")
-
-        class _FromFile(IngestSettings):
-            model_config = SettingsConfigDict(yaml_file=file)
-
-        cls = _FromFile
-    try:
-        return cls(**given)
-    except ValidationError as exc:
-        where = f"{file}" if file else "ingest settings"
-        lines = [
-            f"  {'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise SettingsError(f"{where} (flags, EHUB_INGEST_* or file):\n" + "\n".join(lines)) from None
+    return load_layered(IngestSettings, file, **flags)

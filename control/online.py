@@ -1,0 +1,379 @@
+"""The online loop: measurements in, one decision per cycle, setpoints with expiry and a heartbeat out.
+
+Each cycle (``cycle_s``, 1 s by default) freezes the latest state of every device (``snapshot.py``), turns the
+contract limits into what may still flow for the rest of the quarter hour (the DSO measures the quarter-hour
+average: energy so far plus the plan for the rest), runs the same policy as the offline simulation, and publishes
+the setpoints that changed (or are about to expire). The heartbeat is retained, and its Last Will (alive=false)
+tells every gateway at once that control is gone; setpoints expire on their own, so the edge falls back to its safe
+mode when this process stops. Node flows, limits, decisions and the cycle time go to InfluxDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import numpy.typing as npt
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from control.dispatch import DispatchInput, DispatchResult
+from control.network import Network
+from control.policies import Greedy, Mpc, Policy, Step
+from control.simulate import share_key
+from control.snapshot import LiveState, Snapshot
+from hub.community import load_community
+from hub.influx import InfluxClient, InfluxError
+from hub.isp import isp_start
+from hub.layered_settings import LayeredSettings, load_layered
+from hub.limits import LimitBook
+from hub.line_protocol import encode_point
+from hub.messages import ControllerHeartbeat, Measurement, MessageError, Setpoint, decode, encode
+from hub.topics import DEFAULT_ROOT, TopicError, TopicKind, Topics
+from hub.topology import DeviceRole
+
+__all__ = ["ControlSettings", "OnlineController", "load_control_settings"]
+
+log = logging.getLogger(__name__)
+Array = npt.NDArray[np.float64]
+ISP_S = 900.0
+ISP_H = 0.25
+HISTORY = 672 + 96  # a week and a day of quarter-hour averages: what the MPC's forecasts look back on
+
+
+class ControlSettings(LayeredSettings):
+    model_config = SettingsConfigDict(env_prefix="EHUB_CONTROL_", extra="forbid")
+
+    community: Path = Field(Path("examples/de-koumen.yaml"), description="Community file.")
+    site: str | None = Field(None, description="Site id; the community id when left out.")
+    topic_root: str = DEFAULT_ROOT
+    policy: str = Field("mpc", pattern="^(mpc|greedy)$")
+    cycle_s: float = Field(1.0, gt=0, le=60)
+    margin: float = Field(
+        0.02, ge=0, lt=1, description="Safety margin below each contract limit, a fraction."
+    )
+    share_key: str = Field("kwp", pattern="^(kwp|contracted|priority)$")
+    setpoint_ttl_s: float = Field(30.0, gt=1, description="A setpoint expires this long after it is sent.")
+    stale_after_s: float = Field(5.0, gt=0, description="A measurement older than this counts as missing.")
+    load_smoothing_s: float = Field(
+        5.0, ge=0, description="Time constant of the filter on the inferred load."
+    )
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(18830, ge=1, le=65535)
+    mqtt_credentials_file: Path | None = None
+    influx_url: str = "http://127.0.0.1:18086"
+    influx_db: str = "energyhub"
+
+
+def load_control_settings(file: Path | None = None, **flags: object) -> ControlSettings:
+    return load_layered(ControlSettings, file, **flags)
+
+
+@dataclass
+class _Sent:
+    value: float
+    at: float
+
+
+class OnlineController:
+    def __init__(self, settings: ControlSettings) -> None:
+        self.settings = settings
+        self.community = load_community(settings.community)
+        self.network = Network.from_community(self.community)
+        self.topics = Topics(site=settings.site or self.community.community.id, root=settings.topic_root)
+        self.book = LimitBook(self.community)
+        self.state = LiveState(self.community, self.network, stale_after_s=settings.stale_after_s)
+        self.policy: Policy = Mpc(self.network) if settings.policy == "mpc" else Greedy(self.network)
+        self.keys = share_key(self.network, settings.share_key)
+        n_c, n_n = len(self.network.connection_ids), len(self.network.node_ids)
+        # Quarter-hour averages so far (the MPC's history) and this quarter hour's energy per node.
+        self.load_history = np.zeros((n_c, HISTORY))
+        self.pv_history = np.zeros((n_c, HISTORY))
+        self._isp: datetime | None = None
+        self._isp_energy_kwh = np.zeros(n_n)
+        self._isp_load_kwh = np.zeros(n_c)
+        self._isp_pv_kwh = np.zeros(n_c)
+        self._last_cycle: float | None = None
+        self._sent: dict[tuple[str, str, str], _Sent] = {}
+        self.cycles = 0
+        self.cycle_ms: list[float] = []
+        self.last: DispatchResult | None = None
+        self.last_snapshot: Snapshot | None = None
+        self._load_estimate: Array | None = None
+        self.influx = InfluxClient(url=settings.influx_url, database=settings.influx_db)
+
+    # -- limits for the rest of the quarter hour ----------------------------------------------------------------
+    def _limits_now(self, now: datetime) -> tuple[Array, Array, Array, Array]:
+        """Contract limits with the margin, turned into the average allowed for the rest of the quarter hour."""
+        m = self.settings.margin
+        found = [self.book.limit_at(n, now) for n in self.network.node_ids]
+        imp = np.array([f.import_w / 1000 for f in found]) * (1 - m)
+        exp = np.array([f.export_w / 1000 for f in found]) * (1 - m)
+        physical = np.array([f.physical_w / 1000 for f in found])
+        start = isp_start(now)
+        left_h = max((start + timedelta(seconds=ISP_S) - now).total_seconds(), 1.0) / 3600
+        imported = np.maximum(self._isp_energy_kwh, 0)
+        exported = np.maximum(-self._isp_energy_kwh, 0)
+        # (limit x 15 min - energy so far) / time left: less than the limit after an overshoot, to bring the
+        # average back; never more than the limit itself (a budget saved early is not spent as a peak later, which
+        # would make the loop swing), nor the physical capacity.
+        imp_rest = np.minimum(np.minimum((imp * ISP_H - imported + exported) / left_h, imp), physical)
+        exp_rest = np.minimum(np.minimum((exp * ISP_H - exported + imported) / left_h, exp), physical)
+        return imp_rest, exp_rest, imp, exp
+
+    def _account(self, now: datetime, snap: Snapshot) -> None:
+        """Integrate the measured node flows over the time since the last cycle; roll the quarter hour."""
+        start = isp_start(now)
+        if self._isp is not None and start != self._isp:
+            self.load_history = np.roll(self.load_history, -1, axis=1)
+            self.pv_history = np.roll(self.pv_history, -1, axis=1)
+            self.load_history[:, -1] = self._isp_load_kwh / ISP_H
+            self.pv_history[:, -1] = self._isp_pv_kwh / ISP_H
+            self._isp_energy_kwh[:] = 0
+            self._isp_load_kwh[:] = 0
+            self._isp_pv_kwh[:] = 0
+        self._isp = start
+        mono = time.monotonic()
+        if self._last_cycle is not None:
+            hours = min(mono - self._last_cycle, 10.0) / 3600
+            self._isp_energy_kwh += self.network.flows(snap.grid_kw) * hours
+            self._isp_load_kwh += snap.load_kw * hours
+            self._isp_pv_kwh += snap.pv_available_kw * hours
+        self._last_cycle = mono
+
+    # -- one cycle ----------------------------------------------------------------------------------------------
+    def decide(self, now: datetime) -> tuple[DispatchResult, Snapshot, Array, Array]:
+        snap = self.state.snapshot()
+        self._account(now, snap)
+        # The load is inferred (meter minus devices), and a meter and an inverter are never read at the same
+        # instant: a step in PV shows in one a poll before the other. Acting on that difference at once makes
+        # the loop swing, so the inferred load is smoothed over a few seconds (a first-order filter).
+        if self._load_estimate is None:
+            self._load_estimate = snap.load_kw.copy()
+        else:
+            alpha = self.settings.cycle_s / (self.settings.cycle_s + self.settings.load_smoothing_s)
+            self._load_estimate += alpha * (snap.load_kw - self._load_estimate)
+        snap.load_kw = self._load_estimate.copy()
+        imp_rest, exp_rest, imp, exp = self._limits_now(now)
+        net = self.network
+        chargers = net.chargers
+        plugged = np.flatnonzero(snap.charger_connected)
+        batteries = net.batteries
+        power = np.array([b.power_kw for b in batteries])
+        capacity = np.array([b.capacity_kwh for b in batteries])
+        eff = np.array([b.efficiency for b in batteries])
+        d = DispatchInput(
+            load_kw=snap.load_kw,
+            pv_kw=snap.pv_available_kw,
+            imp_kw=imp_rest,
+            exp_kw=exp_rest,
+            incidence=net.incidence,
+            session_connection=np.array([chargers[c].connection for c in plugged], dtype=np.int64),
+            session_max_kwh=np.array([chargers[c].power_kw * ISP_H for c in plugged]),
+            session_urgency=np.ones(len(plugged)),
+            battery_connection=np.array([b.connection for b in batteries], dtype=np.int64),
+            battery_charge_max_kw=np.minimum(power, (capacity - snap.battery_soc_kwh) / (eff * ISP_H)),
+            battery_discharge_max_kw=np.minimum(power, snap.battery_soc_kwh * eff / ISP_H),
+            battery_target_kw=np.zeros(len(batteries)),
+            share_key=self.keys,
+        )
+        history_t = HISTORY - 1
+        load_hist, pv_hist = self.load_history.copy(), self.pv_history.copy()
+        load_hist[:, history_t], pv_hist[:, history_t] = snap.load_kw, snap.pv_available_kw
+        horizon = getattr(self.policy, "horizon", 96)
+        step = Step(
+            t=history_t,
+            d=d,
+            soc_kwh=snap.battery_soc_kwh,
+            load_history=load_hist,
+            pv_history=pv_hist,
+            ev_forecast_kw=np.zeros((len(net.connection_ids), horizon)),
+            imp_plan=np.repeat(imp[:, None], HISTORY, axis=1),
+            exp_plan=np.repeat(exp[:, None], HISTORY, axis=1),
+        )
+        return self.policy.decide(step), snap, imp, exp
+
+    def setpoints(self, decision: DispatchResult, snap: Snapshot) -> list[tuple[str, str, str, float, str]]:
+        """(gateway, device, name, value, why) for every device the decision steers."""
+        out = []
+        net = self.network
+        binding = ", ".join(f"{net.node_ids[n]} {d}" for n, d in decision.binding) or "no limit binding"
+        for ref in self.state.devices:
+            c = ref.connection
+            if ref.role is DeviceRole.PV and ref.rating_kw > 0:
+                available = snap.pv_available_kw[c]
+                share = decision.pv_used_kw[c] / available if available > 1e-9 else 1.0
+                pct = (
+                    100.0
+                    if share >= 0.999
+                    else max(0.0, min(100.0, 100 * share * available / self._pv_rating(c)))
+                )
+                out.append((ref.gateway, ref.device, "active_power_limit_pct", round(pct, 1), binding))
+            elif ref.role is DeviceRole.BATTERY:
+                b = self.state.battery_index.get(f"{net.connection_ids[c]}/{ref.device}")
+                if b is None:
+                    continue
+                kw = decision.battery_kw[b]
+                rate = round(100 * abs(kw) / net.batteries[b].power_kw, 1)
+                name = "charge_rate_pct" if kw >= 0 else "discharge_rate_pct"
+                out.append((ref.gateway, ref.device, name, rate, binding))
+            elif ref.role is DeviceRole.EV:
+                i = self.state.charger_index.get(f"{net.connection_ids[c]}/{ref.device}")
+                if i is None or not snap.charger_connected[i]:
+                    continue
+                plugged = [int(p) for p in np.flatnonzero(snap.charger_connected)]
+                kw = decision.session_kwh[plugged.index(i)] / ISP_H
+                amps = kw * 1000 / (3**0.5 * 400)  # three phases at 400 V
+                out.append((ref.gateway, ref.device, "max_current_a", round(max(amps, 6.0), 1), binding))
+        return out
+
+    def _pv_rating(self, connection: int) -> float:
+        return sum(
+            r.rating_kw for r in self.state.devices if r.connection == connection and r.role is DeviceRole.PV
+        )
+
+    # -- MQTT and InfluxDB --------------------------------------------------------------------------------------
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        async for message in client.messages:
+            try:
+                info = self.topics.parse(str(message.topic))
+                if info.kind is TopicKind.MEASUREMENT and info.gateway and info.device:
+                    self.state.update(info.gateway, info.device, decode(Measurement, bytes(message.payload)))
+            except (TopicError, MessageError) as exc:
+                log.debug("ignoring %s: %s", message.topic, exc)  # the ingest dead-letters these
+
+    async def _publish(self, client: aiomqtt.Client, decision: DispatchResult, snap: Snapshot) -> int:
+        now, mono = datetime.now(UTC), time.monotonic()
+        ttl = self.settings.setpoint_ttl_s
+        sent = 0
+        for gateway, device, name, value, why in self.setpoints(decision, snap):
+            key = (gateway, device, name)
+            last = self._sent.get(key)
+            # Unchanged setpoints are sent again well before they expire, changed ones at once.
+            if last is not None and abs(last.value - value) < 0.5 and mono - last.at < ttl / 3:
+                continue
+            setpoint = Setpoint(
+                id=uuid.uuid4().hex[:16],
+                name=name,
+                value=value,
+                created=now,
+                expires=now + timedelta(seconds=ttl),
+                reason=why[:200],
+            )
+            await client.publish(self.topics.setpoint(gateway, device), encode(setpoint), qos=1)
+            self._sent[key] = _Sent(value, mono)
+            sent += 1
+        return sent
+
+    async def _record(
+        self, now: datetime, decision: DispatchResult, imp: Array, exp: Array, ms: float, sent: int
+    ) -> None:
+        ts = int(now.timestamp() * 1e9)
+        net = self.network
+        site = self.topics.site
+        lines = [
+            encode_point(
+                "control_node",
+                {"site": site, "node": node, "level": str(net.levels[n])},
+                {
+                    "flow_kw": float(decision.node_kw[n]),
+                    **({"limit_import_kw": float(imp[n])} if np.isfinite(imp[n]) else {}),
+                    **({"limit_export_kw": float(exp[n])} if np.isfinite(exp[n]) else {}),
+                    "isp_energy_kwh": float(self._isp_energy_kwh[n]),
+                },
+                ts,
+            )
+            for n, node in enumerate(net.node_ids)
+        ]
+        binding = ";".join(f"{net.node_ids[n]}:{d}" for n, d in decision.binding)
+        curtailed = (
+            float((self.last_snapshot.pv_available_kw - decision.pv_used_kw).sum())
+            if self.last_snapshot
+            else 0.0
+        )
+        lines.append(
+            encode_point(
+                "control_cycle",
+                {"site": site, "policy": self.policy.name},
+                {
+                    "cycle_ms": ms,
+                    "lp": decision.solved,
+                    "infeasible": decision.infeasible,
+                    "setpoints": sent,
+                    "curtailed_kw": curtailed,
+                    "binding": binding or "none",
+                    "stale_devices": len(self.last_snapshot.stale) if self.last_snapshot else 0,
+                },
+                ts,
+            )
+        )
+        try:
+            await self.influx.write(lines)
+        except InfluxError as exc:
+            log.warning("could not write control figures: %s", exc)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        creds = json.loads(s.mqtt_credentials_file.read_text()) if s.mqtt_credentials_file else {}
+        will = ControllerHeartbeat(alive=False, ts=datetime.now(UTC), cycle=0, period_s=s.cycle_s)
+        while not stop.is_set():
+            try:
+                async with aiomqtt.Client(
+                    s.mqtt_host,
+                    s.mqtt_port,
+                    username=creds.get("username"),
+                    password=creds.get("password"),
+                    identifier=f"ehub-control-{uuid.uuid4().hex[:6]}",
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                    will=aiomqtt.Will(self.topics.heartbeat(), encode(will), qos=1, retain=True),
+                ) as client:
+                    await client.subscribe(self.topics.all_measurements(), qos=0)
+                    receiver = asyncio.create_task(self._receive(client))
+                    try:
+                        await self._cycles(client, stop)
+                    finally:
+                        receiver.cancel()
+                        # A clean stop: say so at once, rather than let the gateways wait for the timeout.
+                        gone = ControllerHeartbeat(
+                            alive=False,
+                            ts=datetime.now(UTC),
+                            cycle=self.cycles,
+                            period_s=s.cycle_s,
+                            policy=self.policy.name,
+                        )
+                        if stop.is_set():
+                            await client.publish(self.topics.heartbeat(), encode(gone), qos=1, retain=True)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        await self.influx.aclose()
+
+    async def _cycles(self, client: aiomqtt.Client, stop: asyncio.Event) -> None:
+        s = self.settings
+        next_at = time.monotonic()
+        while not stop.is_set():
+            started = time.perf_counter()
+            now = datetime.now(UTC)
+            decision, snap, imp, exp = self.decide(now)
+            self.last, self.last_snapshot = decision, snap
+            sent = await self._publish(client, decision, snap)
+            beat = ControllerHeartbeat(
+                alive=True, ts=now, cycle=self.cycles, period_s=s.cycle_s, policy=self.policy.name
+            )
+            await client.publish(self.topics.heartbeat(), encode(beat), qos=1, retain=True)
+            ms = (time.perf_counter() - started) * 1000
+            self.cycle_ms.append(ms)
+            self.cycles += 1
+            await self._record(now, decision, imp, exp, ms, sent)
+            next_at += s.cycle_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))

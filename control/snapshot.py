@@ -1,0 +1,151 @@
+"""The frozen state of one control cycle, from the latest measurement of every device.
+
+Like a process image: the receive task keeps the newest message per device; a cycle copies what it needs into
+arrays per connection and decides on that copy only. A value that is missing, stale or of bad quality counts as the
+worst case for the limits the estate fights with (feed-in): no load to offset it and the PV at its peak power, and
+never as zero PV.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from control.network import Network
+from hub.messages import Measurement, Quality
+from hub.topology import Community, DeviceRole
+
+__all__ = ["DeviceRef", "LiveState", "Snapshot"]
+
+Array = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    gateway: str
+    device: str
+    connection: int
+    role: DeviceRole
+    rating_kw: float  # PV: AC rating; battery and charger: power
+
+
+@dataclass
+class Snapshot:
+    load_kw: Array
+    pv_available_kw: Array
+    pv_output_kw: Array
+    battery_kw: Array  # per battery, + charging
+    charger_kw: Array  # per charger
+    charger_connected: npt.NDArray[np.bool_]
+    battery_soc_kwh: Array
+    grid_kw: Array  # per connection, as the meter says (worst case where it says nothing)
+    stale: list[str] = field(default_factory=list)
+
+
+@dataclass
+class LiveState:
+    community: Community
+    network: Network
+    stale_after_s: float = 5.0
+    latest: dict[tuple[str, str], tuple[float, Measurement]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.devices: list[DeviceRef] = []
+        index = {c: i for i, c in enumerate(self.network.connection_ids)}
+        for connection, device in self.community.devices():
+            rating = device.ac_kw or device.kwp or device.power_kw or 0.0
+            self.devices.append(
+                DeviceRef(
+                    self.community.gateway_of(connection, device),
+                    device.id,
+                    index[connection.id],
+                    device.role,
+                    float(rating),
+                )
+            )
+        self.battery_index = {b.id: i for i, b in enumerate(self.network.batteries)}
+        self.charger_index = {c.id: i for i, c in enumerate(self.network.chargers)}
+
+    def update(self, gateway: str, device: str, message: Measurement) -> None:
+        self.latest[(gateway, device)] = (time.monotonic(), message)
+
+    def _value(self, ref: DeviceRef, name: str, now: float) -> float | None:
+        found = self.latest.get((ref.gateway, ref.device))
+        if found is None or now - found[0] > self.stale_after_s or found[1].quality is Quality.BAD:
+            return None
+        value = found[1].values.get(name)
+        return value if value is not None and math.isfinite(value) else None
+
+    def snapshot(self) -> Snapshot:
+        now = time.monotonic()
+        net = self.network
+        n_c = len(net.connection_ids)
+        grid = np.full(n_c, np.nan)
+        pv_out = np.zeros(n_c)
+        pv_avail = np.zeros(n_c)
+        battery = np.zeros(len(net.batteries))
+        soc = np.array([b.capacity_kwh / 2 for b in net.batteries])
+        charger = np.zeros(len(net.chargers))
+        connected = np.zeros(len(net.chargers), bool)
+        stale: list[str] = []
+        limited: list[tuple[int, float, float, float]] = []  # (connection, output, rating, limit fraction)
+        free_yield: list[float] = []
+        for ref in self.devices:
+            key = f"{self.community_connection(ref)}/{ref.device}"
+            if ref.role is DeviceRole.METER:
+                value = self._value(ref, "power_w", now)
+                if value is None:
+                    stale.append(f"{ref.gateway}/{ref.device}")
+                else:
+                    grid[ref.connection] = value / 1000.0
+            elif ref.role is DeviceRole.PV:
+                value = self._value(ref, "power_w", now)
+                if value is None:
+                    stale.append(f"{ref.gateway}/{ref.device}")
+                    pv_avail[ref.connection] += ref.rating_kw  # worst case for feed-in: all of it
+                    continue
+                produced = max(-value / 1000.0, 0.0)
+                pv_out[ref.connection] += produced
+                limit = self._value(ref, "power_limit_pct", now)
+                enabled = self._value(ref, "power_limit_enabled", now)
+                fraction = (limit or 100.0) / 100.0 if enabled else 1.0
+                if fraction < 0.999 and produced >= 0.98 * fraction * ref.rating_kw:
+                    limited.append((ref.connection, produced, ref.rating_kw, fraction))
+                else:
+                    pv_avail[ref.connection] += produced
+                    if ref.rating_kw > 0:
+                        free_yield.append(produced / ref.rating_kw)
+            elif ref.role is DeviceRole.BATTERY:
+                b = self.battery_index.get(key)
+                value = self._value(ref, "power_w", now)
+                if b is not None and value is not None:
+                    battery[b] = value / 1000.0
+                    level = self._value(ref, "soc_pct", now)
+                    if level is not None:
+                        soc[b] = net.batteries[b].capacity_kwh * level / 100.0
+            elif ref.role is DeviceRole.EV:
+                c = self.charger_index.get(key)
+                value = self._value(ref, "power_w", now)
+                state = self._value(ref, "mode3_state", now)
+                if c is not None and value is not None:
+                    charger[c] = value / 1000.0
+                    connected[c] = state is not None and 1 <= state <= 6  # B1 to D2: a vehicle is plugged in
+        # A limited inverter hides what the sun offers: take the best yield per kW of the free ones, at least
+        # what it gives now and at most its rating.
+        best = max(free_yield, default=1.0)
+        for connection, produced, rating, _fraction in limited:
+            pv_avail[connection] += min(rating, max(produced, best * rating))
+        # Missing meter: no load to count on (worst case for feed-in).
+        flex = np.bincount([b.connection for b in net.batteries], battery, minlength=n_c) + np.bincount(
+            [c.connection for c in net.chargers], charger, minlength=n_c
+        )
+        grid_known = np.where(np.isnan(grid), -pv_out + flex, grid)
+        load = np.maximum(grid_known + pv_out - flex, 0.0)
+        return Snapshot(load, pv_avail, pv_out, battery, charger, connected, soc, grid_known, stale)
+
+    def community_connection(self, ref: DeviceRef) -> str:
+        return self.network.connection_ids[ref.connection]
