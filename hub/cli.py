@@ -198,8 +198,8 @@ def demo(
     start: Annotated[str, typer.Option(help="Simulated start time.")] = "2026-06-01T05:00:00Z",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker, database, a few simulated companies (accelerated), their edge agents and the
-    ingest (later: control, live page)."""
+    """Start the demo: broker, database, a few simulated companies (accelerated), their edge agents, the ingest
+    and control (later: the live page)."""
     _setup_logging(verbose)
     try:
         summary = summarize(load_community(community))
@@ -264,7 +264,42 @@ def demo(
         log_path=state / "log" / "ingest.log",
         ready=lambda: tcp_answers(settings.host, settings.ingest_metrics_port),
     )
-    _run_services(settings, banner="energyhub demo is up:", extra=[simulator, ingest, *agents])
+    # Control sees the simulated companies only: the others would count as missing, that is as worst case.
+    import yaml
+
+    from hub.community import only_gateways
+
+    subset = only_gateways(load_community(community), set(gateways or DEMO_GATEWAYS))
+    control_community = state / "control" / "community.yaml"
+    control_community.parent.mkdir(parents=True, exist_ok=True)
+    control_community.write_text(
+        yaml.safe_dump(subset.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    )
+    control = ProcessSpec(
+        name="control",
+        argv=[
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "control",
+            "--community",
+            str(control_community),
+            "--site",
+            settings.site,
+            "--mqtt-port",
+            str(settings.mqtt_port),
+            "--mqtt-credentials-file",
+            str(state / "broker" / "credentials" / "ehub-control.json"),
+            "--influx-url",
+            settings.influx_url,
+            "--influx-db",
+            settings.influx_db,
+        ],
+        log_path=state / "log" / "control.log",
+        # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
+        ready=lambda: True,
+    )
+    _run_services(settings, banner="energyhub demo is up:", extra=[simulator, ingest, *agents, control])
 
 
 def _demo_agents(settings: ServiceSettings, community: Path, gateways: list[str]) -> list[ProcessSpec]:

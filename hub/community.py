@@ -392,3 +392,35 @@ def summarize(community: Community) -> CommunitySummary:
         group_agreements=len(community.group_agreements),
         parts=dict(parts),
     )
+
+
+def only_gateways(community: Community, gateways: set[str]) -> Community:
+    """The part of ``community`` that ``gateways`` poll: their connections under the same hub, loops and micro
+    groups (emptied ones dropped), and the group agreements all of whose connections remain. For demos and tests
+    that simulate a few companies: control then sees only what is there, not the rest as missing."""
+    doc = community.model_dump(mode="json", exclude_none=True)
+
+    def keep(connection: dict[str, Any]) -> bool:
+        return any(g["id"] in gateways for g in connection.get("gateways", []))
+
+    loops = []
+    for loop in doc["loops"]:
+        loop["connections"] = [c for c in loop.get("connections", []) if keep(c)]
+        micros = []
+        for micro in loop.get("micro_groups", []):
+            micro["connections"] = [c for c in micro["connections"] if keep(c)]
+            if micro["connections"]:
+                micros.append(micro)
+        loop["micro_groups"] = micros
+        if loop["connections"] or micros:
+            loops.append(loop)
+    if not loops:
+        raise ValueError(f"no connection of the community is polled by {', '.join(sorted(gateways))}")
+    doc["loops"] = loops
+    remaining = {c["id"] for loop in loops for c in loop["connections"]} | {
+        c["id"] for loop in loops for m in loop["micro_groups"] for c in m["connections"]
+    }
+    doc["group_agreements"] = [
+        g for g in doc.get("group_agreements", []) if set(g["connections"]) <= remaining
+    ]
+    return Community.model_validate(doc)

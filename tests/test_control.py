@@ -331,3 +331,21 @@ def test_energyhub_simulate_writes_nodes_and_summary(tmp_path):
 
     assert sum(over(r) for r in rows) <= summary["violations"]
     assert summary["violations"] <= summary["infeasible_isps"] * len(listed)
+
+
+def test_a_community_cut_to_some_gateways_keeps_their_structure():
+    from hub.community import only_gateways
+
+    community = load_community(REPO / "examples" / "de-koumen-2026.yaml")
+    group = community.group_agreements[0]
+    gateways = set()
+    for _loop, _micro, connection in community.connections():
+        if connection.id in group.connections or connection.id == "c-018":
+            gateways |= {g.id for g in connection.gateways}
+    subset = only_gateways(community, gateways)
+    kept = {c.id for _l, _m, c in subset.connections()}
+    assert kept == set(group.connections) | {"c-018"}
+    assert [g.id for g in subset.group_agreements] == [group.id]  # all its connections stayed
+    assert subset.hub.limits == community.hub.limits
+    with pytest.raises(ValueError, match="no connection of the community is polled by gw-nobody"):
+        only_gateways(community, {"gw-nobody"})

@@ -21,7 +21,7 @@ from pymodbus.client import ModbusTcpClient
 
 from hub.influx import InfluxClient, InfluxError
 from hub.line_protocol import encode_point
-from hub.messages import Measurement, Quality, decode, encode
+from hub.messages import ControllerHeartbeat, Measurement, Quality, decode, encode
 from hub.services import free_port, tcp_answers
 from hub.supervisor import ProcessSpec, ServiceError, Supervisor, wait_for
 from hub.topics import Topics
@@ -227,6 +227,22 @@ async def _gateways_publishing(port: int, creds: dict, *, want: int, timeout_s: 
     return seen
 
 
+async def _heartbeat(port: int, creds: dict, timeout_s: float = 30) -> ControllerHeartbeat:
+    topics = Topics(site="de-koumen")
+    async with (
+        asyncio.timeout(timeout_s),
+        aiomqtt.Client(
+            "127.0.0.1", port, username=creds["username"], password=creds["password"], identifier="demo-beat"
+        ) as client,
+    ):
+        await client.subscribe(topics.heartbeat(), qos=1)
+        async for message in client.messages:
+            beat = decode(ControllerHeartbeat, message.payload)
+            if beat.alive:
+                return beat
+    raise AssertionError("no heartbeat")
+
+
 def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
     ports = {
         "EHUB_MQTT_PORT": free_port(),
@@ -278,6 +294,8 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
                     await asyncio.sleep(0.2)  # poll interval of a condition wait
 
         assert {"meter", "pv"} <= asyncio.run(asyncio.wait_for(roles(), 30))
+        # Control runs: its retained heartbeat says it is alive.
+        assert asyncio.run(_heartbeat(ports["EHUB_MQTT_PORT"], creds)).alive
         proc.send_signal(signal.SIGINT)
         rest, _ = proc.communicate(timeout=30)
     finally:
