@@ -222,12 +222,13 @@ class Mpc:
         net, h, n_n = self.network, self.horizon, len(self.nodes)
         load, pv, ahead = self._forecast(step)
         flow = load - pv + step.ev_forecast_kw[:, :h]
-        exp_c = step.exp_plan[self.connection_nodes][:, ahead]
+        # np.ix_: only the horizon's columns are copied, not the whole period's rows (a year is 35,040 columns).
+        exp_c = step.exp_plan[np.ix_(self.connection_nodes, ahead)]
         # Connections without a battery cut their own feed-in at their limit (the dispatch would).
         flow = np.where(self._has_battery[:, None], flow, np.maximum(flow, -exp_c))
         node_flow = net.incidence[self.nodes] @ flow  # n_n x h
-        imp = step.imp_plan[self.nodes][:, ahead]
-        exp = step.exp_plan[self.nodes][:, ahead]
+        imp = step.imp_plan[np.ix_(self.nodes, ahead)]
+        exp = step.exp_plan[np.ix_(self.nodes, ahead)]
         lower = np.full(self._rows, -np.inf)
         upper = np.concatenate(
             [

@@ -153,7 +153,7 @@ def simulate(
             soc_kwh=soc,
             load_history=inputs.load_kw,
             pv_history=inputs.pv_kw,
-            ev_forecast_kw=_ev_forecast(inputs, s_idx, t_idx, hours, remaining, session_max, t, n_c),
+            ev_forecast_kw=_ev_forecast(inputs, s_idx, t_idx, hours, bounds, remaining, session_max, t, n_c),
             imp_plan=imp,
             exp_plan=exp,
         )
@@ -185,21 +185,25 @@ def _ev_forecast(
     s_idx: npt.NDArray[np.int64],
     t_idx: npt.NDArray[np.int64],
     hours: Array,
+    bounds: npt.NDArray[np.int64],
     remaining: Array,
     session_max: Array,
     t: int,
     n_c: int,
     horizon: int = 96,
 ) -> Array:
-    """Charging of the sessions plugged in now, as soon as they can: what the planner can know of EVs."""
+    """Charging of the sessions plugged in now, as soon as they can: what the planner can know of EVs.
+
+    ``s_idx``/``t_idx``/``hours`` are sorted by quarter hour and ``bounds[t]`` is where quarter hour ``t`` starts,
+    so only the horizon's entries are looked at."""
     out = np.zeros((n_c, horizon))
-    plugged_in = set(s_idx[t_idx == t].tolist())
+    plugged_in = set(s_idx[bounds[t] : bounds[t + 1]].tolist())
     if not plugged_in:
         return out
-    window = (t_idx >= t) & (t_idx < t + horizon)
-    left = remaining.copy()
-    for s, k, h in zip(s_idx[window], t_idx[window], hours[window], strict=True):
-        if s not in plugged_in:
+    end = bounds[min(t + horizon, len(bounds) - 1)]
+    left = {s: remaining[s] for s in plugged_in}
+    for s, k, h in zip(s_idx[bounds[t] : end], t_idx[bounds[t] : end], hours[bounds[t] : end], strict=True):
+        if s not in left:
             continue
         kwh = min(session_max[s] * h, left[s])
         left[s] -= kwh
