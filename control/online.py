@@ -105,6 +105,8 @@ class OnlineController:
         self._last_cycle: float | None = None
         self._sent: dict[tuple[str, str, str], _Sent] = {}
         self.cycles = 0
+        self.infeasible_cycles = 0
+        self._infeasible_logged = -1e9
         self.cycle_ms: list[float] = []
         self.last: DispatchResult | None = None
         self.last_snapshot: Snapshot | None = None
@@ -365,6 +367,21 @@ class OnlineController:
             now = datetime.now(UTC)
             decision, snap, imp, exp = self.decide(now)
             self.last, self.last_snapshot = decision, snap
+            if decision.infeasible:
+                self.infeasible_cycles += 1
+                if time.monotonic() - self._infeasible_logged > 60:
+                    self._infeasible_logged = time.monotonic()
+                    over = [
+                        self.network.node_ids[n]
+                        for n in np.flatnonzero(
+                            (decision.node_kw > imp + 1e-6) | (-decision.node_kw > exp + 1e-6)
+                        )
+                    ]
+                    log.warning(
+                        "no action keeps every limit (%d cycles so far): over at %s; doing the least harm",
+                        self.infeasible_cycles,
+                        ", ".join(over) or "the rest-of-quarter-hour budget",
+                    )
             sent = await self._publish(client, decision, snap)
             beat = ControllerHeartbeat(
                 alive=True, ts=now, cycle=self.cycles, period_s=s.cycle_s, policy=self.policy.name
