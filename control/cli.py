@@ -133,19 +133,12 @@ def control_command(
 
     Settings come from these flags, then EHUB_CONTROL_* environment variables, then --config, then defaults.
     """
-    import asyncio
-    import logging
-    import signal
-
     from control.online import OnlineController, load_control_settings
     from hub.community import CommunityError
     from hub.layered_settings import SettingsError
+    from hub.service_cli import configure_logging, run_until_stopped
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(verbose, quiet=("httpx",))
     try:
         settings = load_control_settings(
             config,
@@ -164,11 +157,4 @@ def control_command(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await controller.run(stop)
-
-    asyncio.run(main())
+    run_until_stopped(controller.run)

@@ -63,20 +63,9 @@ class Agent:
         for device in config.devices:
             bus = self.buses.get(device.bus_key) or Bus.for_device(device, timeout_s=config.timeout_s)
             self.buses[device.bus_key] = bus
-            if device.profile == "sunspec":  # discovered at the first poll that gets an answer
-                self.pollers.append(
-                    DevicePoller(
-                        device.id,
-                        None,
-                        bus,
-                        device.unit_id,
-                        retries=config.retries,
-                        interval_s=device.interval_s or config.interval_s,
-                        discover=partial(self._discover, device, bus),
-                    )
-                )
-                continue
-            profile = load_profile(device.profile)
+            # `profile: sunspec` is discovered at the first poll that gets an answer.
+            discovered = device.profile == "sunspec"
+            profile = None if discovered else load_profile(device.profile)
             self.pollers.append(
                 DevicePoller(
                     device.id,
@@ -85,9 +74,11 @@ class Agent:
                     device.unit_id,
                     retries=config.retries,
                     interval_s=device.interval_s or config.interval_s,
+                    discover=partial(self._discover, device, bus) if discovered else None,
                 )
             )
-            self._add_control(device, profile, bus)
+            if profile is not None:
+                self._add_control(device, profile, bus)
         self.last_heartbeat = (
             time.monotonic()
         )  # counting from start: no controller yet is a missing controller

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -21,11 +20,9 @@ def edge(
     from edge.agent import Agent
     from edge.config import ConfigError, load_agent_config
     from edge.profile import ProfileError, load_profile
+    from hub.service_cli import configure_logging, run_until_stopped
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    configure_logging(verbose)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are reported per device, on change
     try:
         settings = load_agent_config(config)
@@ -36,12 +33,8 @@ def edge(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
-    async def main() -> None:
+    async def run(stop: asyncio.Event) -> None:
         agent = Agent(settings)  # Modbus clients belong to the running event loop
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
         await agent.run(stop)
 
-    asyncio.run(main())
+    run_until_stopped(run)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -33,14 +30,11 @@ def ingest(
     Settings come from these flags, then EHUB_INGEST_* environment variables, then --config, then defaults.
     """
     from hub.community import CommunityError
+    from hub.service_cli import configure_logging, run_until_stopped
     from ingest.service import IngestService
     from ingest.settings import SettingsError, load_settings
 
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per write otherwise
+    configure_logging(verbose, quiet=("httpx",))  # httpx: one line per write otherwise
     try:
         settings = load_settings(
             config,
@@ -59,11 +53,4 @@ def ingest(
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await service.run(stop)
-
-    asyncio.run(main())
+    run_until_stopped(service.run)

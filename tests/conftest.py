@@ -40,3 +40,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServic
 def unique_id() -> str:
     """A fresh identifier per test, so tests on one broker and database never see each other's data."""
     return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+async def gateway(services: RunningServices, unique_id: str) -> str:
+    """A fresh gateway account on the session's broker, usable once this returns."""
+    from mqtt_helpers import can_log_in
+
+    name = f"gw-{unique_id}"
+    services.accounts.add_gateway(name)
+    services.accounts.reload_broker()
+    await can_log_in(services, name)
+    return name

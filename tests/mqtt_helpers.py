@@ -6,10 +6,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiomqtt
 from paho.mqtt.enums import MQTTProtocolVersion
 
+from hub.mqtt_link import MqttLink
 from hub.services import RunningServices
 
 
@@ -47,3 +49,18 @@ async def next_message(client: aiomqtt.Client, *, timeout_s: float = 5.0) -> aio
         async for message in client.messages:
             return message
     raise AssertionError("no message")
+
+
+async def link_as(
+    services: RunningServices, account: str, *, client_id: str | None = None, **kwargs: Any
+) -> MqttLink:
+    """The project's own MQTT client, logged in as ``account`` (a gateway or a service)."""
+    creds = services.accounts.credentials(account)
+    return await MqttLink.connect(
+        services.settings.host,
+        services.settings.mqtt_port,
+        client_id=client_id or f"{account}-{uuid.uuid4().hex[:8]}",
+        username=creds.username,
+        password=creds.password,
+        **kwargs,
+    )

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mqtt_helpers import can_log_in
+from mqtt_helpers import can_log_in, link_as
 
 from hub.influx import InfluxClient
 from hub.messages import (
@@ -76,26 +76,6 @@ async def running(settings: IngestSettings):
             await task
 
 
-async def gateway_link(services, gateway: str) -> MqttLink:
-    creds = services.accounts.credentials(gateway)
-    return await MqttLink.connect(
-        services.settings.host,
-        services.settings.mqtt_port,
-        client_id=f"{gateway}-pub",
-        username=creds.username,
-        password=creds.password,
-    )
-
-
-@pytest.fixture
-async def gateway(services, unique_id):
-    name = f"gw-{unique_id}"
-    services.accounts.add_gateway(name)
-    services.accounts.reload_broker()
-    await can_log_in(services, name)
-    return name
-
-
 def measurement(
     seq: int, *, session: int = 1, values: dict | None = None, replay: bool = False
 ) -> Measurement:
@@ -140,7 +120,7 @@ async def test_n_measurements_give_n_points_with_every_field(services, unique_id
         for i in range(150)
     ]
     async with running(settings) as service:
-        link = await gateway_link(services, gateway)
+        link = await link_as(services, gateway)
         state = GatewayState(
             online=True,
             session=1,
@@ -205,7 +185,7 @@ async def test_redelivered_messages_overwrite_and_gaps_and_replays_are_counted(s
     topics = Topics(site=services.settings.site)
     settings = ingest_settings(services, unique_id, share_group=None)
     async with running(settings) as service:
-        link = await gateway_link(services, gateway)
+        link = await link_as(services, gateway)
         birth = GatewayState(online=True, session=4, ts=T0)
         seqs = [0, 1, 2, 3, 3, 2, 6, 7, 9]  # redeliveries of 2 and 3; 4, 5 and 8 never arrive
         batch = link.publish_batch(
@@ -236,7 +216,7 @@ async def test_a_point_influxdb_refuses_does_not_block_the_good_ones(services, u
         await client.write(f'device,gateway=other {field}="text" {int(T0.timestamp() * 1e9)}')
     async with running(ingest_settings(services, unique_id)) as service:
         deadletters = await _subscribe(services, topics.deadletter("ingest"))
-        link = await gateway_link(services, gateway)
+        link = await link_as(services, gateway)
         messages = [measurement(i) for i in range(20)]
         bad = measurement(20, values={field: 1.0, "power_w": 5.0})
         messages.insert(7, bad)
@@ -258,14 +238,7 @@ async def test_a_point_influxdb_refuses_does_not_block_the_good_ones(services, u
 
 
 async def _subscribe(services, topic: str) -> MqttLink:
-    creds = services.accounts.credentials("ehub-api")  # the API account reads the whole site
-    link = await MqttLink.connect(
-        services.settings.host,
-        services.settings.mqtt_port,
-        client_id=f"observer-{os.getpid()}-{topic.rsplit('/', 1)[-1]}-{id(topic)}",
-        username=creds.username,
-        password=creds.password,
-    )
+    link = await link_as(services, "ehub-api")  # the API account reads the whole site
     await link.subscribe([(topic, 1)])
     return link
 
@@ -275,7 +248,7 @@ async def test_two_workers_in_one_group_store_every_message_once(services, uniqu
     first = ingest_settings(services, unique_id, worker=f"{unique_id}-a")
     second = ingest_settings(services, unique_id, worker=f"{unique_id}-b")
     async with running(first) as a, running(second) as b:
-        link = await gateway_link(services, gateway)
+        link = await link_as(services, gateway)
         batch = link.publish_batch(
             [(topics.measurement(gateway, f"d{i % 7}"), encode(measurement(i))) for i in range(400)]
         )
@@ -310,7 +283,7 @@ async def test_influxd_stopped_mid_stream_loses_nothing(services, unique_id, gat
             services, unique_id, influx_url=db_settings.influx_url, influx_db="outage", retry_max_s=0.5
         )
         async with running(settings) as service:
-            link = await gateway_link(services, gateway)
+            link = await link_as(services, gateway)
 
             async def publish(seqs):
                 batch = link.publish_batch(
@@ -366,7 +339,7 @@ async def test_worker_killed_with_sigkill_mid_stream_loses_nothing(services, uni
     ]
     log = (tmp_path / "ingest.log").open("w")
     worker = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    link = await gateway_link(services, gateway)
+    link = await link_as(services, gateway)
     total = 3000
 
     async def count():
@@ -527,7 +500,7 @@ def test_bad_payloads_and_topics_end_as_dead_letters(services, ingest_process, f
     async def exchange() -> dict[str, DeadLetter]:
         letters: dict[str, DeadLetter] = {}
         observer = await _subscribe(services, topics.deadletter("ingest"))
-        link = await gateway_link(services, fuzz_gateway)
+        link = await link_as(services, fuzz_gateway)
         try:
             await link.wait(link.publish_batch(list(sent.items())).done)
             async with asyncio.timeout(20):
@@ -554,7 +527,7 @@ def test_the_fuzzed_ingest_still_stores_good_measurements(services, ingest_proce
     good = measurement(123_456)
 
     async def exchange() -> list[dict]:
-        link = await gateway_link(services, fuzz_gateway)
+        link = await link_as(services, fuzz_gateway)
         await link.wait(link.publish_batch([(topics.measurement(fuzz_gateway, "good"), encode(good))]).done)
         await link.disconnect()
 

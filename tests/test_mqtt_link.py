@@ -5,31 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mqtt_helpers import can_log_in, mqtt_client, next_message
+from mqtt_helpers import link_as, mqtt_client, next_message
 
 from hub.mqtt_link import MqttLink, MqttLinkError, Will
 from hub.topics import Topics
-
-
-async def _link(services, gateway: str, **kwargs) -> MqttLink:
-    creds = services.accounts.credentials(gateway)
-    return await MqttLink.connect(
-        services.settings.host,
-        services.settings.mqtt_port,
-        client_id=f"{gateway}-link",
-        username=creds.username,
-        password=creds.password,
-        **kwargs,
-    )
-
-
-@pytest.fixture
-async def gateway(services, unique_id):
-    name = f"gw-{unique_id}"
-    services.accounts.add_gateway(name)
-    services.accounts.reload_broker()
-    await can_log_in(services, name)
-    return name
 
 
 async def test_batch_is_acknowledged_and_arrives_in_order(services, gateway):
@@ -37,7 +16,7 @@ async def test_batch_is_acknowledged_and_arrives_in_order(services, gateway):
     topic = topics.measurement(gateway, "m1")
     async with mqtt_client(services, "ehub-ingest") as observer:
         await observer.subscribe(topic, qos=1)
-        link = await _link(services, gateway)
+        link = await link_as(services, gateway)
         payloads = [f"message {i} ünïcode".encode() for i in range(300)]
         batch = link.publish_batch([(topic, p) for p in payloads])
         await asyncio.wait_for(link.wait(batch.done), 10)
@@ -49,7 +28,7 @@ async def test_batch_is_acknowledged_and_arrives_in_order(services, gateway):
 
 async def test_a_topic_outside_the_gateways_own_is_refused_with_the_reason(services, gateway):
     topics = Topics(site=services.settings.site)
-    link = await _link(services, gateway)
+    link = await link_as(services, gateway)
     batch = link.publish_batch(
         [(topics.measurement(gateway, "m1"), b"ok"), (topics.measurement("gw-someone-else", "m1"), b"forged")]
     )
@@ -89,7 +68,7 @@ async def test_subscriptions_deliver_and_last_will_fires_on_abort(services, gate
         mqtt_client(services, "ehub-ingest") as ingest,
     ):
         await ingest.subscribe(state, qos=1)
-        link = await _link(services, gateway, will=Will(state, b'{"online": false}', retain=False))
+        link = await link_as(services, gateway, will=Will(state, b'{"online": false}', retain=False))
         granted = await link.subscribe([(topics.setpoints_for(gateway), 1)])
         assert granted == [1]
         await control.publish(topics.setpoint(gateway, "bat"), b"command", qos=1)
@@ -104,7 +83,7 @@ async def test_subscriptions_deliver_and_last_will_fires_on_abort(services, gate
 
 async def test_idle_link_stays_up_on_keepalive(services, gateway):
     topics = Topics(site=services.settings.site)
-    link = await _link(services, gateway, keepalive_s=5)
+    link = await link_as(services, gateway, keepalive_s=5)
     # The broker drops a client silent for 1.5 keepalives; PINGREQs keep this one up.
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(asyncio.shield(link.closed), 9)

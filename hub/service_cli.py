@@ -1,0 +1,34 @@
+"""What every long-running `energyhub` command does alike: log in words to stderr, and run until Ctrl-C or
+SIGTERM, then stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+__all__ = ["configure_logging", "run_until_stopped"]
+
+
+def configure_logging(verbose: bool, *, quiet: tuple[str, ...] = ()) -> None:
+    """INFO (DEBUG with ``verbose``) with timestamps; ``quiet`` loggers only from WARNING (per-request chatter)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    for name in quiet:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_until_stopped(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``run(stop)`` in a new event loop; SIGINT and SIGTERM set ``stop``."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run(stop)
+
+    asyncio.run(main())
