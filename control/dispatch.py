@@ -23,7 +23,7 @@ from scipy.sparse import csc_matrix  # type: ignore[import-untyped]
 
 from control.lp import solve_once
 
-__all__ = ["DispatchInput", "DispatchResult", "dispatch", "preferred"]
+__all__ = ["DispatchInput", "DispatchResult", "dispatch", "preferred", "session_urgency"]
 
 Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -35,6 +35,14 @@ COST_CURTAIL = 100.0  # per kWh
 COST_FAIRNESS = 1.0  # per unit of the largest curtailed share
 COST_EV = 10.0  # per kWh undelivered, times the session's urgency (1..5)
 COST_DEVIATION = 1.0  # per kW away from the battery plan
+
+
+def session_urgency(remaining_kwh: Array, max_kw: Array, hours_left: Array) -> Array:
+    """1..5: how much a kWh for this session is worth now. The less slack a session has (hours left beyond what
+    it needs at full power), the more; a session that cannot finish any more gets the most."""
+    slack_h = hours_left - remaining_kwh / np.maximum(max_kw, 1e-9)
+    result: Array = 1.0 + 4.0 / (1.0 + np.maximum(slack_h, 0.0))
+    return result
 
 
 @dataclass

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped]
 
-from control.dispatch import DispatchInput, DispatchResult
+from control.dispatch import DispatchInput, DispatchResult, session_urgency
 from control.inputs import Inputs
 from control.limits import LimitTable
 from control.network import Network
@@ -129,9 +129,7 @@ def simulate(
         present_h = hours[bounds[t] : bounds[t + 1]]
         session_kwh_max = np.minimum(session_max[present] * present_h, remaining[present])
         hours_left = np.maximum(departure_h[present] - t * ISP_H, ISP_H)
-        urgency = (
-            np.clip(remaining[present] / np.maximum(session_max[present] * hours_left, 1e-9), 0, 1) * 4 + 1
-        )
+        urgency = session_urgency(remaining[present], session_max[present], hours_left)
         d = DispatchInput(
             load_kw=inputs.load_kw[:, t],
             pv_kw=inputs.pv_kw[:, t],

@@ -349,3 +349,16 @@ def test_a_community_cut_to_some_gateways_keeps_their_structure():
     assert subset.hub.limits == community.hub.limits
     with pytest.raises(ValueError, match="no connection of the community is polled by gw-nobody"):
         only_gateways(community, {"gw-nobody"})
+
+
+def test_sessions_with_less_slack_are_worth_more():
+    from control.dispatch import session_urgency
+
+    # 20 kWh at 10 kW needs 2 h: with 2 h left no slack (5), with 3 h one hour of slack (3), with 10 h little (1.5).
+    urgency = session_urgency(
+        np.array([20.0, 20.0, 20.0, 40.0]), np.full(4, 10.0), np.array([2.0, 3.0, 9.0, 2.0])
+    )
+    assert urgency[0] == pytest.approx(5.0)
+    assert urgency[1] == pytest.approx(3.0)
+    assert urgency[2] == pytest.approx(1.5)
+    assert urgency[3] == pytest.approx(5.0)  # cannot finish any more: the most
