@@ -7,7 +7,7 @@ Otherwise one small linear program (HiGHS) decides, with costs in this order:
 1. violating a limit (the least kW over, when no action can keep it: the case is counted as infeasible);
 2. curtailing PV (per kWh), then spreading what must be curtailed evenly by the sharing key (the largest share
    curtailed, per kWp or contracted kW or priority weight, is as small as it can be);
-3. leaving EV energy undelivered (a session nearer its departure weighs more);
+3. leaving EV energy undelivered (a session with less slack before its departure weighs more);
 4. moving a battery away from its plan.
 
 Every decision records the nodes whose limit is binding, which is why PV was curtailed or a charger slowed.

@@ -17,6 +17,7 @@ from communities import ean
 from control.online import ControlSettings, OnlineController
 from edge.gateway_config import gateway_config
 from hub.community import load_community
+from hub.influx import InfluxClient
 from hub.messages import Measurement, decode
 from hub.services import free_port
 from hub.topics import Topics
@@ -269,6 +270,18 @@ async def test_control_keeps_the_hub_at_zero_feed_in_and_setpoints_expire_into_f
             )
             cycles = sorted(control.cycle_ms)
             assert cycles[len(cycles) // 2] < 100  # a cycle of this small estate takes milliseconds
+            # What dashboards will show: node flows against limits, and each cycle with its binding limit.
+            async with InfluxClient(url=settings.influx_url, database=settings.influx_db) as influx:
+                nodes = await influx.query(
+                    f"SELECT flow_kw, limit_export_kw FROM control_node WHERE site = '{site}' AND node = 'hub'"
+                )
+                cycle_rows = await influx.query(
+                    f"SELECT cycle_ms, binding FROM control_cycle WHERE site = '{site}'"
+                )
+            hub_rows = nodes[0].rows()
+            assert len(hub_rows) >= control.cycles - 1
+            assert all(r["limit_export_kw"] == 0 for r in hub_rows)
+            assert any("hub:export" in r["binding"] for r in cycle_rows[0].rows())
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
