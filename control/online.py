@@ -308,8 +308,9 @@ class OnlineController:
                 {"site": site, "policy": self.policy.name},
                 {
                     "cycle_ms": ms,
-                    "lp": decision.solved,
-                    "infeasible": decision.infeasible,
+                    # 0/1 integers rather than booleans: a dashboard sums them per interval.
+                    "lp": int(decision.solved),
+                    "infeasible": int(decision.infeasible),
                     "setpoints": sent,
                     "curtailed_kw": curtailed,
                     "binding": binding or "none",

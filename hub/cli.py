@@ -12,6 +12,7 @@ import typer
 
 from broker.cli import app as broker_app
 from control.cli import control_command, simulate_command
+from dashboards.cli import app as dashboards_app
 from edge.cli import edge as edge_command
 from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
@@ -32,6 +33,7 @@ community_app = typer.Typer(
 app.add_typer(community_app, name="community")
 app.add_typer(broker_app, name="broker")
 app.add_typer(sim_app, name="sim")
+app.add_typer(dashboards_app, name="dashboards")
 app.command("edge")(edge_command)
 app.command("ingest")(ingest_command)
 app.command("simulate")(simulate_command)

@@ -49,6 +49,7 @@ class IngestMetrics:
         self.stored_by_gateway: Tally[str] = Tally()
         self.pending = 0
         self._lags: deque[float] = deque(maxlen=20_000)
+        self._gateway_lag: dict[str, tuple[float, int]] = {}
         self._last = (time.monotonic(), 0, 0)
 
     def message(self, kind: str) -> None:
@@ -79,9 +80,18 @@ class IngestMetrics:
         self._gaps.labels(gateway).inc(missing)
         self.gaps[gateway] += missing
 
-    def lag(self, seconds: float) -> None:
+    def lag(self, seconds: float, gateway: str | None = None) -> None:
         self._lag.observe(seconds)
         self._lags.append(seconds)
+        if gateway is not None:
+            total, count = self._gateway_lag.get(gateway, (0.0, 0))
+            self._gateway_lag[gateway] = (total + seconds, count + 1)
+
+    def gateway_lags(self) -> dict[str, float]:
+        """Mean lag per gateway since the last call."""
+        out = {g: total / count for g, (total, count) in self._gateway_lag.items() if count}
+        self._gateway_lag.clear()
+        return out
 
     def set_pending(self, count: int) -> None:
         self._pending.set(count)

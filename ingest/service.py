@@ -221,7 +221,7 @@ class IngestService:
         )
         for p in stored:
             if p.device_ts is not None:
-                self.metrics.lag(now - p.device_ts)
+                self.metrics.lag(now - p.device_ts, p.gateway)
         dead = [p for p in batch if p.why is not None]
         if dead:
             await self._dead_letters(link, dead)
@@ -259,8 +259,14 @@ class IngestService:
         now = time.time_ns()
         site, worker = self.topics.site, self.settings.worker
         lines = [encode_point("ingest", {"site": site, "worker": worker}, self.metrics.snapshot(), now)]
-        for gateway in sorted(set(self.metrics.replayed) | set(self.metrics.gaps)):
-            fields = {"replayed": self.metrics.replayed[gateway], "gaps": self.metrics.gaps[gateway]}
+        lags = self.metrics.gateway_lags()
+        for gateway in sorted(set(self.metrics.replayed) | set(self.metrics.gaps) | set(lags)):
+            fields: dict[str, float | int] = {
+                "replayed": self.metrics.replayed[gateway],
+                "gaps": self.metrics.gaps[gateway],
+            }
+            if gateway in lags:
+                fields["lag_s"] = lags[gateway]
             lines.append(
                 encode_point(
                     "ingest_gateway", {"site": site, "gateway": gateway, "worker": worker}, fields, now

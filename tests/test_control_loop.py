@@ -25,7 +25,7 @@ from hub.topics import Topics
 REPO = Path(__file__).resolve().parent.parent
 
 
-def community_doc(site: str, ports: list[int]) -> dict:
+def community_doc(site: str, ports: list[int], gateway_prefix: str = "gw-loop") -> dict:
     def device(i: int, role: str, unit: int, port: int, **extra) -> dict:
         profile = {"meter": "eastron_sdm630", "pv": "sunspec"}[role]
         return {
@@ -45,7 +45,7 @@ def community_doc(site: str, ports: list[int]) -> dict:
             # An old feed-in right at the connection: the hub's zero is what binds.
             "limits": {"import_kw": 150, "export_kw": 100},
             "annual_use_kwh": use_kwh,
-            "gateways": [{"id": f"gw-{site[-6:]}-{n}"}],
+            "gateways": [{"id": f"{gateway_prefix}-{n}"}],
             "devices": devices,
         }
 
