@@ -76,6 +76,32 @@ def init(
         typer.echo(note)
 
 
+@app.command("write-config")
+def write_config(
+    state_dir: StateDir = Path("var"),
+    site: Site = "de-koumen",
+    topic_root: TopicRoot = DEFAULT_ROOT,
+    host: Annotated[
+        str, typer.Option(help="Address Mosquitto listens on (0.0.0.0 inside a container).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 1883,
+) -> None:
+    """Write mosquitto.conf, passwd and acl under STATE_DIR/broker, for a Mosquitto started by something else
+    (a container, systemd); `energyhub services` does this itself."""
+    from broker.config import BrokerConfig, BrokerConfigError, write_mosquitto_conf
+
+    accounts = _accounts(state_dir, site, topic_root)
+    try:
+        accounts.ensure_service_accounts()
+        config = BrokerConfig(
+            directory=accounts.directory, host=host, port=port, tls_port=None, certificates=None
+        )
+        path = write_mosquitto_conf(config, accounts)
+    except (AccountError, BrokerConfigError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"wrote {path}")
+
+
 @app.command("add-gateway")
 def add_gateway(
     name: Annotated[str, typer.Argument(help="Gateway id: the broker username and its topic level.")],

@@ -72,6 +72,7 @@ class ControlSettings(LayeredSettings):
     mqtt_credentials_file: Path | None = None
     influx_url: str = "http://127.0.0.1:18086"
     influx_db: str = "energyhub"
+    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
 
 
 def load_control_settings(file: Path | None = None, **flags: object) -> ControlSettings:
@@ -111,7 +112,9 @@ class OnlineController:
         self.last: DispatchResult | None = None
         self.last_snapshot: Snapshot | None = None
         self._load_estimate: Array | None = None
-        self.influx = InfluxClient(url=settings.influx_url, database=settings.influx_db)
+        self.influx = InfluxClient(
+            url=settings.influx_url, database=settings.influx_db, token=settings.influx_token
+        )
 
     # -- limits for the rest of the quarter hour ----------------------------------------------------------------
     def _limits_now(self, now: datetime) -> tuple[Array, Array, Array, Array]:

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from api.cli import api_command
 from broker.cli import app as broker_app
 from control.cli import control_command, simulate_command
 from dashboards.cli import app as dashboards_app
@@ -38,6 +39,7 @@ app.command("edge")(edge_command)
 app.command("ingest")(ingest_command)
 app.command("simulate")(simulate_command)
 app.command("control")(control_command)
+app.command("api")(api_command)
 
 DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]
@@ -128,7 +130,9 @@ def community_limits(
         )
 
 
-def _run_services(settings: ServiceSettings, *, banner: str, extra: list[ProcessSpec] | None = None) -> None:
+def _run_services(
+    settings: ServiceSettings, *, banner: str, extra: list[ProcessSpec] | None = None, last: str | None = None
+) -> None:
     from hub.services import start_services
     from hub.supervisor import ServiceError, Supervisor
 
@@ -157,6 +161,8 @@ def _run_services(settings: ServiceSettings, *, banner: str, extra: list[Process
                 typer.echo(f"  {spec.name:<9} {' '.join(spec.argv[3:])}")
             typer.echo(f"  logs      {settings.state_dir.resolve() / 'log'}/")
             typer.echo("Press Ctrl-C to stop.")
+            if last:
+                typer.echo(last)
             sys.stdout.flush()
             supervisor.wait()
     except ServiceError as exc:
@@ -200,8 +206,8 @@ def demo(
     start: Annotated[str, typer.Option(help="Simulated start time.")] = "2026-06-01T05:00:00Z",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker, database, a few simulated companies (accelerated), their edge agents, the ingest
-    and control (later: the live page)."""
+    """Start the demo: broker, database, a few simulated companies (accelerated), their edge agents, the ingest,
+    control, and the API with its live page."""
     _setup_logging(verbose)
     try:
         summary = summarize(load_community(community))
@@ -301,7 +307,37 @@ def demo(
         # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
         ready=lambda: True,
     )
-    _run_services(settings, banner="energyhub demo is up:", extra=[simulator, ingest, *agents, control])
+    api = ProcessSpec(
+        name="api",
+        argv=[
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "api",
+            "--community",
+            str(control_community),
+            "--site",
+            settings.site,
+            "--port",
+            str(settings.api_port),
+            "--mqtt-port",
+            str(settings.mqtt_port),
+            "--mqtt-credentials-file",
+            str(state / "broker" / "credentials" / "ehub-api.json"),
+            "--influx-url",
+            settings.influx_url,
+            "--influx-db",
+            settings.influx_db,
+        ],
+        log_path=state / "log" / "api.log",
+        ready=lambda: tcp_answers(settings.host, settings.api_port),
+    )
+    _run_services(
+        settings,
+        banner="energyhub demo is up:",
+        extra=[simulator, ingest, *agents, control, api],
+        last=f"Live page: http://{settings.host}:{settings.api_port}/",
+    )
 
 
 def _demo_agents(settings: ServiceSettings, community: Path, gateways: list[str]) -> list[ProcessSpec]:

@@ -32,6 +32,7 @@ class ServiceSettings(BaseSettings):
     influx_rpc_port: int = Field(
         18088, ge=1, le=65535, description="influxd's backup/RPC port (loopback only)."
     )
+    api_port: int = Field(18090, ge=1, le=65535, description="The demo's HTTP API and live page.")
     ingest_metrics_port: int = Field(
         18089, ge=1, le=65535, description="The demo's ingest serves Prometheus /metrics here."
     )

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real services the project runs (Mosquitto, InfluxDB 1.x `influxd`) from Debian's packages when their
+# Installs the real services the project runs (Mosquitto, InfluxDB 1.x `influxd`, Chromium for the live page's
+# browser test) from Debian's packages when their
 # binaries are missing. Fast and silent when everything is there, so `make` can call it every time.
 set -euo pipefail
 
@@ -9,6 +10,8 @@ missing=()
 have mosquitto || missing+=(mosquitto)
 have mosquitto_sub || missing+=(mosquitto-clients)
 have influxd || missing+=(influxdb)
+# The live page's browser test runs Debian's chromium headless (through Playwright, no browser download).
+have chromium || missing+=(chromium)
 # Debian's python3 ships venv separately; the project's venv needs it.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
+import httpx
 import pytest
 from mqtt_helpers import can_log_in, mqtt_client, next_message
 from pymodbus.client import ModbusTcpClient
@@ -250,6 +251,7 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
         "EHUB_INFLUX_PORT": free_port(),
         "EHUB_INFLUX_RPC_PORT": free_port(),
         "EHUB_INGEST_METRICS_PORT": free_port(),
+        "EHUB_API_PORT": free_port(),
     }
     env = {**os.environ, **{k: str(v) for k, v in ports.items()}}
     cli = [sys.executable, "-m", "hub.cli", "demo", "--state-dir", str(tmp_path)]
@@ -260,7 +262,7 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
     try:
         for line in proc.stdout:
             output.append(line)
-            if "Press Ctrl-C" in line:
+            if "Live page:" in line:
                 break
         text = "".join(output)
         assert f"mqtt://127.0.0.1:{ports['EHUB_MQTT_PORT']}" in text, text
@@ -294,6 +296,10 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
                     await asyncio.sleep(0.2)  # poll interval of a condition wait
 
         assert {"meter", "pv"} <= asyncio.run(asyncio.wait_for(roles(), 30))
+        # The demo ends by naming the live page, which answers with the flows of the simulated part.
+        assert output[-1].strip() == f"Live page: http://127.0.0.1:{ports['EHUB_API_PORT']}/"
+        flows = httpx.get(f"http://127.0.0.1:{ports['EHUB_API_PORT']}/api/flows", timeout=10).json()
+        assert {f["level"] for f in flows} >= {"hub", "loop", "connection"}
         # Control runs: its retained heartbeat says it is alive.
         assert asyncio.run(_heartbeat(ports["EHUB_MQTT_PORT"], creds)).alive
         proc.send_signal(signal.SIGINT)

@@ -1,0 +1,16 @@
+# One image for the central services (ingest, control, api) and for the edge agent on a Pi (arm64 builds too).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY hub hub
+COPY broker broker
+COPY edge edge
+COPY ingest ingest
+COPY control control
+COPY dashboards dashboards
+COPY api api
+COPY simulators simulators
+COPY examples examples
+RUN pip install --no-cache-dir . && useradd --system --home /var/lib/energyhub energyhub
+ENTRYPOINT ["energyhub"]
+CMD ["--help"]

@@ -1,0 +1,130 @@
+"""What the API shows live: the latest reading of every device and gateway, and every node's flow against its limits.
+
+One MQTT subscriber (the ``ehub-api`` account reads the whole site) keeps the newest measurement per device and
+the newest state per gateway; node flows are the sums of the grid meters under each node, limits are the
+contracts' for this quarter hour. A node whose meters are all silent has no flow (shown as unknown, not zero).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import numpy as np
+
+from control.network import Network
+from hub.limits import LimitBook
+from hub.messages import GatewayState, Measurement, MessageError, decode
+from hub.topics import TopicError, TopicKind, Topics
+from hub.topology import Community, DeviceRole
+
+__all__ = ["LiveView"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveView:
+    community: Community
+    topics: Topics
+    stale_after_s: float = 10.0
+    meters: dict[tuple[str, str], int] = field(default_factory=dict)  # (gateway, device) -> connection index
+    latest: dict[tuple[str, str], tuple[float, Measurement]] = field(default_factory=dict)
+    states: dict[str, GatewayState] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    received: int = 0
+
+    def __post_init__(self) -> None:
+        self.network = Network.from_community(self.community)
+        self.book = LimitBook(self.community)
+        index = {c: i for i, c in enumerate(self.network.connection_ids)}
+        for connection, device in self.community.devices():
+            if device.role is DeviceRole.METER:
+                self.meters[(self.community.gateway_of(connection, device), device.id)] = index[connection.id]
+
+    def take(self, topic: str, payload: bytes) -> None:
+        try:
+            info = self.topics.parse(topic)
+            if info.kind is TopicKind.MEASUREMENT and info.gateway and info.device:
+                self.latest[(info.gateway, info.device)] = (time.monotonic(), decode(Measurement, payload))
+            elif info.kind is TopicKind.STATE and info.gateway:
+                self.states[info.gateway] = decode(GatewayState, payload)
+            else:
+                return
+        except (TopicError, MessageError) as exc:
+            log.debug("ignoring %s: %s", topic, exc)
+            return
+        self.received += 1
+        self.changed.set()
+
+    def flows(self) -> list[dict[str, Any]]:
+        """Every node: flow (kW, + taken), its limits now, and the headroom left to the nearer limit (0..1)."""
+        now, mono = datetime.now(UTC), time.monotonic()
+        n_c = len(self.network.connection_ids)
+        connection_kw = np.zeros(n_c)
+        known = np.zeros(n_c, bool)
+        for key, c in self.meters.items():
+            found = self.latest.get(key)
+            if found is None or mono - found[0] > self.stale_after_s:
+                continue
+            power = found[1].values.get("power_w")
+            if power is not None:
+                connection_kw[c] += power / 1000.0
+                known[c] = True
+        out = []
+        for n, node_id in enumerate(self.network.node_ids):
+            members = self.network.incidence[n] > 0
+            limit = self.book.limit_at(node_id, now)
+            flow = float(connection_kw[members].sum()) if known[members].any() else None
+            imp = limit.import_w / 1000.0
+            exp = limit.export_w / 1000.0
+            headroom = None
+            if flow is not None:
+                room = imp - flow if flow >= 0 else exp + flow
+                scale = imp if flow >= 0 else exp
+                headroom = (
+                    max(0.0, min(1.0, room / scale))
+                    if math.isfinite(scale) and scale > 0
+                    else (1.0 if room > 0 or not math.isfinite(room) else 0.0)
+                )
+            out.append(
+                {
+                    "node": node_id,
+                    "level": str(self.network.levels[n]),
+                    "flow_kw": None if flow is None else round(flow, 3),
+                    "limit_import_kw": imp if math.isfinite(imp) else None,
+                    "limit_export_kw": exp if math.isfinite(exp) else None,
+                    "import_source": limit.import_source,
+                    "export_source": limit.export_source,
+                    "headroom": None if headroom is None else round(headroom, 3),
+                    "metered_connections": int(known[members].sum()),
+                }
+            )
+        return out
+
+    async def run(self, host: str, port: int, credentials_file: Path | None) -> None:
+        creds = json.loads(credentials_file.read_text()) if credentials_file else {}
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    host,
+                    port,
+                    username=creds.get("username"),
+                    password=creds.get("password"),
+                    identifier=None,
+                ) as client:
+                    await client.subscribe(self.topics.all_measurements(), qos=0)
+                    await client.subscribe(self.topics.all_states(), qos=0)
+                    async for message in client.messages:
+                        self.take(str(message.topic), bytes(message.payload))
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost (%s); retrying", exc)
+                await asyncio.sleep(1.0)
