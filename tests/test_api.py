@@ -219,3 +219,49 @@ def test_compose_files_match_the_compose_specification():
         service = compose["services"][name]
         assert service.get("restart") == "unless-stopped", name
         assert "healthcheck" in service or name in ("ingest", "control"), name
+
+
+async def test_live_page_with_the_whole_reference_community(services, tmp_path):
+    """A hundred companies on six loops: every one is drawn, and a reading still shows within 2 s."""
+    from playwright.async_api import async_playwright
+
+    community = REPO / "examples" / "de-koumen.yaml"
+    settings = ApiSettings(
+        community=community,
+        site=services.settings.site,
+        port=free_port(),
+        mqtt_port=services.settings.mqtt_port,
+        mqtt_credentials_file=services.accounts.credentials_path("ehub-api"),
+        influx_url=services.settings.influx_url,
+        influx_db=services.settings.influx_db,
+        state_dir=tmp_path,
+        push_interval_s=0.5,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.02)  # poll interval of a condition wait
+        if "gw-002" not in services.accounts.accounts():
+            services.accounts.add_gateway("gw-002")
+            services.accounts.reload_broker()
+        await can_log_in(services, "gw-002")
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            await page.goto(f"http://127.0.0.1:{settings.port}/")
+            await page.wait_for_selector('[data-level="loop"]')
+            assert await page.locator('[data-level="loop"]').count() == 6
+            assert await page.locator('[data-level="connection"]').count() == 100
+            await publish_meter(services, "gw-002", "meter", 123_400.0, 0)
+            await page.wait_for_function(
+                "() => document.querySelector('[data-node=\"c-002\"] .flow').textContent.includes('takes 123.4')",
+                timeout=2_000,
+            )
+            await browser.close()
+    finally:
+        server.should_exit = True
+        await task
