@@ -24,7 +24,7 @@ from api.live import LiveView
 from hub.community import load_community
 from hub.influx import InfluxClient, InfluxError
 from hub.isp import isps_in_local_day
-from hub.layered_settings import LayeredSettings, load_layered
+from hub.layered_settings import ConnectedSettings, load_layered
 from hub.messages import Setpoint, encode
 from hub.topics import DEFAULT_ROOT, TopicError, Topics, check_id
 
@@ -33,7 +33,7 @@ __all__ = ["ApiSettings", "create_app", "load_api_settings"]
 PAGE = Path(__file__).with_name("page.html")
 
 
-class ApiSettings(LayeredSettings):
+class ApiSettings(ConnectedSettings):
     model_config = SettingsConfigDict(env_prefix="EHUB_API_", extra="forbid")
 
     community: Path = Path("examples/de-koumen.yaml")
@@ -42,12 +42,6 @@ class ApiSettings(LayeredSettings):
     host: str = "127.0.0.1"
     port: int = Field(18090, ge=1, le=65535)
     token: str | None = Field(None, description="Bearer token for the write endpoints; none: writes refused.")
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(18830, ge=1, le=65535)
-    mqtt_credentials_file: Path | None = None
-    influx_url: str = "http://127.0.0.1:18086"
-    influx_db: str = "energyhub"
-    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
     state_dir: Path = Field(Path("var/api"), description="Where uploaded day-ahead profiles are kept.")
     push_interval_s: float = Field(0.5, gt=0, le=10, description="Live page: at most one update this often.")
 

@@ -34,7 +34,7 @@ from control.snapshot import LiveState, Snapshot
 from hub.community import load_community
 from hub.influx import InfluxClient, InfluxError
 from hub.isp import isp_start
-from hub.layered_settings import LayeredSettings, load_layered
+from hub.layered_settings import ConnectedSettings, load_layered
 from hub.limits import LimitBook
 from hub.line_protocol import encode_point
 from hub.messages import ControllerHeartbeat, Measurement, MessageError, Setpoint, decode, encode
@@ -50,7 +50,7 @@ ISP_H = 0.25
 HISTORY = 672 + 96  # a week and a day of quarter-hour averages: what the MPC's forecasts look back on
 
 
-class ControlSettings(LayeredSettings):
+class ControlSettings(ConnectedSettings):
     model_config = SettingsConfigDict(env_prefix="EHUB_CONTROL_", extra="forbid")
 
     community: Path = Field(Path("examples/de-koumen.yaml"), description="Community file.")
@@ -67,12 +67,6 @@ class ControlSettings(LayeredSettings):
     load_smoothing_s: float = Field(
         5.0, ge=0, description="Time constant of the filter on the inferred load."
     )
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(18830, ge=1, le=65535)
-    mqtt_credentials_file: Path | None = None
-    influx_url: str = "http://127.0.0.1:18086"
-    influx_db: str = "energyhub"
-    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
 
 
 def load_control_settings(file: Path | None = None, **flags: object) -> ControlSettings:

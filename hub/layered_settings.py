@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -14,7 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["LayeredSettings", "SettingsError", "load_layered"]
+__all__ = ["ConnectedSettings", "LayeredSettings", "SettingsError", "load_layered"]
 
 
 class SettingsError(ValueError):
@@ -37,6 +37,19 @@ class LayeredSettings(BaseSettings):
         if settings_cls.model_config.get("yaml_file"):
             sources += (YamlConfigSettingsSource(settings_cls),)
         return sources
+
+
+class ConnectedSettings(LayeredSettings):
+    """A central service's way to the broker and the database (the ingest, control and the API share these)."""
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(18830, ge=1, le=65535)
+    mqtt_credentials_file: Path | None = Field(
+        None, description="JSON with username and password, as `energyhub broker` writes them."
+    )
+    influx_url: str = "http://127.0.0.1:18086"
+    influx_db: str = "energyhub"
+    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
 
 
 S = TypeVar("S", bound=LayeredSettings)

@@ -8,13 +8,13 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from hub.layered_settings import LayeredSettings, SettingsError, load_layered
+from hub.layered_settings import ConnectedSettings, SettingsError, load_layered
 from hub.topics import DEFAULT_ROOT, check_id
 
 __all__ = ["IngestSettings", "SettingsError", "load_settings"]
 
 
-class IngestSettings(LayeredSettings):
+class IngestSettings(ConnectedSettings):
     model_config = SettingsConfigDict(env_prefix="EHUB_INGEST_", extra="forbid")
 
     site: str = Field("de-koumen", description="Site id: the level after the topic root.")
@@ -28,11 +28,6 @@ class IngestSettings(LayeredSettings):
         True,
         description="Count sequence gaps from what this worker sees (exact only when it is the only one).",
     )
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(18830, ge=1, le=65535)
-    mqtt_credentials_file: Path | None = Field(
-        None, description="JSON with username and password, as `energyhub broker` writes them."
-    )
     mqtt_username: str | None = None
     mqtt_password: str | None = None
     mqtt_ca_file: Path | None = Field(None, description="CA certificate: connect with TLS.")
@@ -45,12 +40,9 @@ class IngestSettings(LayeredSettings):
         le=65535,
         description="Messages held unacknowledged at most (MQTT Receive Maximum): beyond it the broker keeps them.",
     )
-    influx_url: str = "http://127.0.0.1:18086"
-    influx_db: str = "energyhub"
     influx_rp: str | None = Field(None, description="Retention policy (InfluxDB 1.x; DBRP mapping in 2.x).")
     influx_username: str | None = None
     influx_password: str | None = None
-    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
     influx_gzip_min_bytes: int | None = Field(
         64 * 1024, ge=0, description="Gzip write bodies from this size (None: never); worth it over a WAN."
     )

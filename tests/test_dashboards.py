@@ -6,19 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from chain import Estate
 from test_control_loop import community_doc
 
 from control.online import ControlSettings, OnlineController
 from dashboards.build import JSON_DIR, render_all
 from dashboards.influxql import DATASOURCE_UID
-from edge.gateway_config import gateway_config
 from hub.community import load_community
 from hub.influx import InfluxClient
 from hub.services import free_port
@@ -92,46 +89,8 @@ def pipeline(services, tmp_path_factory):
     path = tmp / "community.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     community = load_community(path)
-    processes, logs = [], []
-
-    def start(name: str, argv: list[str]) -> None:
-        log = (tmp / f"{name}.log").open("w")
-        logs.append(log)
-        processes.append(subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT))
-
-    start(
-        "sim",
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "sim",
-            "--community",
-            str(path),
-            "--speed",
-            "30",
-            "--start",
-            "2026-06-15T08:00:00Z",
-            "--seed",
-            "5",
-        ],
-    )
-    for _loop, _micro, connection in community.connections():
-        services.accounts.add_gateway(connection.gateways[0].id)
-    services.accounts.reload_broker()
-    for _loop, _micro, connection in community.connections():
-        gateway = connection.gateways[0].id
-        config = gateway_config(
-            community,
-            gateway,
-            mqtt_host="127.0.0.1",
-            mqtt_port=settings.mqtt_port,
-            credentials_file=services.accounts.credentials_path(gateway),
-            buffer_path=tmp / f"{gateway}.db",
-        )
-        config.update(interval_s=0.5, timeout_s=0.2)
-        (tmp / f"{gateway}.yaml").write_text(yaml.safe_dump(config))
-        start(gateway, [sys.executable, "-m", "hub.cli", "edge", "--config", str(tmp / f"{gateway}.yaml")])
+    estate = Estate(services, community, path, tmp)
+    estate.start(speed=30, start="2026-06-15T08:00:00Z", seed=5, interval_s=0.5, timeout_s=0.2)
 
     async def run() -> None:
         ingest = IngestService(
@@ -192,17 +151,9 @@ def pipeline(services, tmp_path_factory):
         asyncio.run(run())
         yield settings
     except TimeoutError:
-        raise AssertionError("\n".join(p.read_text()[-1500:] for p in tmp.glob("*.log"))) from None
+        raise AssertionError(estate.logs()) from None
     finally:
-        for process in processes:
-            process.send_signal(signal.SIGTERM)
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for log in logs:
-            log.close()
+        estate.stop()
 
 
 def _expand(query: str, variables: dict[str, str]) -> str:
