@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,39 @@ async def test_quarter_hours_from_what_the_ingest_stored(services, unique_id):
     assert series.export_kwh[0] == pytest.approx(3.75)
     # 10:30-10:45 had no readings and 10:45-11:00 has no reading at its start: both are gaps, not zeros.
     assert series.gaps == [t0 + timedelta(minutes=30), t0 + timedelta(minutes=45)]
+
+
+def test_headroom_of_connections_and_their_loop():
+    from zoneinfo import ZoneInfo
+
+    from hub.community import load_community
+    from planning.headroom import headroom_report
+    from planning.meter_data import MeterSeries
+
+    community = load_community(Path(__file__).resolve().parent.parent / "examples" / "de-koumen.yaml")
+    start = datetime(2026, 6, 1, tzinfo=ZoneInfo("Europe/Amsterdam")).astimezone(UTC)
+    starts = [start + i * timedelta(minutes=15) for i in range(96 * 14)]  # two weeks
+    hours = np.array([t.astimezone(ZoneInfo("Europe/Amsterdam")).hour for t in starts])
+    night = hours < 6
+    # c-002 (contract 125 kW in, 0 out): 20 kW at night, 50 kW by day, one 60 kW peak; feeds in 5 kW at noon.
+    c2_imp = np.where(night, 20.0, 50.0) / 4
+    c2_imp[500] = 60.0 / 4
+    c2_exp = np.where(hours == 12, 5.0 / 4, 0.0)
+    c2 = MeterSeries(starts, c2_imp, c2_exp)
+    c1 = MeterSeries(starts, np.full(len(starts), 100.0 / 4), np.zeros(len(starts)))
+    c1.import_kwh[10] = np.nan
+    c1.gaps = [starts[10]]
+    report = {h.node: h for h in headroom_report(community, {"c-001": c1, "c-002": c2})}
+    two = report["c-002"]
+    assert two.monthly_max_import_kw == {"2026-06": 60.0}
+    assert two.utilisation_import == pytest.approx(60 / 125)
+    assert two.under_half_used  # the DSO may take back capacity that stays under half used
+    assert two.spare_import_kw_by_hour[3] == pytest.approx(105.0)  # reliably free at night: 125 - 20
+    assert two.spare_import_kw_by_hour[14] == pytest.approx(75.0)
+    assert two.annual_export_kwh == pytest.approx(5.0 / 4 * 4 * 14)  # 4 quarter hours at noon, 14 days
+    loop = report["loop-1"]
+    assert loop.level == "loop"
+    assert loop.monthly_max_import_kw["2026-06"] == pytest.approx(160.0)  # 100 + 60 at the peak
+    assert loop.gaps == 1  # the quarter hour c-001 is missing is missing for the loop, not counted as zero
+    assert loop.measured_connections.startswith("2/")
+    assert loop.row()["spare_kw_h03"] == pytest.approx(3750 - 120)
