@@ -206,3 +206,46 @@ def test_headroom_of_connections_and_their_loop():
     assert loop.gaps == 1  # the quarter hour c-001 is missing is missing for the loop, not counted as zero
     assert loop.measured_connections.startswith("2/")
     assert loop.row()["spare_kw_h03"] == pytest.approx(3750 - 120)
+
+
+def test_simultaneity_splits_pv_into_where_it_is_used():
+    from test_control import small_network
+
+    from control.inputs import Inputs
+    from planning.simultaneity import simultaneity
+
+    # Two loops; loop0 = c0, c2; loop1 = c1, c3. One quarter hour (kW averages).
+    network = small_network(4, loops=2)
+    pv = np.array([[100.0], [40.0], [0.0], [0.0]])
+    use = np.array([[20.0], [10.0], [50.0], [5.0]])
+    start = datetime(2026, 6, 1, 10, tzinfo=UTC)
+    result = simultaneity(network, Inputs([start], use, pv, []))
+    # On the connection: c0 20, c1 10. Inside loop0: c0's 80 spare meets c2's 50 short: 50. Inside loop1: c1's 30
+    # spare meets c3's 5 short: 5. Between loops nobody is short any more: 0. Left over: 30 + 25 = 55 (kW).
+    assert result.on_connection_kwh[0] == pytest.approx(30 * 0.25)
+    assert result.in_loop_kwh[0] == pytest.approx(55 * 0.25)
+    assert result.in_hub_kwh[0] == pytest.approx(0.0)
+    assert result.left_over_kwh[0] == pytest.approx(55 * 0.25)
+    parts = result.on_connection_kwh + result.in_loop_kwh + result.in_hub_kwh + result.left_over_kwh
+    assert parts[0] == pytest.approx(result.pv_kwh[0])  # every kWh of PV lands somewhere, once
+    hub = result.table[result.table["node"] == "hub"].iloc[0]
+    assert (hub["month"], hub["hour"]) == (6, 12)  # 10:00 UTC is noon in Amsterdam in June
+    assert hub["left_over_kwh"] == pytest.approx(55 * 0.25)
+
+
+def test_sharing_between_loops_counts_in_the_hub():
+    from test_control import small_network
+
+    from control.inputs import Inputs
+    from planning.simultaneity import simultaneity
+
+    network = small_network(2, loops=2)  # c0 alone in loop0, c1 alone in loop1
+    result = simultaneity(
+        network,
+        Inputs(
+            [datetime(2026, 6, 1, 10, tzinfo=UTC)], np.array([[0.0], [30.0]]), np.array([[50.0], [0.0]]), []
+        ),
+    )
+    assert result.in_loop_kwh[0] == 0
+    assert result.in_hub_kwh[0] == pytest.approx(30 * 0.25)
+    assert result.left_over_kwh[0] == pytest.approx(20 * 0.25)
