@@ -84,9 +84,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(
-            live.run(settings.mqtt_host, settings.mqtt_port, settings.mqtt_credentials_file)
-        )
+        task = asyncio.create_task(live.run(settings.mqtt_host, settings.mqtt_port, settings.mqtt_login()))
         try:
             yield
         finally:
@@ -204,15 +202,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             expires=now + timedelta(seconds=body.ttl_s),
             reason=body.reason,
         )
-        creds = (
-            json.loads(settings.mqtt_credentials_file.read_text()) if settings.mqtt_credentials_file else {}
-        )
+        username, password = settings.mqtt_login()
         try:
             async with aiomqtt.Client(
                 settings.mqtt_host,
                 settings.mqtt_port,
-                username=creds.get("username"),
-                password=creds.get("password"),
+                username=username,
+                password=password,
             ) as client:
                 await client.publish(topics.setpoint(body.gateway, body.device), encode(setpoint), qos=1)
         except aiomqtt.MqttError as exc:

@@ -26,13 +26,11 @@ def api_command(
     import uvicorn
 
     from api.app import create_app, load_api_settings
-    from hub.community import CommunityError
-    from hub.layered_settings import SettingsError
-    from hub.service_cli import configure_logging
+    from hub.service_cli import build_or_exit, configure_logging
 
     configure_logging(verbose, quiet=("httpx",))
-    try:
-        settings = load_api_settings(
+    settings = build_or_exit(
+        lambda: load_api_settings(
             config,
             community=community,
             host=host,
@@ -43,8 +41,6 @@ def api_command(
             influx_db=influx_db,
             site=site,
         )
-        app = create_app(settings)
-    except (SettingsError, CommunityError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    )
+    app = build_or_exit(lambda: create_app(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if verbose else "warning")

@@ -8,13 +8,11 @@ contracts' for this quarter hour. A node whose meters are all silent has no flow
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -110,15 +108,15 @@ class LiveView:
             )
         return out
 
-    async def run(self, host: str, port: int, credentials_file: Path | None) -> None:
-        creds = json.loads(credentials_file.read_text()) if credentials_file else {}
+    async def run(self, host: str, port: int, login: tuple[str | None, str | None]) -> None:
+        username, password = login
         while True:
             try:
                 async with aiomqtt.Client(
                     host,
                     port,
-                    username=creds.get("username"),
-                    password=creds.get("password"),
+                    username=username,
+                    password=password,
                     identifier=None,
                 ) as client:
                     await client.subscribe(self.topics.all_measurements(), qos=0)

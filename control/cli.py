@@ -134,13 +134,11 @@ def control_command(
     Settings come from these flags, then EHUB_CONTROL_* environment variables, then --config, then defaults.
     """
     from control.online import OnlineController, load_control_settings
-    from hub.community import CommunityError
-    from hub.layered_settings import SettingsError
-    from hub.service_cli import configure_logging, run_until_stopped
+    from hub.service_cli import build_or_exit, configure_logging, run_until_stopped
 
     configure_logging(verbose, quiet=("httpx",))
-    try:
-        settings = load_control_settings(
+    settings = build_or_exit(
+        lambda: load_control_settings(
             config,
             community=community,
             policy=policy,
@@ -152,9 +150,7 @@ def control_command(
             influx_db=influx_db,
             site=site,
         )
-        controller = OnlineController(settings)
-    except (SettingsError, CommunityError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    )
+    controller = build_or_exit(lambda: OnlineController(settings))
 
     run_until_stopped(controller.run)

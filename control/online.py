@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -323,15 +322,15 @@ class OnlineController:
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        creds = json.loads(s.mqtt_credentials_file.read_text()) if s.mqtt_credentials_file else {}
+        username, password = s.mqtt_login()
         will = ControllerHeartbeat(alive=False, ts=datetime.now(UTC), cycle=0, period_s=s.cycle_s)
         while not stop.is_set():
             try:
                 async with aiomqtt.Client(
                     s.mqtt_host,
                     s.mqtt_port,
-                    username=creds.get("username"),
-                    password=creds.get("password"),
+                    username=username,
+                    password=password,
                     identifier=f"ehub-control-{uuid.uuid4().hex[:6]}",
                     protocol=aiomqtt.ProtocolVersion.V5,
                     will=aiomqtt.Will(self.topics.heartbeat(), encode(will), qos=1, retain=True),

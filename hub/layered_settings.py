@@ -3,6 +3,7 @@ defaults: one loader for every service, so they all behave and report errors ali
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +51,13 @@ class ConnectedSettings(LayeredSettings):
     influx_url: str = "http://127.0.0.1:18086"
     influx_db: str = "energyhub"
     influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
+
+    def mqtt_login(self) -> tuple[str | None, str | None]:
+        """Username and password for the broker, from ``mqtt_credentials_file`` (none: anonymous)."""
+        if self.mqtt_credentials_file is None:
+            return None, None
+        creds = json.loads(self.mqtt_credentials_file.read_text())
+        return creds["username"], creds["password"]
 
 
 S = TypeVar("S", bound=LayeredSettings)

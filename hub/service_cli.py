@@ -7,8 +7,11 @@ import asyncio
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
-__all__ = ["configure_logging", "run_until_stopped"]
+__all__ = ["build_or_exit", "configure_logging", "run_until_stopped"]
+
+T = TypeVar("T")
 
 
 def configure_logging(verbose: bool, *, quiet: tuple[str, ...] = ()) -> None:
@@ -32,3 +35,18 @@ def run_until_stopped(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         await run(stop)
 
     asyncio.run(main())
+
+
+def build_or_exit(build: Callable[[], T]) -> T:
+    """Run ``build`` (load settings, read the community file, make the service); on bad settings or a bad
+    community file print what is wrong and exit 2, without a traceback."""
+    import typer
+
+    from hub.community import CommunityError
+    from hub.layered_settings import SettingsError
+
+    try:
+        return build()
+    except (SettingsError, CommunityError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None

@@ -29,14 +29,13 @@ def ingest(
 
     Settings come from these flags, then EHUB_INGEST_* environment variables, then --config, then defaults.
     """
-    from hub.community import CommunityError
-    from hub.service_cli import configure_logging, run_until_stopped
+    from hub.service_cli import build_or_exit, configure_logging, run_until_stopped
     from ingest.service import IngestService
-    from ingest.settings import SettingsError, load_settings
+    from ingest.settings import load_settings
 
     configure_logging(verbose, quiet=("httpx",))  # httpx: one line per write otherwise
-    try:
-        settings = load_settings(
+    settings = build_or_exit(
+        lambda: load_settings(
             config,
             worker=worker,
             mqtt_host=mqtt_host,
@@ -48,9 +47,7 @@ def ingest(
             community=community,
             metrics_port=metrics_port,
         )
-        service = IngestService(settings)
-    except (SettingsError, CommunityError) as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
+    )
+    service = build_or_exit(lambda: IngestService(settings))
 
     run_until_stopped(service.run)

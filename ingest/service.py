@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import random
 import ssl
@@ -75,10 +74,7 @@ class IngestService:
     # -- MQTT ---------------------------------------------------------------------------------------------------
     async def _connect(self) -> MqttLink:
         s = self.settings
-        username, password = s.mqtt_username, s.mqtt_password
-        if s.mqtt_credentials_file is not None:
-            creds = json.loads(s.mqtt_credentials_file.read_text())
-            username, password = creds["username"], creds["password"]
+        username, password = s.mqtt_login()
         tls = ssl.create_default_context(cafile=str(s.mqtt_ca_file)) if s.mqtt_ca_file else None
         return await MqttLink.connect(
             s.mqtt_host,

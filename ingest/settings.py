@@ -65,6 +65,12 @@ class IngestSettings(ConnectedSettings):
     def _ids(cls, value: str) -> str:
         return check_id(value)
 
+    def mqtt_login(self) -> tuple[str | None, str | None]:
+        """The credentials file when given, else ``mqtt_username`` and ``mqtt_password``."""
+        if self.mqtt_credentials_file is not None:
+            return super().mqtt_login()
+        return self.mqtt_username, self.mqtt_password
+
 
 def load_settings(file: Path | None = None, **flags: Any) -> IngestSettings:
     """Settings from ``flags`` (those not None), the environment, then ``file`` (YAML)."""
