@@ -202,6 +202,10 @@ def oracle(
         _book(result, decision, d, limits, t, network, hub, listed)
         node_kw[:, t] = node
     result.node_kw = node_kw
+    result.curtailed_kw = (pv - pv_used).sum(axis=0)
+    result.ev_delivered_kwh = np.bincount(session_conn, session_kwh.sum(axis=1), minlength=n_c).astype(
+        np.float64
+    )
     used = result.pv_available_kwh - result.curtailed_kwh
     result.self_consumption_pct = (
         100.0 * (used - result.hub_export_kwh) / result.pv_available_kwh if result.pv_available_kwh else 100.0

@@ -12,7 +12,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -55,9 +55,12 @@ class SimulationResult:
     runtime_s: float = 0.0
     binding: Counter[str] = field(default_factory=Counter)
     node_kw: Array = field(default_factory=lambda: np.zeros((0, 0)), repr=False)  # nodes x ISPs
+    curtailed_kw: Array = field(default_factory=lambda: np.zeros(0), repr=False)  # per ISP, all connections
+    ev_delivered_kwh: Array = field(default_factory=lambda: np.zeros(0), repr=False)  # per connection
 
     def summary(self) -> dict[str, object]:
-        out = {k: v for k, v in asdict(self).items() if k not in ("node_kw", "binding")}
+        arrays = ("node_kw", "curtailed_kw", "ev_delivered_kwh", "binding")
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in arrays}
         out["start"], out["end"] = self.start.isoformat(), self.end.isoformat()
         out["binding_top"] = dict(self.binding.most_common(20))
         return out
@@ -122,6 +125,8 @@ def simulate(
     result = SimulationResult(policy.name, inputs.isp_starts[0], inputs.isp_starts[-1], T)
     result.ev_requested_kwh = float(remaining.sum())
     node_kw = np.zeros((len(network.node_ids), T))
+    curtailed_kw = np.zeros(T)
+    ev_delivered = np.zeros(len(network.connection_ids))
     hub = network.levels.index("hub")  # type: ignore[arg-type]
     n_c = len(network.connection_ids)
     for t in range(T):
@@ -158,6 +163,8 @@ def simulate(
         decision: DispatchResult = policy.decide(step)
         _book(result, decision, d, limits, t, network, hub, listed)
         node_kw[:, t] = decision.node_kw
+        curtailed_kw[t] = float((d.pv_kw - decision.pv_used_kw).sum())
+        ev_delivered += np.bincount(d.session_connection, decision.session_kwh, minlength=n_c)
         # State for the next quarter hour.
         charge = np.maximum(decision.battery_kw, 0)
         discharge = np.maximum(-decision.battery_kw, 0)
@@ -170,6 +177,8 @@ def simulate(
         if progress is not None:
             progress(1)
     result.node_kw = node_kw
+    result.curtailed_kw = curtailed_kw
+    result.ev_delivered_kwh = ev_delivered
     used = result.pv_available_kwh - result.curtailed_kwh
     result.self_consumption_pct = (
         100.0 * (used - result.hub_export_kwh) / result.pv_available_kwh if result.pv_available_kwh else 100.0

@@ -19,6 +19,7 @@ from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
 from hub.supervisor import ProcessSpec
 from ingest.cli import ingest as ingest_command
+from planning.cli import plan_command
 from simulators.cli import app as sim_app
 
 __all__ = ["app"]
@@ -40,6 +41,7 @@ app.command("ingest")(ingest_command)
 app.command("simulate")(simulate_command)
 app.command("control")(control_command)
 app.command("api")(api_command)
+app.command("plan")(plan_command)
 
 DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]

@@ -22,9 +22,13 @@ from hub.topology import Community, DeviceRole
 __all__ = [
     "CommunityError",
     "CommunitySummary",
+    "ConfigFileError",
     "ConfigIssue",
+    "line_of",
     "load_community",
     "parse_community",
+    "pydantic_issues",
+    "read_yaml",
     "summarize",
 ]
 
@@ -44,8 +48,8 @@ class ConfigIssue:
         return f"{where}: {self.path or '(document)'}: {self.message}"
 
 
-class CommunityError(ValueError):
-    """A community file that cannot be used; ``issues`` lists everything wrong with it."""
+class ConfigFileError(ValueError):
+    """A YAML file that cannot be used; ``issues`` lists everything wrong with it."""
 
     def __init__(self, file: str, issues: list[ConfigIssue]) -> None:
         self.file = file
@@ -54,6 +58,10 @@ class CommunityError(ValueError):
         lines = [f"{file}: {count} error{'s' if count != 1 else ''}"]
         lines += ["  " + issue.format(file) for issue in self.issues]
         super().__init__("\n".join(lines))
+
+
+class CommunityError(ConfigFileError):
+    """A community file that cannot be used; ``issues`` lists everything wrong with it."""
 
 
 def format_path(path: PathT) -> str:
@@ -87,7 +95,7 @@ def _index_lines(node: yaml.Node, path: PathT, lines: dict[PathT, int], issues: 
             _index_lines(item, (*path, i), lines, issues)
 
 
-def _line_of(path: PathT, lines: dict[PathT, int]) -> int:
+def line_of(path: PathT, lines: dict[PathT, int]) -> int:
     while path and path not in lines:
         path = path[:-1]
     return lines.get(path, 0)
@@ -105,20 +113,23 @@ def _explain(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind in _HINTS:
         return _HINTS[kind]
-    if kind in ("greater_than_equal", "greater_than"):
-        limit = error.get("ctx", {}).get("ge", error.get("ctx", {}).get("gt"))
+    if kind == "greater_than_equal":
+        limit = error.get("ctx", {}).get("ge")
         return f"must be at least {limit:g}, got {error['input']!r}: capacities and limits are not negative"
+    if kind == "greater_than":
+        limit = error.get("ctx", {}).get("gt")
+        return f"must be more than {limit:g}, got {error['input']!r}"
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return f"{error['msg'].lower()}, got {error['input']!r}"
     msg: str = error["msg"]
     return msg.removeprefix("Value error, ")
 
 
-def _pydantic_issues(exc: ValidationError, lines: dict[PathT, int]) -> list[ConfigIssue]:
+def pydantic_issues(exc: ValidationError, lines: dict[PathT, int]) -> list[ConfigIssue]:
     out = []
     for error in exc.errors(include_url=False):
         path: PathT = tuple(error["loc"])
-        out.append(ConfigIssue(_line_of(path, lines), format_path(path), _explain(dict(error))))
+        out.append(ConfigIssue(line_of(path, lines), format_path(path), _explain(dict(error))))
     return out
 
 
@@ -144,7 +155,7 @@ def _cross_checks(doc: dict[str, Any], lines: dict[PathT, int]) -> list[ConfigIs
     issues: list[ConfigIssue] = []
 
     def issue(path: PathT, message: str) -> None:
-        issues.append(ConfigIssue(_line_of(path, lines), format_path(path), message))
+        issues.append(ConfigIssue(line_of(path, lines), format_path(path), message))
 
     def unique(
         kind: str, seen: dict[Any, PathT], value: Any, path: PathT, scope: str, key: Any = None
@@ -253,8 +264,11 @@ def _cross_checks(doc: dict[str, Any], lines: dict[PathT, int]) -> list[ConfigIs
 # -- entry points -----------------------------------------------------------------------------------------------------
 
 
-def parse_community(text: str, *, file: str = "<string>") -> Community:
-    """Validate a community document given as YAML text; raise ``CommunityError`` with every problem found."""
+def read_yaml(
+    text: str, *, file: str, error: type[ConfigFileError] = ConfigFileError
+) -> tuple[Any, dict[PathT, int], list[ConfigIssue]]:
+    """The document, the line of every path in it, and its duplicate keys; YAML that does not parse raises
+    ``error`` with the line."""
     lines: dict[PathT, int] = {}
     issues: list[ConfigIssue] = []
     try:
@@ -269,9 +283,15 @@ def parse_community(text: str, *, file: str = "<string>") -> Community:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise CommunityError(
+        raise error(
             file, [ConfigIssue(mark.line + 1 if mark else 0, "", f"not valid YAML: {problem}")]
         ) from None
+    return doc, lines, issues
+
+
+def parse_community(text: str, *, file: str = "<string>") -> Community:
+    """Validate a community document given as YAML text; raise ``CommunityError`` with every problem found."""
+    doc, lines, issues = read_yaml(text, file=file, error=CommunityError)
     if not isinstance(doc, dict):
         raise CommunityError(file, [ConfigIssue(1, "", "must be a mapping with community, hub and loops")])
 
@@ -281,7 +301,7 @@ def parse_community(text: str, *, file: str = "<string>") -> Community:
     try:
         community = Community.model_validate(doc, context=context)
     except ValidationError as exc:
-        issues += _pydantic_issues(exc, lines)
+        issues += pydantic_issues(exc, lines)
         raise CommunityError(file, issues) from None
     if issues:
         raise CommunityError(file, issues)

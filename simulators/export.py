@@ -26,7 +26,14 @@ from simulators.community import plan_sessions, vehicle_max_w
 from simulators.loads import load_power_w
 from simulators.solar import pv_power_kw
 
-__all__ = ["ExportSummary", "export_quarter_hours"]
+__all__ = [
+    "ConnectionSeries",
+    "ExportSummary",
+    "QuarterHours",
+    "SessionRow",
+    "export_quarter_hours",
+    "quarter_hour_series",
+]
 
 ISP_S = 900
 _SAMPLE_S = 60  # load and PV sampled every minute (the cloud model's resolution), averaged per quarter hour
@@ -74,29 +81,52 @@ def _ev_energy(
     return out
 
 
-def export_quarter_hours(
+@dataclass(frozen=True)
+class ConnectionSeries:
+    """One connection's quarter hours in kWh: ``load`` always, ``pv`` and ``ev`` when it has such devices."""
+
+    connection: str
+    series: dict[str, npt.NDArray[np.float64]]
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    connection: str
+    device: str
+    vehicle: str
+    arrival: datetime
+    departure: datetime
+    energy_kwh: float
+    max_kw: float
+
+
+@dataclass(frozen=True)
+class QuarterHours:
+    """What ``export_quarter_hours`` writes, in memory: for planning, which runs many years without files."""
+
+    start_s: int
+    isps: int
+    connections: list[ConnectionSeries]
+    sessions: list[SessionRow]
+
+
+def quarter_hour_series(
     community: Community,
     *,
     start: datetime,
     end: datetime,
     seed: int,
-    out_dir: Path,
     progress: Callable[[int, int], None] | None = None,
-) -> ExportSummary:
-    """Write the quarter-hour inputs of every connection from ``start`` to ``end`` (UTC, on quarter hours)."""
+) -> QuarterHours:
+    """Every connection's load, PV on offer and uncontrolled EV charging from ``start`` to ``end`` (UTC)."""
     start_s, end_s = int(start.timestamp()), int(end.timestamp())
     if start_s % ISP_S or end_s % ISP_S or end_s <= start_s:
         raise ValueError("start and end must be quarter hours with end after start")
-    out_dir.mkdir(parents=True, exist_ok=True)
     isps = (end_s - start_s) // ISP_S
     samples = np.arange(start_s, end_s, _SAMPLE_S, dtype=np.int64) + _SAMPLE_S // 2
     sample_times = pd.to_datetime(samples, unit="s", utc=True)
-    labels = [
-        datetime.fromtimestamp(start_s + i * ISP_S, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for i in range(isps)
-    ]
-    files: list[Path] = []
-    totals = {"load": 0.0, "pv": 0.0, "ev": 0.0}
-    session_rows: list[list[str]] = []
+    out: list[ConnectionSeries] = []
+    session_rows: list[SessionRow] = []
     connections = [c for _l, _m, c in community.connections()]
     for done, connection in enumerate(connections, 1):
         load = _isp_average(
@@ -129,39 +159,73 @@ def export_quarter_hours(
                             power = vehicle_max_w(vehicle, rating)
                             sessions.append((arrival, departure, wanted, power))
                             session_rows.append(
-                                [
+                                SessionRow(
                                     connection.id,
                                     device.id,
                                     vehicle,
-                                    datetime.fromtimestamp(arrival, UTC).isoformat(),
-                                    datetime.fromtimestamp(departure, UTC).isoformat(),
-                                    f"{wanted / 1000:.3f}",
-                                    f"{power / 1000:.1f}",
-                                ]
+                                    datetime.fromtimestamp(arrival, UTC),
+                                    datetime.fromtimestamp(departure, UTC),
+                                    round(wanted / 1000, 3),
+                                    round(power / 1000, 1),
+                                )
                             )
                     day += timedelta(days=1)
             series["ev"] = _ev_energy(sessions, start_s, isps)
-        for role, kwh in series.items():
-            path = out_dir / f"{connection.id}.{role}.csv"
+        out.append(ConnectionSeries(connection.id, series))
+        if progress is not None:
+            progress(done, len(connections))
+    return QuarterHours(start_s, isps, out, session_rows)
+
+
+def export_quarter_hours(
+    community: Community,
+    *,
+    start: datetime,
+    end: datetime,
+    seed: int,
+    out_dir: Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportSummary:
+    """Write the quarter-hour inputs of every connection from ``start`` to ``end`` (UTC, on quarter hours)."""
+    data = quarter_hour_series(community, start=start, end=end, seed=seed, progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = [
+        datetime.fromtimestamp(data.start_s + i * ISP_S, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for i in range(data.isps)
+    ]
+    files: list[Path] = []
+    totals = {"load": 0.0, "pv": 0.0, "ev": 0.0}
+    for connection in data.connections:
+        for role, kwh in connection.series.items():
+            path = out_dir / f"{connection.connection}.{role}.csv"
             _write(path, labels, kwh)
             files.append(path)
             totals[role] += float(kwh.sum())
-        if progress is not None:
-            progress(done, len(connections))
     sessions_path = out_dir / "ev_sessions.csv"
     with sessions_path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["connection", "device", "vehicle", "arrival", "departure", "energy_kwh", "max_kw"])
-        writer.writerows(session_rows)
+        writer.writerows(
+            [
+                r.connection,
+                r.device,
+                r.vehicle,
+                r.arrival.isoformat(),
+                r.departure.isoformat(),
+                f"{r.energy_kwh:.3f}",
+                f"{r.max_kw:.1f}",
+            ]
+            for r in data.sessions
+        )
     files.append(sessions_path)
     manifest = {
         "community": community.community.id,
         "seed": seed,
         "start": labels[0],
-        "end": datetime.fromtimestamp(end_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "isps": isps,
+        "end": datetime.fromtimestamp(data.start_s + data.isps * ISP_S, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "isps": data.isps,
         "totals_kwh": totals,
         "files": [f.name for f in files],
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return ExportSummary(files, isps, totals["load"], totals["pv"], totals["ev"], len(session_rows))
+    return ExportSummary(files, data.isps, totals["load"], totals["pv"], totals["ev"], len(data.sessions))

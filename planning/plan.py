@@ -1,0 +1,392 @@
+"""Run a scenario: every year through the control simulation, and the battery sweep.
+
+Each year is simulated over its own calendar (from ``start`` local time, a whole year or ``days`` days) with the
+simulators' weather, loads and EV sessions for that year and the scenario's seed; the year's community is the
+base plus the scenario's changes (``planning.scenario``). A year's figures: PV on offer and curtailed, limit
+violations (and how many were infeasible, i.e. no action could have kept them), self-consumption, battery
+equivalent full cycles, EV energy served (and at the charging plaza), the hub's exchange, and headroom of every
+connection, micro group, loop and the hub from the simulated flows.
+
+The sweep runs the sweep year once per battery size, with the same inputs, and picks the smallest size whose
+curtailment is at or under the target. Runs are independent, so they go to a process pool; progress comes back
+over a queue.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
+
+from control.inputs import Inputs, Session
+from control.limits import LimitTable
+from control.network import Network
+from control.oracle import oracle
+from control.simulate import SimulationResult, make_policy, simulate
+from hub.topology import Community, Level
+from planning.headroom import node_headroom
+from planning.meter_data import MeterSeries
+from planning.scenario import BatteryPlan, Scenario, community_for_year, with_battery
+from simulators.export import QuarterHours, quarter_hour_series
+
+__all__ = ["PlanResult", "RunOutcome", "inputs_from", "period", "run_plan", "smallest_meeting"]
+
+ISP_H = 0.25
+PLAZA_PROFILE = "ev_plaza"
+
+Progress = Callable[[str, int], None]  # ("inputs" | "quarter hours", how many more done)
+
+
+@dataclass
+class RunOutcome:
+    """One simulated year (or one sweep size): the row of ``years.csv`` or ``sweep.csv``, and the detail."""
+
+    year: int
+    label: str
+    figures: dict[str, Any]
+    headroom: list[dict[str, Any]] = field(default_factory=list)
+    monthly_curtailed_kwh: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PlanResult:
+    years: list[RunOutcome]
+    sweep: list[RunOutcome] = field(default_factory=list)
+    chosen_kwh: float | None = None  # the smallest size meeting the target; None if none does
+    documents: dict[int, dict[str, Any]] = field(default_factory=dict)  # each year's community document
+
+
+def period(scenario: Scenario, year: int, timezone: str) -> tuple[datetime, datetime]:
+    """The simulated span of ``year`` in UTC: from ``start`` local midnight, a year or ``days`` days."""
+    month, day = (int(part) for part in scenario.start.split("-"))
+    tz = ZoneInfo(timezone)
+    begin = datetime(year, month, day, tzinfo=tz)
+    end = (
+        begin + timedelta(days=scenario.days) if scenario.days else datetime(year + 1, month, day, tzinfo=tz)
+    )
+    return begin.astimezone(ZoneInfo("UTC")), end.astimezone(ZoneInfo("UTC"))
+
+
+def inputs_from(data: QuarterHours, network: Network) -> Inputs:
+    """The simulation's inputs for ``network`` from generated quarter hours, by connection id: a connection the
+    data does not have (a planned battery's own connection) has no load and no PV."""
+    isp_starts = [datetime.fromtimestamp(data.start_s + i * 900, ZoneInfo("UTC")) for i in range(data.isps)]
+    by_id = {c.connection: c.series for c in data.connections}
+    n_c = len(network.connection_ids)
+    load = np.zeros((n_c, data.isps))
+    pv = np.zeros_like(load)
+    for c, cid in enumerate(network.connection_ids):
+        series = by_id.get(cid, {})
+        if "load" in series:
+            load[c] = series["load"] / ISP_H
+        if "pv" in series:
+            pv[c] = series["pv"] / ISP_H
+    index = {cid: c for c, cid in enumerate(network.connection_ids)}
+    chargers = {ch.id for ch in network.chargers}
+    sessions = [
+        Session(
+            index[r.connection], f"{r.connection}/{r.device}", r.arrival, r.departure, r.energy_kwh, r.max_kw
+        )
+        for r in data.sessions
+        if r.connection in index and f"{r.connection}/{r.device}" in chargers
+    ]
+    return Inputs(isp_starts, load, pv, sessions)
+
+
+def _simulate(
+    community: Community, data: QuarterHours, scenario: Scenario, tick: Callable[[int], None]
+) -> tuple[Network, Inputs, SimulationResult]:
+    network = Network.from_community(community)
+    inputs = inputs_from(data, network)
+    limits = LimitTable.build(community, network.node_ids, inputs.isp_starts)
+    if scenario.policy == "oracle":
+        result = oracle(network, inputs, limits, margin=scenario.margin)
+        tick(inputs.isps)
+    else:
+        pending = [0]
+
+        def progress(n: int) -> None:
+            pending[0] += n
+            if pending[0] >= 96:
+                tick(pending[0])
+                pending[0] = 0
+
+        result = simulate(
+            network,
+            inputs,
+            limits,
+            make_policy(scenario.policy, network),
+            margin=scenario.margin,
+            progress=progress,
+        )
+        tick(pending[0])
+    return network, inputs, result
+
+
+def _figures(
+    community: Community, network: Network, inputs: Inputs, result: SimulationResult
+) -> dict[str, Any]:
+    connections = [c for _l, _m, c in community.connections()]
+    plaza = [c for c, conn in enumerate(connections) if conn.load_profile == PLAZA_PROFILE]
+    capacity = sum(b.capacity_kwh for b in network.batteries)
+    requested = np.zeros(len(connections))
+    for session in inputs.sessions:
+        requested[session.connection] += session.energy_kwh
+    hub = network.levels.index(Level.HUB)
+    pv = result.pv_available_kwh
+    return {
+        "pv_kwp": round(float(network.kwp.sum()), 1),
+        "battery_kw": round(sum(b.power_kw for b in network.batteries), 1),
+        "battery_kwh": round(capacity, 1),
+        "chargers": len(network.chargers),
+        "use_kwh": round(float(inputs.load_kw.sum() * ISP_H), 1),
+        "pv_offered_kwh": round(pv, 1),
+        "curtailed_kwh": round(result.curtailed_kwh, 1),
+        "curtailed_pct": round(100.0 * result.curtailed_kwh / pv, 3) if pv else 0.0,
+        "self_consumption_pct": round(result.self_consumption_pct, 2),
+        "violations": result.violations,
+        "violation_kwh": round(result.violation_kwh, 1),
+        "infeasible_isps": result.infeasible_isps,
+        "battery_throughput_kwh": round(result.battery_throughput_kwh, 1),
+        # Equivalent full cycles: a full charge and discharge moves twice the capacity.
+        "battery_cycles": round(result.battery_throughput_kwh / (2 * capacity), 1) if capacity else 0.0,
+        "ev_requested_kwh": round(result.ev_requested_kwh, 1),
+        "ev_served_kwh": round(float(result.ev_delivered_kwh.sum()), 1),
+        "plaza_requested_kwh": round(float(requested[plaza].sum()), 1),
+        "plaza_served_kwh": round(float(result.ev_delivered_kwh[plaza].sum()), 1),
+        "hub_import_kwh": round(result.hub_import_kwh, 1),
+        "hub_export_kwh": round(result.hub_export_kwh, 1),
+        "hub_peak_import_kw": round(float(result.node_kw[hub].max()), 1),
+        "runtime_s": round(result.runtime_s, 1),
+    }
+
+
+def _headroom(
+    community: Community, network: Network, inputs: Inputs, result: SimulationResult
+) -> list[dict[str, Any]]:
+    nodes = community.nodes()
+    rows = []
+    for n, node_id in enumerate(network.node_ids):
+        ref = nodes[node_id]
+        if ref.level is Level.GROUP:
+            continue
+        flow = result.node_kw[n]
+        series = MeterSeries(inputs.isp_starts, np.maximum(flow, 0) * ISP_H, np.maximum(-flow, 0) * ISP_H)
+        found = node_headroom(
+            node_id,
+            ref.level.value,
+            series,
+            capacity_kva=ref.capacity_kva,
+            import_kw=ref.limits.import_kw,
+            export_kw=ref.limits.export_kw,
+            timezone=community.community.timezone,
+        )
+        rows.append(found.row())
+    return rows
+
+
+def _monthly(community: Community, inputs: Inputs, result: SimulationResult) -> dict[str, float]:
+    local = pd.DatetimeIndex(inputs.isp_starts).tz_convert(ZoneInfo(community.community.timezone))
+    monthly = pd.Series(result.curtailed_kw * ISP_H, index=local.strftime("%Y-%m")).groupby(level=0).sum()
+    return {str(month): round(float(kwh), 1) for month, kwh in monthly.items()}
+
+
+def _generate(
+    community: Community, scenario: Scenario, year: int, tick: Callable[[int], None]
+) -> QuarterHours:
+    start, end = period(scenario, year, community.community.timezone)
+    return quarter_hour_series(
+        community, start=start, end=end, seed=scenario.seed, progress=lambda *_: tick(1)
+    )
+
+
+def _year_job(
+    community: Community, scenario: Scenario, year: int, keep_inputs: bool, updates: Any
+) -> tuple[RunOutcome, QuarterHours | None]:
+    data = _generate(community, scenario, year, lambda n: updates.put(("inputs", n)))
+    network, inputs, result = _simulate(
+        community, data, scenario, lambda n: updates.put(("quarter hours", n))
+    )
+    outcome = RunOutcome(
+        year,
+        str(year),
+        {"year": year, **_figures(community, network, inputs, result)},
+        _headroom(community, network, inputs, result),
+        _monthly(community, inputs, result),
+    )
+    return outcome, (data if keep_inputs else None)
+
+
+def _sweep_job(
+    community: Community, scenario: Scenario, year: int, size_kwh: float, data: QuarterHours, updates: Any
+) -> RunOutcome:
+    _network, inputs, result = _simulate(
+        community, data, scenario, lambda n: updates.put(("quarter hours", n))
+    )
+    figures = _figures(community, _network, inputs, result)
+    return RunOutcome(
+        year, f"{size_kwh:g} kWh", {"size_kwh": size_kwh, **figures}, [], _monthly(community, inputs, result)
+    )
+
+
+def sweep_community(doc: dict[str, Any], scenario: Scenario, size_kwh: float, timezone: str) -> Community:
+    """The sweep year's community with the swept battery at its size (none at size 0)."""
+    import copy
+
+    assert scenario.sweep is not None
+    doc = copy.deepcopy(doc)
+    if size_kwh > 0:
+        sweep = scenario.sweep
+        with_battery(
+            doc,
+            BatteryPlan(
+                id="sweep-battery", at=sweep.at, power_kw=size_kwh * sweep.c_rate, capacity_kwh=size_kwh
+            ),
+        )
+    return Community.model_validate(doc, context={"timezone": timezone})
+
+
+def smallest_meeting(outcomes: list[RunOutcome], target_pct: float) -> float | None:
+    """The smallest size whose curtailment is at or under the target."""
+    meeting = [o.figures["size_kwh"] for o in outcomes if o.figures["curtailed_pct"] <= target_pct + 1e-9]
+    return min(meeting) if meeting else None
+
+
+class _Runner:
+    """Runs jobs inline (one worker) or in a process pool, passing progress updates on."""
+
+    def __init__(self, workers: int, progress: Progress | None) -> None:
+        self.workers = workers
+        self.progress = progress
+        self.pool: ProcessPoolExecutor | None = None
+        self.updates: Any
+        if workers > 1:
+            context = multiprocessing.get_context("fork")
+            self.manager = context.Manager()
+            self.updates = self.manager.Queue()
+            self.pool = ProcessPoolExecutor(workers, mp_context=context)
+        else:
+            self.updates = queue.SimpleQueue()
+
+    def run(self, jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+        if self.pool is None:
+            results = []
+            for fn, args in jobs:
+                results.append(fn(*args, self.updates))
+                self._drain()
+            return results
+        futures: list[Future[Any]] = [self.pool.submit(fn, *args, self.updates) for fn, args in jobs]
+        while not all(f.done() for f in futures):
+            self._drain(wait_s=0.2)
+        self._drain()
+        return [f.result() for f in futures]
+
+    def _drain(self, wait_s: float = 0.0) -> None:
+        try:
+            kind, n = self.updates.get(timeout=wait_s) if wait_s else self.updates.get_nowait()
+            while True:
+                if self.progress is not None:
+                    self.progress(kind, n)
+                kind, n = self.updates.get_nowait()
+        except (queue.Empty, EOFError):
+            return
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+            self.manager.shutdown()
+
+
+def run_plan(
+    base: Community,
+    scenario: Scenario,
+    *,
+    workers: int = 1,
+    progress: Progress | None = None,
+    file: str = "<scenario>",
+    lines: dict[tuple[str | int, ...], int] | None = None,
+    sweep_only: bool = False,
+    totals: Callable[[dict[str, int]], None] | None = None,
+) -> PlanResult:
+    """Every year of ``scenario``, then its sweep. Raises ``ScenarioError`` before any simulation if a year's
+    community cannot be built. ``totals`` hears how many connections will be generated and quarter hours
+    simulated, before the work starts; ``progress`` hears as they are done."""
+    timezone = base.community.timezone
+    built = {
+        year: community_for_year(base, scenario, year, file=file, lines=lines) for year in scenario.years
+    }
+    sweep = scenario.sweep
+    if totals is not None:
+        totals(_work(built, scenario, timezone, sweep_only))
+    runner = _Runner(workers, progress)
+    try:
+        result = PlanResult(years=[], documents={year: doc for year, (_c, doc) in built.items()})
+        sweep_data: QuarterHours | None = None
+        sweep_doc = built[scenario.sweep_year][1]
+        if sweep is not None:
+            # Inputs for the largest size: the swept battery's own connection (if any) has no load of its own.
+            largest = sweep_community(sweep_doc, scenario, max(max(sweep.capacity_kwh), 1.0), timezone)
+        if not sweep_only:
+            jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+                (_year_job, (community, scenario, year, year == scenario.sweep_year and sweep is not None))
+                for year, (community, _doc) in built.items()
+            ]
+            for outcome, data in runner.run(jobs):
+                result.years.append(outcome)
+                sweep_data = data if data is not None else sweep_data
+        if sweep is not None:
+            if sweep_data is None:
+                sweep_data = _generate(
+                    largest, scenario, scenario.sweep_year, lambda n: _report(progress, "inputs", n)
+                )
+            sizes = sorted(set(sweep.capacity_kwh))
+            sweep_jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+                (
+                    _sweep_job,
+                    (
+                        sweep_community(sweep_doc, scenario, size, timezone),
+                        scenario,
+                        scenario.sweep_year,
+                        size,
+                        sweep_data,
+                    ),
+                )
+                for size in sizes
+            ]
+            result.sweep = runner.run(sweep_jobs)
+            result.chosen_kwh = smallest_meeting(result.sweep, sweep.target_curtailed_pct)
+        return result
+    finally:
+        runner.close()
+
+
+def _report(progress: Progress | None, kind: str, n: int) -> None:
+    if progress is not None:
+        progress(kind, n)
+
+
+def _work(
+    built: dict[int, tuple[Community, dict[str, Any]]], scenario: Scenario, timezone: str, sweep_only: bool
+) -> dict[str, int]:
+    def isps(year: int) -> int:
+        start, end = period(scenario, year, timezone)
+        return int((end - start).total_seconds() // 900)
+
+    years = [] if sweep_only else scenario.years
+    work = {
+        "inputs": sum(sum(1 for _ in built[y][0].connections()) for y in years),
+        "quarter hours": sum(isps(y) for y in years),
+    }
+    if scenario.sweep is not None:
+        work["quarter hours"] += isps(scenario.sweep_year) * len(set(scenario.sweep.capacity_kwh))
+        if sweep_only:
+            work["inputs"] += sum(1 for _ in built[scenario.sweep_year][0].connections()) + 1
+    return work
