@@ -19,7 +19,7 @@ from hub.community import CommunityError, load_community, summarize
 from hub.settings import ServiceSettings
 from hub.supervisor import ProcessSpec
 from ingest.cli import ingest as ingest_command
-from planning.cli import plan_command
+from planning.cli import plan_command, report_command, settle_command
 from simulators.cli import app as sim_app
 
 __all__ = ["app"]
@@ -42,6 +42,8 @@ app.command("simulate")(simulate_command)
 app.command("control")(control_command)
 app.command("api")(api_command)
 app.command("plan")(plan_command)
+app.command("report")(report_command)
+app.command("settle")(settle_command)
 
 DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import os
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from hub.topology import Community
+    from planning.meter_data import MeterSeries
 
 __all__ = ["plan_command"]
 
@@ -91,4 +97,215 @@ def plan_command(
                 f"smallest battery at {parsed.sweep.at} keeping curtailment at or under {target:g} %: "
                 f"{result.chosen_kwh:g} kWh ({result.chosen_kwh * parsed.sweep.c_rate:g} kW)"
             )
+    typer.echo(f"wrote {len(written)} files to {out}")
+
+
+def _measured(
+    community_path: Path,
+    meter_data: Path | None,
+    fmt: str,
+    influx_url: str | None,
+    database: str,
+    from_: str | None,
+    to: str | None,
+) -> tuple[Community, dict[str, MeterSeries]]:
+    """The community and its measured quarter hours from a folder or from InfluxDB; exits with the error."""
+    from control.cli import _date
+    from hub.community import CommunityError, load_community
+    from hub.influx import InfluxClient
+    from planning.measured import read_folder, read_influx
+    from planning.meter_data import MeterDataError
+
+    try:
+        community = load_community(community_path)
+    except CommunityError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    try:
+        if meter_data is not None:
+            return community, read_folder(meter_data, community, fmt)
+        if influx_url is not None:
+            if from_ is None or to is None:
+                raise typer.BadParameter("--influx-url needs --from and --to")
+            client = InfluxClient(url=influx_url, database=database)
+            return community, read_influx(client, community, _date(from_, "--from"), _date(to, "--to"))
+    except MeterDataError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    return community, {}
+
+
+FormatOption = Annotated[str, typer.Option("--format", help="energyhub, nl-local or long-utc.")]
+MeterDataOption = Annotated[
+    Path | None, typer.Option(help="Folder of measured quarter hours, a file per connection (id or EAN).")
+]
+InfluxOption = Annotated[
+    str | None, typer.Option(help="Read what the ingest stored instead (with --from/--to).")
+]
+
+
+def report_command(
+    community: Annotated[Path, typer.Option(help="Community YAML file.")],
+    out: Annotated[Path, typer.Option(help="Folder for the reports.")],
+    meter_data: MeterDataOption = None,
+    fmt: FormatOption = "energyhub",
+    influx_url: InfluxOption = None,
+    database: Annotated[str, typer.Option(help="InfluxDB database.")] = "energyhub",
+    from_: Annotated[str | None, typer.Option("--from", help="Start (ISO), for InfluxDB.")] = None,
+    to: Annotated[str | None, typer.Option(help="End (ISO, exclusive), for InfluxDB.")] = None,
+    planned: Annotated[
+        Path | None, typer.Option(help="The planned estate (a community file): the passport's PV potential.")
+    ] = None,
+    inputs: Annotated[
+        Path | None,
+        typer.Option(help="PV and use per connection (the simulators' export layout): simultaneity."),
+    ] = None,
+    year: Annotated[int, typer.Option(help="The year of the PV yield figures.")] = 2026,
+    seed: Annotated[int, typer.Option(help="Weather seed of the PV yield figures.")] = 0,
+) -> None:
+    """Area passport, headroom (from measured data) and simultaneity (from PV and use per connection)."""
+    from control.inputs import InputError, Inputs
+    from control.network import Network
+    from hub.community import CommunityError, load_community
+    from planning.headroom import headroom_report
+    from planning.passport import passport as make_passport
+    from planning.passport import write_passport
+    from planning.simultaneity import simultaneity
+
+    parsed, measured = _measured(community, meter_data, fmt, influx_url, database, from_, to)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    headroom = headroom_report(parsed, measured) if measured else []
+    if headroom:
+        path = out / "headroom.csv"
+        rows = [h.row() for h in headroom]
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        written.append(path)
+        gaps = sum(len(s.gaps) for s in measured.values())
+        typer.echo(f"measured data for {len(measured)} connections ({gaps} quarter hours missing)")
+    try:
+        planned_community = load_community(planned) if planned is not None else None
+    except CommunityError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    rows = make_passport(parsed, year=year, seed=seed, planned=planned_community, measured=headroom)
+    written += write_passport(rows, out, title=f"{parsed.community.name}: area passport")
+    if inputs is not None:
+        network = Network.from_community(parsed)
+        manifest = inputs / "manifest.json"
+        try:
+            import json
+
+            info = json.loads(manifest.read_text())
+            start, end = _span(info["start"], info["end"])
+            data = Inputs.from_folder(inputs, network, start, end)
+        except (OSError, KeyError, ValueError, InputError) as exc:
+            typer.echo(f"error: {inputs}: {exc}", err=True)
+            raise typer.Exit(1) from None
+        found = simultaneity(network, data, timezone=parsed.community.timezone)
+        found.table.round(3).to_csv(out / "simultaneity.csv", index=False)
+        written.append(out / "simultaneity.csv")
+        pv = found.pv_kwh.sum()
+        if pv > 0:
+            typer.echo(
+                f"PV {pv / 1000:.1f} MWh: {100 * found.on_connection_kwh.sum() / pv:.1f} % used on the connection, "
+                f"{100 * found.in_loop_kwh.sum() / pv:.1f} % in the loop, {100 * found.in_hub_kwh.sum() / pv:.1f} % "
+                f"in the hub, {100 * found.left_over_kwh.sum() / pv:.1f} % left to store or curtail"
+            )
+    typer.echo(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+def _span(start: str, end: str) -> tuple[datetime, datetime]:
+    return datetime.fromisoformat(start.replace("Z", "+00:00")), datetime.fromisoformat(
+        end.replace("Z", "+00:00")
+    )
+
+
+def settle_command(
+    community: Annotated[Path, typer.Option(help="Community YAML file: the members are its connections.")],
+    out: Annotated[Path, typer.Option(help="Folder for ledger.csv, balance.csv and the statements.")],
+    meter_data: MeterDataOption = None,
+    fmt: FormatOption = "energyhub",
+    influx_url: InfluxOption = None,
+    database: Annotated[str, typer.Option(help="InfluxDB database.")] = "energyhub",
+    from_: Annotated[str | None, typer.Option("--from", help="Start (ISO), for InfluxDB.")] = None,
+    to: Annotated[str | None, typer.Option(help="End (ISO, exclusive), for InfluxDB.")] = None,
+    key: Annotated[
+        str, typer.Option(help="How shared energy is allocated: use, static or contracted.")
+    ] = "use",
+    shares: Annotated[
+        Path | None, typer.Option(help="YAML: connection id -> share, for --key static.")
+    ] = None,
+    prices: Annotated[
+        Path | None, typer.Option(help="YAML with the Prices fields (docs/planning.md).")
+    ] = None,
+) -> None:
+    """Settle measured quarter hours: who supplied whom, bill lines, and monthly statements (CSV and HTML)."""
+    import numpy as np
+    import yaml
+
+    from planning.ledger import KEYS, Prices, settle
+    from planning.measured import aligned_wh
+    from planning.statements import write_settlement
+
+    if key not in KEYS:
+        raise typer.BadParameter(f"--key {key!r}: one of {', '.join(KEYS)}")
+    if meter_data is None and influx_url is None:
+        raise typer.BadParameter("give --meter-data or --influx-url")
+    parsed, measured = _measured(community, meter_data, fmt, influx_url, database, from_, to)
+    if not measured:
+        typer.echo("error: no measured quarter hours for any connection", err=True)
+        raise typer.Exit(1)
+    connections = {c.id: c for _l, _m, c in parsed.connections()}
+    members = [c for c in connections if c in measured]
+    contracted = np.array([connections[m].limits.import_kw or 0.0 for m in members])
+    static = None
+    try:
+        if key == "static":
+            if shares is None:
+                raise ValueError("--key static needs --shares FILE")
+            table = yaml.safe_load(shares.read_text()) or {}
+            unknown = sorted(set(table) - set(members))
+            if not isinstance(table, dict) or unknown:
+                raise ValueError(
+                    f"{shares}: shares name connections with data; unknown: {', '.join(map(str, unknown))}"
+                )
+            static = np.array([float(table.get(m, 0.0)) for m in members])
+            if (static < 0).any():
+                raise ValueError(f"{shares}: a share is not negative")
+        price_table = yaml.safe_load(prices.read_text()) if prices is not None else {}
+        price = Prices(**(price_table or {}))
+        if price.fixed_split not in ("capacity", "use"):
+            raise ValueError(f"{prices}: fixed_split must be capacity or use")
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    starts, offtake, feed_in, complete = aligned_wh(members, measured)
+    ledger = settle(
+        members,
+        starts,
+        offtake,
+        feed_in,
+        key=key,
+        static_shares=static,
+        contracted_kw=contracted,
+        shareable=complete,
+    )
+    written = write_settlement(
+        ledger,
+        price,
+        contracted,
+        out,
+        community=parsed.community.name,
+        key=key,
+        timezone=parsed.community.timezone,
+    )
+    shared = int(ledger.received_wh.sum())
+    typer.echo(
+        f"{len(members)} members, {len(starts)} quarter hours ({int((~complete).sum())} not shared: a member's data "
+        f"has a gap); {shared / 1000:.1f} kWh shared of {int(offtake.sum()) / 1000:.1f} kWh taken"
+    )
     typer.echo(f"wrote {len(written)} files to {out}")

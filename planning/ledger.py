@@ -29,7 +29,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Ledger", "Prices", "allocate", "settle", "write_statements"]
+__all__ = ["Ledger", "Prices", "Statement", "allocate", "monthly_statements", "settle", "write_statements"]
 
 IntArray = npt.NDArray[np.int64]
 KEYS = ("use", "static", "contracted")
@@ -141,7 +141,10 @@ def settle(
     key: str = "use",
     static_shares: npt.NDArray[np.float64] | None = None,
     contracted_kw: npt.NDArray[np.float64] | None = None,
+    shareable: npt.NDArray[np.bool_] | None = None,
 ) -> Ledger:
+    """``shareable[t]`` False keeps quarter hour ``t`` out of sharing (a member's data has a gap there): every
+    member's offtake and feed-in is grid exchange then."""
     if key not in KEYS:
         raise ValueError(f"unknown sharing key {key!r}: one of {', '.join(KEYS)}")
     if (offtake_wh < 0).any() or (feed_in_wh < 0).any():
@@ -150,6 +153,8 @@ def settle(
     received = np.zeros((n, T), np.int64)
     supplied = np.zeros((n, T), np.int64)
     for t in range(T):
+        if shareable is not None and not shareable[t]:
+            continue
         take, give = offtake_wh[:, t], feed_in_wh[:, t]
         shared = int(min(take.sum(), give.sum()))
         if shared == 0:
@@ -165,21 +170,28 @@ def settle(
     return Ledger(members, isp_starts, offtake_wh, feed_in_wh, received, supplied)
 
 
-def write_statements(
+@dataclass(frozen=True)
+class Statement:
+    """One member's month: energy by kind in Wh, and the bill lines in EUR."""
+
+    member: str
+    month: str  # "YYYY-MM", local time
+    energy_wh: dict[str, int]
+    bill: dict[str, float]
+
+
+def monthly_statements(
     ledger: Ledger,
     prices: Prices,
     contracted_kw: npt.NDArray[np.float64],
-    folder: Path,
     *,
     timezone: str = "Europe/Amsterdam",
-) -> list[Path]:
-    """A CSV statement per member and calendar month (local time): energy in kWh by kind, and the bill lines."""
-    folder.mkdir(parents=True, exist_ok=True)
+) -> list[Statement]:
+    """A statement per member and calendar month (local time), months in order."""
     tz = ZoneInfo(timezone)
     month_of = [t.astimezone(tz).strftime("%Y-%m") for t in ledger.isp_starts]
-    months = sorted(set(month_of))
-    written = []
-    for month in months:
+    out = []
+    for month in sorted(set(month_of)):
         cols = [i for i, m in enumerate(month_of) if m == month]
         part = Ledger(
             ledger.members,
@@ -190,22 +202,38 @@ def write_statements(
             ledger.supplied_wh[:, cols],
         )
         for i, bill in enumerate(part.bills(prices, contracted_kw)):
-            path = folder / f"{ledger.members[i]}-{month}.csv"
-            with path.open("w", newline="") as handle:
-                writer = csv.writer(handle)
-                writer.writerow(["item", "kWh", "EUR"])
-                energy = {
-                    "offtake": part.offtake_wh[i].sum(),
-                    "feed-in": part.feed_in_wh[i].sum(),
-                    "received in the community": part.received_wh[i].sum(),
-                    "supplied to the community": part.supplied_wh[i].sum(),
-                    "grid import": part.grid_import_wh[i].sum(),
-                    "grid export": part.grid_export_wh[i].sum(),
-                }
-                for item, wh in energy.items():
-                    writer.writerow([item, f"{wh / 1000:.3f}", ""])
-                for item, eur in bill.items():
-                    if item != "member":
-                        writer.writerow([item, "", eur])
-            written.append(path)
+            energy = {
+                "offtake": int(part.offtake_wh[i].sum()),
+                "feed-in": int(part.feed_in_wh[i].sum()),
+                "received in the community": int(part.received_wh[i].sum()),
+                "supplied to the community": int(part.supplied_wh[i].sum()),
+                "grid import": int(part.grid_import_wh[i].sum()),
+                "grid export": int(part.grid_export_wh[i].sum()),
+            }
+            lines = {k: float(v) for k, v in bill.items() if k != "member"}
+            out.append(Statement(ledger.members[i], month, energy, lines))
+    return out
+
+
+def write_statements(
+    ledger: Ledger,
+    prices: Prices,
+    contracted_kw: npt.NDArray[np.float64],
+    folder: Path,
+    *,
+    timezone: str = "Europe/Amsterdam",
+) -> list[Path]:
+    """A CSV statement per member and calendar month (local time): energy in kWh by kind, and the bill lines."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for statement in monthly_statements(ledger, prices, contracted_kw, timezone=timezone):
+        path = folder / f"{statement.member}-{statement.month}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["item", "kWh", "EUR"])
+            for item, wh in statement.energy_wh.items():
+                writer.writerow([item, f"{wh / 1000:.3f}", ""])
+            for item, eur in statement.bill.items():
+                writer.writerow([item, "", eur])
+        written.append(path)
     return written

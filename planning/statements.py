@@ -1,0 +1,126 @@
+"""The settlement on paper: the full ledger as CSV, the month's balance, and a statement per member and month as
+HTML (printable; a browser's print to PDF gives the PDF).
+
+``ledger.csv`` is the auditable record: one row per quarter hour and member with offtake, feed-in, what was
+received from and supplied to the community, and grid import and export, all in whole Wh. ``balance.csv`` sums a
+month over all members and states the identities that must hold (received = supplied; offtake = received + grid
+import; feed-in = supplied + grid export) with their differences, which are 0 Wh by construction.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd  # type: ignore[import-untyped]
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from planning.ledger import Ledger, Prices, monthly_statements, write_statements
+
+__all__ = ["write_balance", "write_html_statements", "write_ledger", "write_settlement"]
+
+
+def write_ledger(ledger: Ledger, path: Path) -> Path:
+    n, T = ledger.offtake_wh.shape
+    frame = pd.DataFrame(
+        {
+            "isp_start": np.tile(pd.DatetimeIndex(ledger.isp_starts).strftime("%Y-%m-%dT%H:%M:%SZ"), n),
+            "member": np.repeat(ledger.members, T),
+            "offtake_wh": ledger.offtake_wh.ravel(),
+            "feed_in_wh": ledger.feed_in_wh.ravel(),
+            "received_wh": ledger.received_wh.ravel(),
+            "supplied_wh": ledger.supplied_wh.ravel(),
+            "grid_import_wh": ledger.grid_import_wh.ravel(),
+            "grid_export_wh": ledger.grid_export_wh.ravel(),
+        }
+    )
+    frame.to_csv(path, index=False)
+    return path
+
+
+def write_balance(ledger: Ledger, path: Path, *, timezone: str) -> list[dict[str, int | str]]:
+    tz = ZoneInfo(timezone)
+    months = np.array([t.astimezone(tz).strftime("%Y-%m") for t in ledger.isp_starts])
+    rows: list[dict[str, int | str]] = []
+    for month in sorted(set(months)):
+        cols = months == month
+
+        def total(a: npt.NDArray[np.int64], cols: npt.NDArray[np.bool_] = cols) -> int:
+            return int(a[:, cols].sum())
+
+        offtake, feed_in = total(ledger.offtake_wh), total(ledger.feed_in_wh)
+        received, supplied = total(ledger.received_wh), total(ledger.supplied_wh)
+        grid_import, grid_export = total(ledger.grid_import_wh), total(ledger.grid_export_wh)
+        rows.append(
+            {
+                "month": month,
+                "offtake_wh": offtake,
+                "feed_in_wh": feed_in,
+                "received_wh": received,
+                "supplied_wh": supplied,
+                "grid_import_wh": grid_import,
+                "grid_export_wh": grid_export,
+                "received_minus_supplied_wh": received - supplied,
+                "offtake_minus_parts_wh": offtake - received - grid_import,
+                "feed_in_minus_parts_wh": feed_in - supplied - grid_export,
+            }
+        )
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return rows
+
+
+def write_html_statements(
+    ledger: Ledger,
+    prices: Prices,
+    contracted_kw: npt.NDArray[np.float64],
+    folder: Path,
+    *,
+    community: str,
+    key: str,
+    timezone: str,
+) -> list[Path]:
+    env = Environment(loader=PackageLoader("planning"), autoescape=select_autoescape(["html", "j2"]))
+    template = env.get_template("statement.html.j2")
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for statement in monthly_statements(ledger, prices, contracted_kw, timezone=timezone):
+        path = folder / f"{statement.member}-{statement.month}.html"
+        path.write_text(
+            template.render(
+                title=f"{community}: {statement.member}, {statement.month}",
+                statement=statement,
+                prices=prices,
+                key=key,
+            ),
+            encoding="utf-8",
+        )
+        written.append(path)
+    return written
+
+
+def write_settlement(
+    ledger: Ledger,
+    prices: Prices,
+    contracted_kw: npt.NDArray[np.float64],
+    out: Path,
+    *,
+    community: str,
+    key: str,
+    timezone: str,
+) -> list[Path]:
+    """``ledger.csv``, ``balance.csv`` and ``statements/<member>-<month>.csv`` and ``.html`` in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_ledger(ledger, out / "ledger.csv")]
+    write_balance(ledger, out / "balance.csv", timezone=timezone)
+    written.append(out / "balance.csv")
+    written += write_statements(ledger, prices, contracted_kw, out / "statements", timezone=timezone)
+    written += write_html_statements(
+        ledger, prices, contracted_kw, out / "statements", community=community, key=key, timezone=timezone
+    )
+    return written
