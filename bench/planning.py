@@ -44,13 +44,17 @@ def main() -> None:
     year = scenario.sweep_year
     tz = base.community.timezone
     _community, doc = community_for_year(base, scenario, year, lines=lines)
-    print(f"{scenario.name}: sweep of {len(sizes)} sizes at {scenario.sweep.at} in {year}, policy {scenario.policy}")
+    print(
+        f"{scenario.name}: sweep of {len(sizes)} sizes at {scenario.sweep.at} in {year}, policy {scenario.policy}"
+    )
 
     t = time.perf_counter()
     largest = sweep_community(doc, scenario, max(sizes), tz)
     data = _generate(largest, scenario, year, lambda n: None)
     generate_s = time.perf_counter() - t
-    print(f"inputs generated once: {generate_s:.0f} s ({len(data.connections)} connections, {data.isps} quarter hours)")
+    print(
+        f"inputs generated once: {generate_s:.0f} s ({len(data.connections)} connections, {data.isps} quarter hours)"
+    )
 
     middle = sizes[len(sizes) // 2]
     t = time.perf_counter()
@@ -74,7 +78,9 @@ def main() -> None:
         )
     alone_pct = 100 * alone.curtailed_kwh / alone.pv_available_kwh
     same = next(o for o in result.sweep if o.figures["size_kwh"] == middle)
-    print(f"check: the baseline's curtailment {alone_pct:.3f} % equals the sweep's {same.figures['curtailed_pct']:.3f} %")
+    print(
+        f"check: the baseline's curtailment {alone_pct:.3f} % equals the sweep's {same.figures['curtailed_pct']:.3f} %"
+    )
     target = scenario.sweep.target_curtailed_pct
     if result.chosen_kwh is None:
         print(f"no size keeps curtailment at or under {target:g} %")
