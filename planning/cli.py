@@ -302,6 +302,7 @@ def settle_command(
         community=parsed.community.name,
         key=key,
         timezone=parsed.community.timezone,
+        names={m: connections[m].company for m in members},
     )
     shared = int(ledger.received_wh.sum())
     typer.echo(

@@ -84,7 +84,10 @@ def write_html_statements(
     community: str,
     key: str,
     timezone: str,
+    names: dict[str, str] | None = None,
 ) -> list[Path]:
+    """``names`` gives a member's company name for the heading."""
+    names = names or {}
     env = Environment(loader=PackageLoader("planning"), autoescape=select_autoescape(["html", "j2"]))
     template = env.get_template("statement.html.j2")
     folder.mkdir(parents=True, exist_ok=True)
@@ -93,7 +96,8 @@ def write_html_statements(
         path = folder / f"{statement.member}-{statement.month}.html"
         path.write_text(
             template.render(
-                title=f"{community}: {statement.member}, {statement.month}",
+                title=f"{community}: {names.get(statement.member, statement.member)} ({statement.member}), "
+                f"{statement.month}",
                 statement=statement,
                 prices=prices,
                 key=key,
@@ -113,6 +117,7 @@ def write_settlement(
     community: str,
     key: str,
     timezone: str,
+    names: dict[str, str] | None = None,
 ) -> list[Path]:
     """``ledger.csv``, ``balance.csv`` and ``statements/<member>-<month>.csv`` and ``.html`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +126,13 @@ def write_settlement(
     written.append(out / "balance.csv")
     written += write_statements(ledger, prices, contracted_kw, out / "statements", timezone=timezone)
     written += write_html_statements(
-        ledger, prices, contracted_kw, out / "statements", community=community, key=key, timezone=timezone
+        ledger,
+        prices,
+        contracted_kw,
+        out / "statements",
+        community=community,
+        key=key,
+        timezone=timezone,
+        names=names,
     )
     return written

@@ -106,7 +106,7 @@ def test_settle_balances_to_the_wh_and_writes_statements(measured: Path) -> None
         for r in [dict(zip(["item", "kWh", "EUR"], r, strict=True))]
     }
     html = (out / "statements" / "c-001-2026-07.html").read_text()
-    assert "c-001, 2026-07" in html
+    assert "Bedrijf 1 B.V. (c-001), 2026-07" in html
     assert f"{float(statement['total']['EUR']):,.2f}" in html
     # Fixed costs split by use over the members: they add up to the month's total.
     fixed = [
@@ -193,3 +193,65 @@ def test_the_reference_pv_gives_the_published_yield(seed: int) -> None:
     more = sum(annual_pv_kwh(planned, year=2026, seed=seed).values()) - now
     assert now == pytest.approx(2.4e6, rel=0.10)
     assert more == pytest.approx(7.4e6, rel=0.10)
+
+
+def test_settle_reads_what_the_ingest_stored(services, unique_id: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two members' meter counters in influxd; c-002 feeds in during the second hour while c-001 takes."""
+    import asyncio
+    from datetime import timedelta
+
+    from hub.influx import InfluxClient
+    from hub.line_protocol import encode_point
+
+    # A time of its own in the shared database: other tests write c-001 points at the present time.
+    t0 = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=int(unique_id[1:], 16) % 300)
+    lines = []
+    for minute in range(121):
+        t = t0 + timedelta(minutes=minute, seconds=-1)
+        for connection, imp, exp in (
+            ("c-001", 400.0 * minute, 0.0),  # 24 kW all the time
+            ("c-002", 100.0 * min(minute, 60), 500.0 * max(minute - 60, 0)),  # 6 kW, then 30 kW fed in
+        ):
+            tags = {
+                "connection": connection,
+                "role": "meter",
+                "device": "meter",
+                "gateway": unique_id,
+                "site": "s",
+            }
+            fields = {"energy_import_wh": 1e6 + imp, "energy_export_wh": 2e5 + exp}
+            lines.append(encode_point("device", tags, fields, t))
+
+    async def write() -> None:
+        async with InfluxClient(
+            url=services.settings.influx_url, database=services.settings.influx_db
+        ) as client:
+            await client.write(lines)
+
+    asyncio.run(write())
+    (tmp_path / "community.yaml").write_text(dump(base()))
+    out = tmp_path / "settlement"
+    run = _run(
+        "settle",
+        "--community",
+        str(tmp_path / "community.yaml"),
+        "--influx-url",
+        services.settings.influx_url,
+        "--database",
+        services.settings.influx_db,
+        "--from",
+        t0.isoformat(),
+        "--to",
+        (t0 + timedelta(hours=2)).isoformat(),
+        "--out",
+        str(out),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 members, 8 quarter hours (0 not shared" in run.stdout, run.stdout
+    ledger = _rows(out / "ledger.csv")
+    c1 = [r for r in ledger if r["member"] == "c-001"]
+    c2 = [r for r in ledger if r["member"] == "c-002"]
+    assert [int(r["offtake_wh"]) for r in c1] == [6000] * 8  # 400 Wh a minute
+    assert [int(r["feed_in_wh"]) for r in c2] == [0] * 4 + [7500] * 4
+    assert [int(r["received_wh"]) for r in c1] == [0] * 4 + [6000] * 4  # all it takes, from c-002
+    assert [int(r["grid_export_wh"]) for r in c2] == [0] * 4 + [1500] * 4
