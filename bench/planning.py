@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hub.community import load_community  # noqa: E402
-from planning.plan import _generate, _simulate, run_plan, sweep_community  # noqa: E402
+from planning.plan import generate_quarter_hours, run_plan, simulate_community, sweep_community  # noqa: E402
 from planning.scenario import community_for_year, load_scenario  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def main() -> None:
 
     t = time.perf_counter()
     largest = sweep_community(doc, scenario, max(sizes), tz)
-    data = _generate(largest, scenario, year, lambda n: None)
+    data = generate_quarter_hours(largest, scenario, year, lambda n: None)
     generate_s = time.perf_counter() - t
     print(
         f"inputs generated once: {generate_s:.0f} s ({len(data.connections)} connections, {data.isps} quarter hours)"
@@ -58,7 +58,9 @@ def main() -> None:
 
     middle = sizes[len(sizes) // 2]
     t = time.perf_counter()
-    _n, _i, alone = _simulate(sweep_community(doc, scenario, middle, tz), data, scenario, lambda n: None)
+    _n, _i, alone = simulate_community(
+        sweep_community(doc, scenario, middle, tz), data, scenario, lambda n: None
+    )
     baseline_s = time.perf_counter() - t
     print(f"baseline: one size ({middle:g} kWh) alone: {baseline_s:.0f} s")
 

@@ -14,6 +14,7 @@ over a queue.
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
 import queue
 from collections.abc import Callable
@@ -37,7 +38,17 @@ from planning.meter_data import MeterSeries
 from planning.scenario import BatteryPlan, Scenario, community_for_year, with_battery
 from simulators.export import QuarterHours, quarter_hour_series
 
-__all__ = ["PlanResult", "RunOutcome", "inputs_from", "period", "run_plan", "smallest_meeting"]
+__all__ = [
+    "PlanResult",
+    "RunOutcome",
+    "generate_quarter_hours",
+    "inputs_from",
+    "period",
+    "run_plan",
+    "simulate_community",
+    "smallest_meeting",
+    "sweep_community",
+]
 
 ISP_H = 0.25
 PLAZA_PROFILE = "ev_plaza"
@@ -101,7 +112,7 @@ def inputs_from(data: QuarterHours, network: Network) -> Inputs:
     return Inputs(isp_starts, load, pv, sessions)
 
 
-def _simulate(
+def simulate_community(
     community: Community, data: QuarterHours, scenario: Scenario, tick: Callable[[int], None]
 ) -> tuple[Network, Inputs, SimulationResult]:
     network = Network.from_community(community)
@@ -199,7 +210,7 @@ def _monthly(community: Community, inputs: Inputs, result: SimulationResult) -> 
     return {str(month): round(float(kwh), 1) for month, kwh in monthly.items()}
 
 
-def _generate(
+def generate_quarter_hours(
     community: Community, scenario: Scenario, year: int, tick: Callable[[int], None]
 ) -> QuarterHours:
     start, end = period(scenario, year, community.community.timezone)
@@ -211,8 +222,8 @@ def _generate(
 def _year_job(
     community: Community, scenario: Scenario, year: int, keep_inputs: bool, updates: Any
 ) -> tuple[RunOutcome, QuarterHours | None]:
-    data = _generate(community, scenario, year, lambda n: updates.put(("inputs", n)))
-    network, inputs, result = _simulate(
+    data = generate_quarter_hours(community, scenario, year, lambda n: updates.put(("inputs", n)))
+    network, inputs, result = simulate_community(
         community, data, scenario, lambda n: updates.put(("quarter hours", n))
     )
     outcome = RunOutcome(
@@ -228,10 +239,10 @@ def _year_job(
 def _sweep_job(
     community: Community, scenario: Scenario, year: int, size_kwh: float, data: QuarterHours, updates: Any
 ) -> RunOutcome:
-    _network, inputs, result = _simulate(
+    network, inputs, result = simulate_community(
         community, data, scenario, lambda n: updates.put(("quarter hours", n))
     )
-    figures = _figures(community, _network, inputs, result)
+    figures = _figures(community, network, inputs, result)
     return RunOutcome(
         year, f"{size_kwh:g} kWh", {"size_kwh": size_kwh, **figures}, [], _monthly(community, inputs, result)
     )
@@ -239,8 +250,6 @@ def _sweep_job(
 
 def sweep_community(doc: dict[str, Any], scenario: Scenario, size_kwh: float, timezone: str) -> Community:
     """The sweep year's community with the swept battery at its size (none at size 0)."""
-    import copy
-
     assert scenario.sweep is not None
     doc = copy.deepcopy(doc)
     if size_kwh > 0:
@@ -344,7 +353,7 @@ def run_plan(
                 sweep_data = data if data is not None else sweep_data
         if sweep is not None:
             if sweep_data is None:
-                sweep_data = _generate(
+                sweep_data = generate_quarter_hours(
                     largest, scenario, scenario.sweep_year, lambda n: _report(progress, "inputs", n)
                 )
             sizes = sorted(set(sweep.capacity_kwh))

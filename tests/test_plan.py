@@ -339,3 +339,18 @@ def test_the_period_of_a_year_is_local_calendar_time() -> None:
     scenario, _ = parse_scenario("name: x\nyears: [2026]\n")
     start, end = period(scenario, 2026, "Europe/Amsterdam")
     assert (start, end) == (datetime(2025, 12, 31, 23, tzinfo=UTC), datetime(2026, 12, 31, 23, tzinfo=UTC))
+
+
+def test_the_example_scenario_fits_the_reference_community() -> None:
+    from hub.community import load_community
+    from planning.scenario import load_scenario
+
+    base_2026 = load_community(REPO / "examples" / "de-koumen-2026.yaml")
+    scenario, lines = load_scenario(REPO / "examples" / "plan-de-koumen.yaml")
+    built = {y: community_for_year(base_2026, scenario, y, lines=lines)[0] for y in scenario.years}
+    connections = {y: {c.id: c for _l, _m, c in community.connections()} for y, community in built.items()}
+    assert connections[2026]["c-001"].limits.export_kw == 0
+    assert connections[2027]["c-001"].limits.export_kw == connections[2027]["c-001"].capacity_kva
+    assert len([d for d in connections[2028]["c-018"].devices if d.role is DeviceRole.EV]) == 18 + 10
+    assert not any(d.role is DeviceRole.BATTERY for d in connections[2029]["c-049"].devices)
+    assert "hub-battery" in connections[2029]
