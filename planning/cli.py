@@ -139,6 +139,9 @@ FormatOption = Annotated[str, typer.Option("--format", help="energyhub, nl-local
 MeterDataOption = Annotated[
     Path | None, typer.Option(help="Folder of measured quarter hours, a file per connection (id or EAN).")
 ]
+DatabaseOption = Annotated[str, typer.Option(help="InfluxDB database.")]
+FromOption = Annotated[str | None, typer.Option("--from", help="Start (ISO), for InfluxDB.")]
+ToOption = Annotated[str | None, typer.Option(help="End (ISO, exclusive), for InfluxDB.")]
 InfluxOption = Annotated[
     str | None, typer.Option(help="Read what the ingest stored instead (with --from/--to).")
 ]
@@ -150,9 +153,9 @@ def report_command(
     meter_data: MeterDataOption = None,
     fmt: FormatOption = "energyhub",
     influx_url: InfluxOption = None,
-    database: Annotated[str, typer.Option(help="InfluxDB database.")] = "energyhub",
-    from_: Annotated[str | None, typer.Option("--from", help="Start (ISO), for InfluxDB.")] = None,
-    to: Annotated[str | None, typer.Option(help="End (ISO, exclusive), for InfluxDB.")] = None,
+    database: DatabaseOption = "energyhub",
+    from_: FromOption = None,
+    to: ToOption = None,
     planned: Annotated[
         Path | None, typer.Option(help="The planned estate (a community file): the passport's PV potential.")
     ] = None,
@@ -230,9 +233,9 @@ def settle_command(
     meter_data: MeterDataOption = None,
     fmt: FormatOption = "energyhub",
     influx_url: InfluxOption = None,
-    database: Annotated[str, typer.Option(help="InfluxDB database.")] = "energyhub",
-    from_: Annotated[str | None, typer.Option("--from", help="Start (ISO), for InfluxDB.")] = None,
-    to: Annotated[str | None, typer.Option(help="End (ISO, exclusive), for InfluxDB.")] = None,
+    database: DatabaseOption = "energyhub",
+    from_: FromOption = None,
+    to: ToOption = None,
     key: Annotated[
         str, typer.Option(help="How shared energy is allocated: use, static or contracted.")
     ] = "use",

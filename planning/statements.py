@@ -20,7 +20,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from planning.ledger import Ledger, Prices, monthly_statements, write_statements
 
-__all__ = ["write_balance", "write_html_statements", "write_ledger", "write_settlement"]
+__all__ = ["write_balance", "write_ledger", "write_settlement"]
 
 
 def write_ledger(ledger: Ledger, path: Path) -> Path:
@@ -75,39 +75,6 @@ def write_balance(ledger: Ledger, path: Path, *, timezone: str) -> list[dict[str
     return rows
 
 
-def write_html_statements(
-    ledger: Ledger,
-    prices: Prices,
-    contracted_kw: npt.NDArray[np.float64],
-    folder: Path,
-    *,
-    community: str,
-    key: str,
-    timezone: str,
-    names: dict[str, str] | None = None,
-) -> list[Path]:
-    """``names`` gives a member's company name for the heading."""
-    names = names or {}
-    env = Environment(loader=PackageLoader("planning"), autoescape=select_autoescape(["html", "j2"]))
-    template = env.get_template("statement.html.j2")
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for statement in monthly_statements(ledger, prices, contracted_kw, timezone=timezone):
-        path = folder / f"{statement.member}-{statement.month}.html"
-        path.write_text(
-            template.render(
-                title=f"{community}: {names.get(statement.member, statement.member)} ({statement.member}), "
-                f"{statement.month}",
-                statement=statement,
-                prices=prices,
-                key=key,
-            ),
-            encoding="utf-8",
-        )
-        written.append(path)
-    return written
-
-
 def write_settlement(
     ledger: Ledger,
     prices: Prices,
@@ -119,20 +86,23 @@ def write_settlement(
     timezone: str,
     names: dict[str, str] | None = None,
 ) -> list[Path]:
-    """``ledger.csv``, ``balance.csv`` and ``statements/<member>-<month>.csv`` and ``.html`` in ``out``."""
+    """``ledger.csv``, ``balance.csv`` and ``statements/<member>-<month>.csv`` and ``.html`` in ``out``;
+    ``names`` gives a member's company name for the statement's heading."""
     out.mkdir(parents=True, exist_ok=True)
     written = [write_ledger(ledger, out / "ledger.csv")]
     write_balance(ledger, out / "balance.csv", timezone=timezone)
     written.append(out / "balance.csv")
     written += write_statements(ledger, prices, contracted_kw, out / "statements", timezone=timezone)
-    written += write_html_statements(
-        ledger,
-        prices,
-        contracted_kw,
-        out / "statements",
-        community=community,
-        key=key,
-        timezone=timezone,
-        names=names,
-    )
+    names = names or {}
+    template = Environment(
+        loader=PackageLoader("planning"), autoescape=select_autoescape(["html", "j2"])
+    ).get_template("statement.html.j2")
+    for statement in monthly_statements(ledger, prices, contracted_kw, timezone=timezone):
+        path = out / "statements" / f"{statement.member}-{statement.month}.html"
+        name = names.get(statement.member, statement.member)
+        title = f"{community}: {name} ({statement.member}), {statement.month}"
+        path.write_text(
+            template.render(title=title, statement=statement, prices=prices, key=key), encoding="utf-8"
+        )
+        written.append(path)
     return written

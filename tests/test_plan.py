@@ -208,12 +208,9 @@ sweep:
 """
 
 
-@pytest.fixture(scope="module")
-def planned(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("plan")
-    (folder / "community.yaml").write_text(dump(estate()))
-    (folder / "scenario.yaml").write_text(SWEEP)
-    run = subprocess.run(
+def _plan(folder: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`energyhub plan` on ``folder``'s community.yaml and scenario.yaml, into ``folder/out``."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -225,14 +222,21 @@ def planned(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(folder / "scenario.yaml"),
             "--out",
             str(folder / "out"),
-            "--workers",
-            "2",
+            *extra,
         ],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("plan")
+    (folder / "community.yaml").write_text(dump(estate()))
+    (folder / "scenario.yaml").write_text(SWEEP)
+    run = _plan(folder, "--workers", "2")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "smallest battery at hub keeping curtailment at or under 5 %" in run.stdout, run.stdout
     return folder
@@ -309,24 +313,7 @@ def test_plan_refuses_a_scenario_that_does_not_fit_without_simulating(tmp_path: 
     (tmp_path / "scenario.yaml").write_text(
         "name: x\nyears: [2026]\nchanges:\n  2026:\n    pv:\n      - {connection: c-404, kwp: 5}\n"
     )
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "plan",
-            "--community",
-            str(tmp_path / "community.yaml"),
-            "--scenario",
-            str(tmp_path / "scenario.yaml"),
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = _plan(tmp_path)
     assert run.returncode == 1
     assert (
         f"{tmp_path / 'scenario.yaml'}:6: changes.2026.pv[0].connection: unknown connection 'c-404'"
