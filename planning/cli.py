@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from hub.topology import Community
+    from hub.topology import Community, Connection
     from planning.meter_data import MeterSeries
 
 __all__ = ["plan_command"]
@@ -306,6 +306,8 @@ def settle_command(
         key=key,
         timezone=parsed.community.timezone,
         names={m: connections[m].company for m in members},
+        storage={m for m in members if _is_storage(connections[m])},
+        plaza={m for m in members if connections[m].load_profile == "ev_plaza"},
     )
     shared = int(ledger.received_wh.sum())
     typer.echo(
@@ -313,3 +315,11 @@ def settle_command(
         f"has a gap); {shared / 1000:.1f} kWh shared of {int(offtake.sum()) / 1000:.1f} kWh taken"
     )
     typer.echo(f"wrote {len(written)} files to {out}")
+
+
+def _is_storage(connection: Connection) -> bool:
+    """A battery's own connection: a battery and nothing that uses or makes energy besides."""
+    from hub.topology import DeviceRole
+
+    roles = {d.role for d in connection.devices}
+    return DeviceRole.BATTERY in roles and not roles & {DeviceRole.PV, DeviceRole.EV, DeviceRole.LOAD}

@@ -41,19 +41,39 @@ def write_ledger(ledger: Ledger, path: Path) -> Path:
     return path
 
 
-def write_balance(ledger: Ledger, path: Path, *, timezone: str) -> list[dict[str, int | str]]:
+def write_balance(
+    ledger: Ledger,
+    path: Path,
+    *,
+    timezone: str,
+    storage: set[str] | frozenset[str] = frozenset(),
+    plaza: set[str] | frozenset[str] = frozenset(),
+) -> list[dict[str, int | str]]:
+    """Per month: totals, storage and plaza apart, and the identities' differences (0 Wh by construction). With
+    storage members (a battery's own connection) apart, the community's balance reads: what the other members
+    took = what they fed in + storage discharge - storage charge + grid import - grid export."""
     tz = ZoneInfo(timezone)
+    is_storage = np.array([m in storage for m in ledger.members])
+    is_plaza = np.array([m in plaza for m in ledger.members])
     months = np.array([t.astimezone(tz).strftime("%Y-%m") for t in ledger.isp_starts])
     rows: list[dict[str, int | str]] = []
     for month in sorted(set(months)):
         cols = months == month
 
-        def total(a: npt.NDArray[np.int64], cols: npt.NDArray[np.bool_] = cols) -> int:
-            return int(a[:, cols].sum())
+        def total(
+            a: npt.NDArray[np.int64],
+            cols: npt.NDArray[np.bool_] = cols,
+            rows: npt.NDArray[np.bool_] | None = None,
+        ) -> int:
+            return int(a[:, cols].sum() if rows is None else a[rows][:, cols].sum())
 
         offtake, feed_in = total(ledger.offtake_wh), total(ledger.feed_in_wh)
         received, supplied = total(ledger.received_wh), total(ledger.supplied_wh)
         grid_import, grid_export = total(ledger.grid_import_wh), total(ledger.grid_export_wh)
+        charge, discharge = (
+            total(ledger.offtake_wh, rows=is_storage),
+            total(ledger.feed_in_wh, rows=is_storage),
+        )
         rows.append(
             {
                 "month": month,
@@ -66,6 +86,13 @@ def write_balance(ledger: Ledger, path: Path, *, timezone: str) -> list[dict[str
                 "received_minus_supplied_wh": received - supplied,
                 "offtake_minus_parts_wh": offtake - received - grid_import,
                 "feed_in_minus_parts_wh": feed_in - supplied - grid_export,
+                "storage_charge_wh": charge,
+                "storage_discharge_wh": discharge,
+                "plaza_offtake_wh": total(ledger.offtake_wh, rows=is_plaza),
+                "use_minus_sources_wh": (offtake - charge)
+                - (feed_in - discharge)
+                - (discharge - charge)
+                - (grid_import - grid_export),
             }
         )
     with path.open("w", newline="") as handle:
@@ -85,12 +112,14 @@ def write_settlement(
     key: str,
     timezone: str,
     names: dict[str, str] | None = None,
+    storage: set[str] | frozenset[str] = frozenset(),
+    plaza: set[str] | frozenset[str] = frozenset(),
 ) -> list[Path]:
     """``ledger.csv``, ``balance.csv`` and ``statements/<member>-<month>.csv`` and ``.html`` in ``out``;
     ``names`` gives a member's company name for the statement's heading."""
     out.mkdir(parents=True, exist_ok=True)
     written = [write_ledger(ledger, out / "ledger.csv")]
-    write_balance(ledger, out / "balance.csv", timezone=timezone)
+    write_balance(ledger, out / "balance.csv", timezone=timezone, storage=storage, plaza=plaza)
     written.append(out / "balance.csv")
     written += write_statements(ledger, prices, contracted_kw, out / "statements", timezone=timezone)
     names = names or {}

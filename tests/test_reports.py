@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from communities import base, dump
+from communities import base, connection, dump
 
 from hub.community import load_community, parse_community
 from planning.pv_yield import annual_pv_kwh
@@ -38,24 +38,39 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("measured")
     doc = base()
     for loop in doc["loops"]:
-        for connection in loop.get("connections", []) + [
+        for member in loop.get("connections", []) + [
             c for m in loop.get("micro_groups", []) for c in m["connections"]
         ]:
-            connection["annual_use_kwh"] = 120_000
+            member["annual_use_kwh"] = 120_000
+    store = connection(6, annual_use_kwh=0, load_profile="none")
+    store["devices"][1] = {
+        "id": "battery",
+        "role": "battery",
+        "profile": "sunspec_battery",
+        "power_kw": 50,
+        "capacity_kwh": 100,
+        "modbus": {"host": "127.0.0.1", "port": 20006, "unit_id": 2},
+    }
+    doc["loops"][0]["connections"].append(store)
     (folder / "community.yaml").write_text(dump(doc))
     community = parse_community(dump(doc))
     export_quarter_hours(community, start=START, end=END, seed=5, out_dir=folder / "inputs")
     (folder / "meters").mkdir()
-    for _l, _m, connection in community.connections():
-        load = np.array([float(r["kwh"]) for r in _rows(folder / "inputs" / f"{connection.id}.load.csv")])
-        pv_file = folder / "inputs" / f"{connection.id}.pv.csv"
+    for _l, _m, member in community.connections():
+        load = np.array([float(r["kwh"]) for r in _rows(folder / "inputs" / f"{member.id}.load.csv")])
+        pv_file = folder / "inputs" / f"{member.id}.pv.csv"
         pv = np.array([float(r["kwh"]) for r in _rows(pv_file)]) if pv_file.exists() else np.zeros_like(load)
-        times = [r["isp_start"] for r in _rows(folder / "inputs" / f"{connection.id}.load.csv")]
+        times = [r["isp_start"] for r in _rows(folder / "inputs" / f"{member.id}.load.csv")]
         net = load - pv
-        name = connection.ean if connection.id == "c-002" else connection.id
+        if member.id == "c-006":  # the battery: charges at midday, discharges in the evening
+            hours = np.array([int(t[11:13]) for t in times])
+            net = np.where(
+                (hours >= 10) & (hours < 14), 2.5, np.where((hours >= 17) & (hours < 21), -2.25, 0.0)
+            )
+        name = member.ean if member.id == "c-002" else member.id
         lines = ["isp_start,import_kwh,export_kwh"]
         for i, (t, n) in enumerate(zip(times, net, strict=True)):
-            if connection.id == "c-003" and 40 <= i < 44:
+            if member.id == "c-003" and 40 <= i < 44:
                 continue  # the meter was offline for an hour
             lines.append(f"{t},{max(n, 0):.3f},{max(-n, 0):.3f}")
         (folder / "meters" / f"{name}.csv").write_text("\n".join(lines) + "\n")
@@ -79,16 +94,20 @@ def test_settle_balances_to_the_wh_and_writes_statements(measured: Path) -> None
         str(out),
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "5 members, 192 quarter hours (4 not shared" in run.stdout, run.stdout
+    assert "6 members, 192 quarter hours (4 not shared" in run.stdout, run.stdout
     balance = _rows(out / "balance.csv")
     assert [r["month"] for r in balance] == ["2026-06", "2026-07"]
     for row in balance:
         assert row["received_minus_supplied_wh"] == "0"
         assert row["offtake_minus_parts_wh"] == "0"
         assert row["feed_in_minus_parts_wh"] == "0"
+        assert row["use_minus_sources_wh"] == "0"
+    # The battery (c-006, a connection of its own) is storage: 2 days x 16 quarter hours of 2.5 kWh in, 2.25 out.
+    assert sum(int(r["storage_charge_wh"]) for r in balance) == 2 * 16 * 2500
+    assert sum(int(r["storage_discharge_wh"]) for r in balance) == 2 * 16 * 2250
     assert sum(int(r["received_wh"]) for r in balance) > 0, "PV surplus at some members must be shared"
     ledger = _rows(out / "ledger.csv")
-    assert len(ledger) == 5 * 192
+    assert len(ledger) == 6 * 192
     # The ledger holds exactly what the meters said, in Wh.
     c3 = [r for r in ledger if r["member"] == "c-003"]
     meter = {r["isp_start"]: r for r in _rows(measured / "meters" / "c-003.csv")}
@@ -117,7 +136,7 @@ def test_settle_balances_to_the_wh_and_writes_statements(measured: Path) -> None
                 if r[0] == "fixed costs"
             )[2]
         )
-        for m in ("c-001", "c-002", "c-003", "c-004", "c-005")
+        for m in ("c-001", "c-002", "c-003", "c-004", "c-005", "c-006")
     ]
     assert sum(fixed) == pytest.approx(100, abs=0.03)
 
@@ -157,7 +176,7 @@ def test_report_writes_passport_headroom_and_simultaneity(measured: Path) -> Non
     )
     assert run.returncode == 0, run.stderr[-3000:]
     passport = {r["connection"]: r for r in _rows(out / "passport.csv")}
-    assert list(passport) == ["c-001", "c-002", "c-003", "c-004", "c-005"]
+    assert list(passport) == ["c-001", "c-002", "c-006", "c-003", "c-004", "c-005"]
     assert passport["c-002"]["measured_import_kwh"] != ""  # found by its EAN
     assert float(passport["c-001"]["pv_kwp"]) == 50
     assert float(passport["c-001"]["pv_kwh_year"]) == pytest.approx(
@@ -167,10 +186,11 @@ def test_report_writes_passport_headroom_and_simultaneity(measured: Path) -> Non
     assert passport["c-005"]["participates"] == "False"
     assert passport["c-001"]["group_agreement"] == "group-1"
     html = (out / "passport.html").read_text()
-    assert "5 connections" in html
+    assert "6 connections" in html
+    assert float(passport["c-006"]["battery_kwh"]) == 100
     headroom = {r["node"]: r for r in _rows(out / "headroom.csv")}
     assert headroom["c-003"]["gaps"] == "4"
-    assert headroom["loop-1"]["measured_connections"] == "2/2"
+    assert headroom["loop-1"]["measured_connections"] == "3/3"
     simultaneity = _rows(out / "simultaneity.csv")
     hub = [r for r in simultaneity if r["node"] == "hub"]
     pv = sum(float(r["pv_kwh"]) for r in hub)
@@ -208,12 +228,12 @@ def test_settle_reads_what_the_ingest_stored(services, unique_id: str, tmp_path:
     lines = []
     for minute in range(121):
         t = t0 + timedelta(minutes=minute, seconds=-1)
-        for connection, imp, exp in (
+        for member, imp, exp in (
             ("c-001", 400.0 * minute, 0.0),  # 24 kW all the time
             ("c-002", 100.0 * min(minute, 60), 500.0 * max(minute - 60, 0)),  # 6 kW, then 30 kW fed in
         ):
             tags = {
-                "connection": connection,
+                "connection": member,
                 "role": "meter",
                 "device": "meter",
                 "gateway": unique_id,
