@@ -108,11 +108,14 @@ def _measured(
     database: str,
     from_: str | None,
     to: str | None,
+    influx_username: str | None = None,
+    influx_password: str | None = None,
+    influx_token: str | None = None,
 ) -> tuple[Community, dict[str, MeterSeries]]:
     """The community and its measured quarter hours from a folder or from InfluxDB; exits with the error."""
     from control.cli import _date
     from hub.community import CommunityError, load_community
-    from hub.influx import InfluxClient
+    from hub.influx import InfluxClient, InfluxError
     from planning.measured import read_folder, read_influx
     from planning.meter_data import MeterDataError
 
@@ -127,9 +130,15 @@ def _measured(
         if influx_url is not None:
             if from_ is None or to is None:
                 raise typer.BadParameter("--influx-url needs --from and --to")
-            client = InfluxClient(url=influx_url, database=database)
+            client = InfluxClient(
+                url=influx_url,
+                database=database,
+                username=influx_username,
+                password=influx_password,
+                token=influx_token,
+            )
             return community, read_influx(client, community, _date(from_, "--from"), _date(to, "--to"))
-    except MeterDataError as exc:
+    except (MeterDataError, InfluxError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     return community, {}
@@ -142,6 +151,9 @@ MeterDataOption = Annotated[
 DatabaseOption = Annotated[str, typer.Option(help="InfluxDB database.")]
 FromOption = Annotated[str | None, typer.Option("--from", help="Start (ISO), for InfluxDB.")]
 ToOption = Annotated[str | None, typer.Option(help="End (ISO, exclusive), for InfluxDB.")]
+UserOption = Annotated[str | None, typer.Option(envvar="EHUB_INFLUX_USERNAME", help="InfluxDB 1.x user.")]
+PasswordOption = Annotated[str | None, typer.Option(envvar="EHUB_INFLUX_PASSWORD", help="Its password.")]
+TokenOption = Annotated[str | None, typer.Option(envvar="EHUB_INFLUX_TOKEN", help="InfluxDB 2.x/3.x token.")]
 InfluxOption = Annotated[
     str | None, typer.Option(help="Read what the ingest stored instead (with --from/--to).")
 ]
@@ -156,6 +168,9 @@ def report_command(
     database: DatabaseOption = "energyhub",
     from_: FromOption = None,
     to: ToOption = None,
+    influx_username: UserOption = None,
+    influx_password: PasswordOption = None,
+    influx_token: TokenOption = None,
     planned: Annotated[
         Path | None, typer.Option(help="The planned estate (a community file): the passport's PV potential.")
     ] = None,
@@ -175,7 +190,18 @@ def report_command(
     from planning.passport import write_passport
     from planning.simultaneity import simultaneity
 
-    parsed, measured = _measured(community, meter_data, fmt, influx_url, database, from_, to)
+    parsed, measured = _measured(
+        community,
+        meter_data,
+        fmt,
+        influx_url,
+        database,
+        from_,
+        to,
+        influx_username,
+        influx_password,
+        influx_token,
+    )
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     headroom = headroom_report(parsed, measured) if measured else []
@@ -236,6 +262,9 @@ def settle_command(
     database: DatabaseOption = "energyhub",
     from_: FromOption = None,
     to: ToOption = None,
+    influx_username: UserOption = None,
+    influx_password: PasswordOption = None,
+    influx_token: TokenOption = None,
     key: Annotated[
         str, typer.Option(help="How shared energy is allocated: use, static or contracted.")
     ] = "use",
@@ -258,7 +287,18 @@ def settle_command(
         raise typer.BadParameter(f"--key {key!r}: one of {', '.join(KEYS)}")
     if meter_data is None and influx_url is None:
         raise typer.BadParameter("give --meter-data or --influx-url")
-    parsed, measured = _measured(community, meter_data, fmt, influx_url, database, from_, to)
+    parsed, measured = _measured(
+        community,
+        meter_data,
+        fmt,
+        influx_url,
+        database,
+        from_,
+        to,
+        influx_username,
+        influx_password,
+        influx_token,
+    )
     if not measured:
         typer.echo("error: no measured quarter hours for any connection", err=True)
         raise typer.Exit(1)
