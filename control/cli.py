@@ -20,6 +20,21 @@ def _date(text: str, what: str) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _priority(path: Path) -> dict[str, float]:
+    """Priority weights from a YAML mapping; exits naming the file when it is not one."""
+    import yaml
+
+    try:
+        table = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        typer.echo(f"error: {path}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if not isinstance(table, dict) or not all(isinstance(w, int | float) for w in table.values()):
+        typer.echo(f"error: {path}: must map connection ids to numbers, e.g. 'c-012: 2'", err=True)
+        raise typer.Exit(1)
+    return {str(k): float(v) for k, v in table.items()}
+
+
 def simulate_command(
     community: Annotated[Path, typer.Option(help="Community YAML file.")],
     from_: Annotated[str, typer.Option("--from", help="Start, ISO date or date-time (UTC).")],
@@ -35,6 +50,12 @@ def simulate_command(
     seed: Annotated[int, typer.Option(help="Seed of the generated inputs.")] = 0,
     margin: Annotated[float, typer.Option(help="Safety margin below each limit, a fraction.")] = 0.02,
     key: Annotated[str, typer.Option(help="How curtailment is shared: kwp, contracted or priority.")] = "kwp",
+    priority: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML, connection id: weight on its kWp (2 = curtailed twice as hard), for --key priority."
+        ),
+    ] = None,
 ) -> None:
     """Run a policy over quarter-hour data and write DIR/nodes.csv and DIR/summary.json."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -43,7 +64,7 @@ def simulate_command(
     from control.limits import LimitTable
     from control.network import Network
     from control.oracle import oracle
-    from control.simulate import SHARE_KEYS, make_policy, simulate, write_outputs
+    from control.simulate import SHARE_KEYS, ShareKeyError, make_policy, share_key, simulate, write_outputs
     from hub.community import CommunityError, load_community
 
     start, end = _date(from_, "--from"), _date(to, "--to")
@@ -57,6 +78,12 @@ def simulate_command(
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     network = Network.from_community(parsed)
+    weights = _priority(priority) if priority is not None else None
+    try:
+        share_key(network, key, weights)
+    except ShareKeyError as exc:
+        typer.echo(f"error: {priority}: {exc}", err=True)
+        raise typer.Exit(1) from None
     if inputs is None:
         from simulators.export import export_quarter_hours
 
@@ -78,7 +105,7 @@ def simulate_command(
     with Progress(*columns, transient=True) as bar:
         if policy == "oracle":
             task = bar.add_task(policy, total=None)
-            result = oracle(network, data, limits, margin=margin, key=key)
+            result = oracle(network, data, limits, margin=margin, key=key, priority=weights)
         else:
             task = bar.add_task(policy, total=data.isps)
             result = simulate(
@@ -88,6 +115,7 @@ def simulate_command(
                 make_policy(policy, network),
                 margin=margin,
                 key=key,
+                priority=weights,
                 progress=lambda n: bar.advance(task, n),
             )
     write_outputs(out, network, data, limits, result)

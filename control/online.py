@@ -28,12 +28,12 @@ from pydantic_settings import SettingsConfigDict
 from control.dispatch import DispatchInput, DispatchResult
 from control.network import Network
 from control.policies import Greedy, Mpc, Policy, Step
-from control.simulate import share_key
+from control.simulate import ShareKeyError, share_key
 from control.snapshot import LiveState, Snapshot
 from hub.community import load_community
 from hub.influx import InfluxClient, InfluxError
 from hub.isp import isp_start
-from hub.layered_settings import ConnectedSettings, load_layered
+from hub.layered_settings import ConnectedSettings, SettingsError, load_layered
 from hub.limits import LimitBook
 from hub.line_protocol import encode_point
 from hub.messages import ControllerHeartbeat, Measurement, MessageError, Setpoint, decode, encode
@@ -61,6 +61,10 @@ class ControlSettings(ConnectedSettings):
         0.02, ge=0, lt=1, description="Safety margin below each contract limit, a fraction."
     )
     share_key: str = Field("kwp", pattern="^(kwp|contracted|priority)$")
+    priority: dict[str, float] = Field(
+        default_factory=dict,
+        description="With share_key priority: connection id -> weight on its kWp (2 = curtailed twice as hard).",
+    )
     setpoint_ttl_s: float = Field(30.0, gt=1, description="A setpoint expires this long after it is sent.")
     stale_after_s: float = Field(5.0, gt=0, description="A measurement older than this counts as missing.")
     load_smoothing_s: float = Field(
@@ -87,7 +91,10 @@ class OnlineController:
         self.book = LimitBook(self.community)
         self.state = LiveState(self.community, self.network, stale_after_s=settings.stale_after_s)
         self.policy: Policy = Mpc(self.network) if settings.policy == "mpc" else Greedy(self.network)
-        self.keys = share_key(self.network, settings.share_key)
+        try:
+            self.keys = share_key(self.network, settings.share_key, settings.priority)
+        except ShareKeyError as exc:
+            raise SettingsError(f"priority: {exc}") from None
         n_c, n_n = len(self.network.connection_ids), len(self.network.node_ids)
         # Quarter-hour averages so far (the MPC's history) and this quarter hour's energy per node.
         self.load_history = np.zeros((n_c, HISTORY))

@@ -34,6 +34,7 @@ def oracle(
     *,
     margin: float = 0.02,
     key: str = "kwp",
+    priority: dict[str, float] | None = None,
     soc_start: float = 0.5,
 ) -> SimulationResult:
     started = time.perf_counter()
@@ -174,7 +175,7 @@ def oracle(
     hub = network.levels.index("hub")  # type: ignore[arg-type]
     listed = [i for i, level in enumerate(network.levels) if level in LISTED_LEVELS]
     node_kw = np.zeros((len(network.node_ids), T))
-    keys = share_key(network, key)
+    keys = share_key(network, key, priority)
     for t in range(T):
         present = s_idx[t_idx == t]
         connection = load[:, t] - pv_used[:, t]

@@ -26,7 +26,7 @@ from control.limits import LimitTable
 from control.network import Network
 from control.policies import Greedy, Mpc, Policy, Step
 
-__all__ = ["SHARE_KEYS", "SimulationResult", "simulate", "write_outputs"]
+__all__ = ["SHARE_KEYS", "ShareKeyError", "SimulationResult", "share_key", "simulate", "write_outputs"]
 
 Array = npt.NDArray[np.float64]
 ISP_H = 0.25
@@ -74,14 +74,26 @@ def make_policy(name: str, network: Network) -> Policy:
     raise ValueError(f"unknown policy {name!r}: greedy, mpc or oracle")
 
 
+class ShareKeyError(ValueError):
+    """Priority weights that name no connection or are not positive."""
+
+
 def share_key(network: Network, key: str, priority: dict[str, float] | None = None) -> Array:
+    """Per connection, what curtailment is shared in proportion to: a connection with twice the key gives up
+    twice the share of its PV. ``priority`` weighs kWp: a weight of 2 is curtailed twice as hard, 0.5 half;
+    connections not named weigh 1."""
     if key == "kwp":
         return network.kwp.copy()
     if key == "contracted":
         return network.contracted_kw.copy()
     if key == "priority":
-        # A higher weight is curtailed first; connections not named weigh 1.
         weights = priority or {}
+        unknown = sorted(set(weights) - set(network.connection_ids))
+        if unknown:
+            raise ShareKeyError(f"priority weights for unknown connections: {', '.join(unknown)}")
+        bad = sorted(c for c, w in weights.items() if not (isinstance(w, int | float) and w > 0))
+        if bad:
+            raise ShareKeyError(f"priority weights must be positive numbers: {', '.join(bad)}")
         return np.array([weights.get(c, 1.0) for c in network.connection_ids]) * np.maximum(network.kwp, 1e-9)
     raise ValueError(f"unknown sharing key {key!r}: one of {', '.join(SHARE_KEYS)}")
 
@@ -94,6 +106,7 @@ def simulate(
     *,
     margin: float = 0.02,
     key: str = "kwp",
+    priority: dict[str, float] | None = None,
     soc_start: float = 0.5,
     progress: Callable[[int], None] | None = None,
 ) -> SimulationResult:
@@ -120,7 +133,7 @@ def simulate(
     capacity = np.array([b.capacity_kwh for b in batteries])
     efficiency = np.array([b.efficiency for b in batteries])
     soc = capacity * soc_start
-    keys = share_key(network, key)
+    keys = share_key(network, key, priority)
     listed = [i for i, level in enumerate(network.levels) if level in LISTED_LEVELS]
     result = SimulationResult(policy.name, inputs.isp_starts[0], inputs.isp_starts[-1], T)
     result.ev_requested_kwh = float(remaining.sum())

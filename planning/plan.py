@@ -119,7 +119,9 @@ def simulate_community(
     inputs = inputs_from(data, network)
     limits = LimitTable.build(community, network.node_ids, inputs.isp_starts)
     if scenario.policy == "oracle":
-        result = oracle(network, inputs, limits, margin=scenario.margin)
+        result = oracle(
+            network, inputs, limits, margin=scenario.margin, key=scenario.key, priority=scenario.priority
+        )
         tick(inputs.isps)
     else:
         pending = [0]
@@ -136,6 +138,8 @@ def simulate_community(
             limits,
             make_policy(scenario.policy, network),
             margin=scenario.margin,
+            key=scenario.key,
+            priority=scenario.priority,
             progress=progress,
         )
         tick(pending[0])

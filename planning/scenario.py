@@ -155,6 +155,10 @@ class Scenario(Strict):
     seed: int = Field(0, ge=0, description="Weather, loads and EV sessions of the simulators.")
     policy: Literal["greedy", "mpc", "oracle"] = "mpc"
     margin: float = Field(0.02, ge=0, lt=0.5)
+    key: Literal["kwp", "contracted", "priority"] = Field("kwp", description="How curtailment is shared.")
+    priority: dict[str, float] = Field(
+        default_factory=dict, description="With key priority: connection id -> weight on its kWp."
+    )
     start: str = Field("01-01", pattern=r"^\d\d-\d\d$", description="Month-day each simulated period starts.")
     days: int | None = Field(
         None, ge=1, le=366, description="Days simulated per year; the whole year if left out."
@@ -478,6 +482,15 @@ def community_for_year(
                 file, [ConfigIssue(line_of(path, lines), format_path(path), exc.message)]
             ) from None
     connections = _connections(doc)
+    for cid, weight in scenario.priority.items():
+        if cid not in connections or weight <= 0:
+            path = ("priority", cid)
+            problem = (
+                f"unknown connection {cid!r}"
+                if cid not in connections
+                else f"weight {weight:g} is not positive"
+            )
+            raise ScenarioError(file, [ConfigIssue(line_of(path, lines), format_path(path), problem)])
     for cid, factor in growth_factors(scenario, list(connections), year).items():
         use = connections[cid].get("annual_use_kwh")
         if use:

@@ -125,6 +125,21 @@ def test_curtailment_at_a_shared_limit_is_split_by_kwp_and_names_the_binding_nod
     assert not result.infeasible
 
 
+def test_priority_weights_curtail_a_connection_harder_and_bad_weights_are_named():
+    from control.simulate import ShareKeyError, share_key
+
+    network = small_network(2)  # both 100 kWp
+    d = one_step(network, load=[0, 0], pv=[100, 100], imp=[1e3, 1e3, 1e3, 1e3], exp=[120, 1e3, 1e3, 1e3])
+    d.share_key = share_key(network, "priority", {"c0": 3.0})
+    curtailed = d.pv_kw - dispatch(d).pv_used_kw
+    assert curtailed.sum() == pytest.approx(80, abs=1e-4)
+    assert curtailed[0] == pytest.approx(3 * curtailed[1], abs=1e-4)  # 60 and 20 kW
+    with pytest.raises(ShareKeyError, match="unknown connections: c9"):
+        share_key(network, "priority", {"c9": 2.0})
+    with pytest.raises(ShareKeyError, match="must be positive numbers: c1"):
+        share_key(network, "priority", {"c1": 0.0})
+
+
 def test_a_battery_takes_the_surplus_before_any_curtailment():
     network = small_network(2, batteries=[Battery("c0/bat", 0, power_kw=80, capacity_kwh=200)])
     d = one_step(network, load=[0, 0], pv=[100, 0], imp=[1e3] * 4, exp=[0] * 4)

@@ -161,6 +161,13 @@ def test_a_change_that_does_not_fit_the_community_names_file_line_and_change(
     assert problem in message, message
 
 
+def test_priority_weights_must_name_connections() -> None:
+    text = "name: x\nyears: [2026]\nkey: priority\npriority:\n  c-001: 2\n  c-404: 3\n"
+    scenario, lines = parse_scenario(text, file="plan.yaml")
+    with pytest.raises(ScenarioError, match=r"plan.yaml:6: priority.c-404: unknown connection 'c-404'"):
+        community_for_year(parse_community(dump(estate())), scenario, 2026, file="plan.yaml", lines=lines)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
