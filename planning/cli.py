@@ -82,7 +82,8 @@ def plan_command(
             f"{outcome.year}: {f['pv_kwp'] / 1000:.2f} MWp, {f['battery_kwh'] / 1000:.2f} MWh batteries; "
             f"curtailed {f['curtailed_kwh'] / 1000:.1f} MWh ({f['curtailed_pct']:.2f} %), "
             f"self-consumption {f['self_consumption_pct']:.1f} %, {f['violations']} violations "
-            f"({f['infeasible_isps']} quarter hours no action could fix), "
+            f"({f['violation_kwh'] / 1000:.1f} MWh over; in {f['infeasible_isps']} quarter hours no action kept "
+            "every limit with the margin), "
             f"plaza served {f['plaza_served_kwh'] / 1000:.1f} of {f['plaza_requested_kwh'] / 1000:.1f} MWh"
         )
     if parsed.sweep is not None:

@@ -3,7 +3,7 @@
 Each year is simulated over its own calendar (from ``start`` local time, a whole year or ``days`` days) with the
 simulators' weather, loads and EV sessions for that year and the scenario's seed; the year's community is the
 base plus the scenario's changes (``planning.scenario``). A year's figures: PV on offer and curtailed, limit
-violations (and how many were infeasible, i.e. no action could have kept them), self-consumption, battery
+violations and the quarter hours in which no action could keep every limit with the margin, self-consumption, battery
 equivalent full cycles, EV energy served (and at the charging plaza), the hub's exchange, and headroom of every
 connection, micro group, loop and the hub from the simulated flows.
 

@@ -50,16 +50,16 @@ def plot_years(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     ax.set_ylabel("%")
     ax.set_title("Self-consumption of the PV on offer")
     ax = axes[1][0]
-    ax.bar(years, [r["violations"] for r in rows], color=GRID, label="all")
-    ax.bar(
-        years,
-        [r["infeasible_isps"] for r in rows],
-        color=CURTAILED,
-        width=0.4,
-        label="quarter hours no action could fix",
-    )
-    ax.set_title("Limit violations (node quarter hours)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.bar(years, [r["violations"] for r in rows], color=GRID)
+    for x, r in enumerate(rows):
+        ax.annotate(
+            f"{r['violation_kwh'] / 1000:.1f} MWh over",
+            (x, r["violations"]),
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    ax.set_title("Limit violations (node quarter hours over a contract)")
     ax = axes[1][1]
     served = [
         100.0 * r["ev_served_kwh"] / r["ev_requested_kwh"] if r["ev_requested_kwh"] else 100.0 for r in rows
