@@ -22,6 +22,8 @@ from sse_starlette.sse import EventSourceResponse
 
 from api.live import LiveView
 from hub.community import load_community
+from hub.contracts import DayAheadProfile
+from hub.day_ahead import DayAheadStore, with_profiles
 from hub.influx import InfluxClient, InfluxError
 from hub.isp import isps_in_local_day
 from hub.layered_settings import ConnectedSettings, load_layered
@@ -78,6 +80,7 @@ class Override(BaseModel):
 
 def create_app(settings: ApiSettings) -> FastAPI:
     community = load_community(settings.community)
+    day_ahead_store = DayAheadStore(settings.state_dir / "day_ahead")
     topics = Topics(site=settings.site or community.community.id, root=settings.topic_root)
     live = LiveView(community, topics)
     devices = {(community.gateway_of(c, d), d.id): (c.id, d) for c, d in community.devices()}
@@ -173,10 +176,15 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 )
         if upload.import_kw is None and upload.export_kw is None:
             raise HTTPException(422, "give import_kw, export_kw or both")
-        folder = settings.state_dir / "day_ahead" / node
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{upload.date.isoformat()}.json"
-        path.write_text(upload.model_dump_json(indent=2))
+        if community.nodes()[node].limits.day_ahead is None:
+            raise HTTPException(409, f"{node}: its contract has no day-ahead right to restrict")
+        profile = DayAheadProfile.model_validate(
+            upload.model_dump(), context={"timezone": community.community.timezone}
+        )
+        _merged, problems = with_profiles(community, {node: [profile]})
+        if problems:
+            raise HTTPException(422, problems[0])
+        path = day_ahead_store.save(node, profile)
         return {"node": node, "date": upload.date.isoformat(), "quarter_hours": expected, "stored": str(path)}
 
     @app.post(

@@ -20,6 +20,9 @@ def api_command(
     influx_url: Annotated[str | None, typer.Option()] = None,
     influx_db: Annotated[str | None, typer.Option()] = None,
     site: Annotated[str | None, typer.Option(help="Site id (default: the community id).")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Where uploads are kept (day-ahead profiles: STATE_DIR/day_ahead).")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Serve the API (OpenAPI at /docs) and the live page (/) until Ctrl-C. Writes need EHUB_API_TOKEN."""
@@ -40,6 +43,7 @@ def api_command(
             influx_url=influx_url,
             influx_db=influx_db,
             site=site,
+            state_dir=state_dir,
         )
     )
     app = build_or_exit(lambda: create_app(settings))

@@ -155,6 +155,10 @@ def control_command(
     influx_url: Annotated[str | None, typer.Option()] = None,
     influx_db: Annotated[str | None, typer.Option()] = None,
     site: Annotated[str | None, typer.Option(help="Site id (default: the community id).")] = None,
+    day_ahead_dir: Annotated[
+        Path | None,
+        typer.Option(help="Day-ahead profiles uploaded through the API (its STATE_DIR/day_ahead)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Keep every limit online: a cycle every second, setpoints with expiry and a retained heartbeat.
@@ -177,6 +181,7 @@ def control_command(
             influx_url=influx_url,
             influx_db=influx_db,
             site=site,
+            day_ahead_dir=day_ahead_dir,
         )
     )
     controller = build_or_exit(lambda: OnlineController(settings))

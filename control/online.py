@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from control.policies import Greedy, Mpc, Policy, Step
 from control.simulate import ShareKeyError, share_key
 from control.snapshot import LiveState, Snapshot
 from hub.community import load_community
+from hub.day_ahead import DayAheadStore, with_profiles
 from hub.influx import InfluxClient, InfluxError
 from hub.isp import isp_start
 from hub.layered_settings import ConnectedSettings, SettingsError, load_layered
@@ -47,6 +49,7 @@ Array = npt.NDArray[np.float64]
 ISP_S = 900.0
 ISP_H = 0.25
 HISTORY = 672 + 96  # a week and a day of quarter-hour averages: what the MPC's forecasts look back on
+DAY_AHEAD_CHECK_S = 5.0  # how often the uploaded day-ahead folder is looked at
 
 
 class ControlSettings(ConnectedSettings):
@@ -70,6 +73,11 @@ class ControlSettings(ConnectedSettings):
     load_smoothing_s: float = Field(
         5.0, ge=0, description="Time constant of the filter on the inferred load."
     )
+    day_ahead_dir: Path | None = Field(
+        Path("var/api/day_ahead"),
+        description="Day-ahead profiles uploaded through the API (its state_dir/day_ahead); read every few "
+        "seconds and merged into the contracts. None: only the community file's.",
+    )
 
 
 def load_control_settings(file: Path | None = None, **flags: object) -> ControlSettings:
@@ -89,6 +97,11 @@ class OnlineController:
         self.network = Network.from_community(self.community)
         self.topics = Topics(site=settings.site or self.community.community.id, root=settings.topic_root)
         self.book = LimitBook(self.community)
+        self.day_ahead = DayAheadStore(settings.day_ahead_dir) if settings.day_ahead_dir else None
+        self._day_ahead_stamp: tuple[int, int] = (0, 0)
+        self._day_ahead_checked = -math.inf
+        self.day_ahead_problems: list[str] = []
+        self.refresh_day_ahead()
         self.state = LiveState(self.community, self.network, stale_after_s=settings.stale_after_s)
         self.policy: Policy = Mpc(self.network) if settings.policy == "mpc" else Greedy(self.network)
         try:
@@ -117,8 +130,31 @@ class OnlineController:
         )
 
     # -- limits for the rest of the quarter hour ----------------------------------------------------------------
+    def refresh_day_ahead(self) -> bool:
+        """Merge the uploaded day-ahead profiles into the contracts if the folder changed; True if it did. A
+        profile that cannot be used is logged with its reason and left out; the others still apply."""
+        if self.day_ahead is None:
+            return False
+        self._day_ahead_checked = time.monotonic()
+        stamp = self.day_ahead.stamp()
+        if stamp == self._day_ahead_stamp:
+            return False
+        self._day_ahead_stamp = stamp
+        tz = self.community.community.timezone
+        uploads, problems = self.day_ahead.load(tz)
+        merged, refused = with_profiles(self.community, uploads)
+        self.book = LimitBook(merged)
+        self.day_ahead_problems = problems + refused
+        for problem in self.day_ahead_problems:
+            log.warning("day-ahead profile not used: %s", problem)
+        used = sum(len(p) for p in uploads.values())
+        log.info("day-ahead profiles: %d uploaded for %s", used, ", ".join(sorted(uploads)) or "no node")
+        return True
+
     def _limits_now(self, now: datetime) -> tuple[Array, Array, Array, Array]:
         """Contract limits with the margin, turned into the average allowed for the rest of the quarter hour."""
+        if time.monotonic() - self._day_ahead_checked > DAY_AHEAD_CHECK_S:
+            self.refresh_day_ahead()
         m = self.settings.margin
         found = [self.book.limit_at(n, now) for n in self.network.node_ids]
         imp = np.array([f.import_w / 1000 for f in found]) * (1 - m)

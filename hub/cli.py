@@ -306,6 +306,8 @@ def demo(
             settings.influx_url,
             "--influx-db",
             settings.influx_db,
+            "--day-ahead-dir",
+            str(state / "api" / "day_ahead"),
         ],
         log_path=state / "log" / "control.log",
         # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
@@ -332,6 +334,8 @@ def demo(
             settings.influx_url,
             "--influx-db",
             settings.influx_db,
+            "--state-dir",
+            str(state / "api"),
         ],
         log_path=state / "log" / "api.log",
         ready=lambda: tcp_answers(settings.host, settings.api_port),

@@ -33,6 +33,8 @@ async def api(services, tmp_path):
     """The API on a free port, for a two-company community whose gateways the test can publish as."""
     site = services.settings.site
     doc = community_doc(site, [free_port(), free_port()], gateway_prefix="gw-api")
+    # c-001 has a non-firm right the DSO restricts day ahead: what the upload endpoint is for.
+    doc["loops"][0]["connections"][0]["limits"]["day_ahead"] = {"import_kw": 100, "export_kw": 0}
     path = tmp_path / "community.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     for n in (1, 2):
