@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hub.line_protocol import FieldValue, encode_fields, encode_point, timestamp_ns
+from hub.line_protocol import FieldValue, encode_fields, encode_point, escape_key, timestamp_ns
 from hub.messages import GatewayState, Measurement
 
 __all__ = ["DEVICE", "GATEWAY_STATE", "DeviceTags", "measurement_point", "state_point"]
@@ -46,19 +46,32 @@ def _device_head(site: str, gateway: str, device: str, session: int, extra: Devi
     return line[: line.index(" x=")]
 
 
+@lru_cache(maxsize=4_096)
+def _field_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``escaped_name=`` for each value name: a device sends the same names every poll, so built once."""
+    return tuple(f"{escape_key(name, 'field key')}=" for name in names)
+
+
 def measurement_point(
     site: str, gateway: str, device: str, message: Measurement, known: Mapping[str, DeviceTags] | None = None
 ) -> tuple[str, int]:
     """The line for ``message`` and its number of fields."""
-    fields: dict[str, FieldValue] = {
-        name: value for name, value in message.values.items() if value is not None
-    }
-    fields["seq"] = message.seq
-    fields["quality"] = message.quality.value
-    fields["replay"] = message.replay
+    values = message.values
+    prefixes = _field_prefixes(tuple(values))
+    # The values are finite floats or None (the Measurement model says so): None is left out, the rest written
+    # with repr, which round-trips every float exactly.
+    parts = [
+        prefix + repr(value)
+        for prefix, value in zip(prefixes, values.values(), strict=True)
+        if value is not None
+    ]
+    parts.append(
+        f'seq={message.seq}i,quality="{message.quality.value}"'
+    )  # good, partial or bad: nothing to escape
+    parts.append("replay=true" if message.replay else "replay=false")
     extra = known.get(f"{gateway}/{device}") if known else None
     head = _device_head(site, gateway, device, message.session, extra)
-    return f"{head} {encode_fields(fields)} {timestamp_ns(message.ts)}", len(fields)
+    return f"{head} {','.join(parts)} {timestamp_ns(message.ts)}", len(parts) + 1
 
 
 def state_point(site: str, gateway: str, message: GatewayState) -> tuple[str, int]:

@@ -62,3 +62,28 @@ def test_tags_and_strings_survive_influxd_unchanged(influx, unique_id, tag, text
     assert row["s"] == text, line
     assert row[key] == tags[key], line
     assert row["v"] == 1.5
+
+
+def test_a_measurement_line_leaves_out_unread_values_and_round_trips_every_float():
+    from datetime import UTC, datetime
+
+    from hub.messages import Measurement, Quality
+    from ingest.points import DeviceTags, measurement_point
+
+    message = Measurement(
+        ts=datetime(2026, 6, 1, 12, 0, 0, 123456, tzinfo=UTC),
+        session=3,
+        seq=41,
+        quality=Quality.PARTIAL,
+        values={"power_w": 0.1 + 0.2, "voltage_l1": None, "energy_import_wh": 1e21},
+        replay=True,
+    )
+    line, fields = measurement_point(
+        "s", "gw-1", "meter", message, {"gw-1/meter": DeviceTags("c-001", "meter")}
+    )
+    assert line == (
+        "device,connection=c-001,device=meter,gateway=gw-1,role=meter,session=3,site=s "
+        'power_w=0.30000000000000004,energy_import_wh=1e+21,seq=41i,quality="partial",replay=true '
+        "1780315200123456000"
+    )
+    assert fields == 5
