@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from hub.line_protocol import FieldValue, encode_fields, encode_point, escape_key, timestamp_ns
+from hub.line_protocol import FieldValue, encode_point, escape_key, timestamp_ns
 from hub.messages import GatewayState, Measurement
 
 __all__ = ["DEVICE", "GATEWAY_STATE", "DeviceTags", "measurement_point", "state_point"]
