@@ -92,7 +92,7 @@ class Measurement(Message):
         reserved = RESERVED_VALUE_NAMES.intersection(self.values)
         if reserved:
             raise ValueError(f"value names {sorted(reserved)} are reserved for the message's own fields")
-        missing = sum(v is None for v in self.values.values())
+        missing = list(self.values.values()).count(None)  # at C speed: every message passes here
         expected = (
             Quality.GOOD
             if missing == 0

@@ -17,15 +17,17 @@ import random
 import ssl
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 from hub.community import load_community
 from hub.influx import InfluxClient, InfluxError
 from hub.line_protocol import LineProtocolError, encode_point
 from hub.messages import DeadLetter, GatewayState, Measurement, MessageError, decode, encode
 from hub.mqtt_link import IncomingMessage, MqttLink, MqttLinkError
-from hub.topics import TopicError, TopicKind, Topics
+from hub.topics import TopicError, TopicInfo, TopicKind, Topics
 from ingest.metrics import IngestMetrics
 from ingest.points import DeviceTags, measurement_point, state_point
 from ingest.sequence import SequenceTracker
@@ -35,6 +37,7 @@ from ingest.writer import write_batch
 __all__ = ["IngestService"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SERVICE = "ingest"
 
 
@@ -70,6 +73,9 @@ class IngestService:
         self.connected = asyncio.Event()
         self.client_id = f"ehub-ingest-{settings.worker}"
         self._gap_logged: dict[str, float] = {}
+        self._topic_info: dict[str, TopicInfo] = {}  # topics repeat every poll: parsed once
+        self._filling = 0  # messages in the batch being filled
+        self._queued = 0  # in batches handed to the writer, not yet acknowledged
 
     # -- MQTT ---------------------------------------------------------------------------------------------------
     async def _connect(self) -> MqttLink:
@@ -123,29 +129,72 @@ class IngestService:
                     link.abort()
 
     async def _consume(self, link: MqttLink) -> None:
+        """Fill batches while the previous one is written: one batch in the writer, one waiting, one filling,
+        so the ingest's work overlaps InfluxDB's. The writer takes them in order, so acknowledgements stay in
+        the order received; while it is stuck (InfluxDB away) the queue is full and reading stops."""
         s = self.settings
         loop = asyncio.get_running_loop()
+        ready: asyncio.Queue[list[_Pending]] = asyncio.Queue(maxsize=1)
+        writer = asyncio.create_task(self._write_batches(link, ready))
         batch: list[_Pending] = []
         deadline = 0.0
+        try:
+            while True:
+                timeout = None if not batch else max(0.0, deadline - loop.time())
+                got = await self._until_writer_fails(writer, link.wait_messages(timeout))
+                if got:
+                    if not batch:
+                        deadline = loop.time() + s.batch_max_delay_s
+                    batch.extend(self._prepare(m) for m in link.take(s.batch_max_points - len(batch)))
+                    self._filling = len(batch)
+                    self._show_pending()
+                    if len(batch) < s.batch_max_points and loop.time() < deadline:
+                        continue
+                if batch:
+                    await self._until_writer_fails(writer, ready.put(batch))
+                    self._queued += len(batch)
+                    self._filling = 0
+                    batch = []
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MqttLinkError):
+                await writer
+            self._filling = self._queued = 0
+            self._show_pending()
+
+    @staticmethod
+    async def _until_writer_fails(writer: asyncio.Task[None], step: Coroutine[Any, Any, T]) -> T:
+        """Run ``step``, but raise the writer's error (a lost broker connection) as soon as it has one."""
+        task = asyncio.ensure_future(step)
+        await asyncio.wait({task, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            writer.result()  # raises what stopped the writer
+            raise MqttLinkError("the writer stopped")
+        return task.result()
+
+    async def _write_batches(self, link: MqttLink, ready: asyncio.Queue[list[_Pending]]) -> None:
         while True:
-            timeout = None if not batch else max(0.0, deadline - loop.time())
-            if await link.wait_messages(timeout):
-                if not batch:
-                    deadline = loop.time() + s.batch_max_delay_s
-                batch.extend(self._prepare(m) for m in link.take(s.batch_max_points - len(batch)))
-                self.metrics.set_pending(len(batch))
-                if len(batch) < s.batch_max_points and loop.time() < deadline:
-                    continue
-            if batch:
-                await self._flush(link, batch)
-                batch = []
-                self.metrics.set_pending(0)
+            batch = await ready.get()
+            await self._flush(link, batch)
+            self._queued -= len(batch)
+            self._show_pending()
+
+    def _show_pending(self) -> None:
+        self.metrics.set_pending(self._filling + self._queued)
 
     # -- one message --------------------------------------------------------------------------------------------
     def _prepare(self, message: IncomingMessage) -> _Pending:
         pending = _Pending(message)
         try:
-            info = self.topics.parse(message.topic)
+            info = self._topic_info.get(message.topic)
+            if info is None:
+                info = self.topics.parse(message.topic)
+                if len(self._topic_info) > 100_000:  # bounded: topics are per device, but a client may spray
+                    self._topic_info.clear()
+                self._topic_info[message.topic] = info
             if info.gateway is None:
                 raise TopicError(f"{message.topic!r} names no gateway")
             pending.gateway = info.gateway

@@ -35,10 +35,11 @@ class IngestSettings(ConnectedSettings):
         3600, ge=0, description="The broker keeps this worker's queue this long while it is away."
     )
     max_pending: int = Field(
-        5000,
+        15_000,
         ge=10,
         le=65535,
-        description="Messages held unacknowledged at most (MQTT Receive Maximum): beyond it the broker keeps them.",
+        description="Messages held unacknowledged at most (MQTT Receive Maximum): beyond it the broker keeps them. "
+        "Three batches: one written, one waiting, one filling.",
     )
     influx_rp: str | None = Field(None, description="Retention policy (InfluxDB 1.x; DBRP mapping in 2.x).")
     influx_username: str | None = None
