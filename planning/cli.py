@@ -28,6 +28,8 @@ def plan_command(
 ) -> None:
     """Simulate each year of a scenario and, if it has one, sweep battery sizes for the smallest that keeps
     curtailment under the target."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from hub.community import CommunityError, load_community
@@ -74,6 +76,13 @@ def plan_command(
             )
         except ScenarioError as exc:
             typer.echo(str(exc), err=True)
+            raise typer.Exit(1) from None
+        except BrokenProcessPool:
+            typer.echo(
+                "error: a simulation process died (out of memory?); try fewer --workers, or days: N for a "
+                "shorter period",
+                err=True,
+            )
             raise typer.Exit(1) from None
     written = write_plan(out, parsed, result)
     for outcome in result.years:

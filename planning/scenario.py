@@ -173,6 +173,11 @@ class Scenario(Strict):
         late = [year for year in self.changes if year > self.years[-1]]
         if late:
             raise ValueError(f"changes in {late[0]} come after the last year simulated ({self.years[-1]})")
+        if self.policy == "oracle" and (self.days is None or self.days > 31):
+            raise ValueError(
+                "policy oracle solves the whole period as one linear program: give days of at most 31 "
+                "(it is a yardstick for short periods; plan years with mpc)"
+            )
         if self.sweep and self.sweep.year is not None and self.sweep.year not in self.years:
             raise ValueError(f"sweep.year {self.sweep.year} is not one of the years")
         return self

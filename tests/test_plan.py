@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,7 @@ def test_priority_weights_must_name_connections() -> None:
         ("name: x\nyears: [2027, 2026]\n", "years must be increasing"),
         ("name: x\nyears: [2026]\nchanges:\n  2030: {}\n", "come after the last year"),
         ("name: x\nyears: [2026]\npolicy: clever\n", "policy"),
+        ("name: x\nyears: [2026]\npolicy: oracle\n", "give days of at most 31"),
         ("name: x\nyears: [2026]\nchanges:\n  2026:\n    growth: {'*': -1.5}\n", "not a yearly fraction"),
         (
             "name: x\nyears: [2026]\nchanges:\n  2026:\n    pv: [{connection: c-001, kwp: -3}]\n",
@@ -348,3 +350,20 @@ def test_the_example_scenario_fits_the_reference_community() -> None:
     assert len([d for d in connections[2028]["c-018"].devices if d.role is DeviceRole.EV]) == 18 + 10
     assert not any(d.role is DeviceRole.BATTERY for d in connections[2029]["c-049"].devices)
     assert "hub-battery" in connections[2029]
+
+
+def test_the_oracle_plans_a_short_period_and_curtails_no_more_than_mpc() -> None:
+    from planning.plan import run_plan
+
+    community = parse_community(dump(estate()))
+    text = SWEEP.split("sweep:")[0]
+    results = {}
+    for policy in ("mpc", "oracle"):
+        scenario, _ = parse_scenario(text.replace("seed: 3", f"seed: 3\npolicy: {policy}"))
+        done: Counter[str] = Counter()
+        plan = run_plan(community, scenario, progress=lambda kind, n, c=done: c.update({kind: n}))
+        results[policy] = plan.years[0].figures
+        assert done["quarter hours"] == 2 * 2 * 96  # two years of two days, all reported
+    assert results["oracle"]["pv_offered_kwh"] == results["mpc"]["pv_offered_kwh"]
+    assert results["oracle"]["curtailed_kwh"] <= results["mpc"]["curtailed_kwh"] + 1e-3
+    assert results["oracle"]["violations"] == results["mpc"]["violations"] == 0
