@@ -40,17 +40,16 @@ def main() -> None:
     if args.days:
         scenario = scenario.model_copy(update={"days": args.days})
     assert scenario.sweep is not None, "the scenario needs a sweep"
-    sizes = sorted(set(scenario.sweep.capacity_kwh))
+    sizes = sorted(set(scenario.sweep.sizes))
     year = scenario.sweep_year
     tz = base.community.timezone
-    _community, doc = community_for_year(base, scenario, year, lines=lines)
+    community, doc = community_for_year(base, scenario, year, lines=lines)
     print(
         f"{scenario.name}: sweep of {len(sizes)} sizes at {scenario.sweep.at} in {year}, policy {scenario.policy}"
     )
 
     t = time.perf_counter()
-    largest = sweep_community(doc, scenario, max(sizes), tz)
-    data = generate_quarter_hours(largest, scenario, year, lambda n: None)
+    data = generate_quarter_hours(community, scenario, year, lambda n: None)
     generate_s = time.perf_counter() - t
     print(
         f"inputs generated once: {generate_s:.0f} s ({len(data.connections)} connections, {data.isps} quarter hours)"
@@ -58,6 +57,7 @@ def main() -> None:
 
     middle = sizes[len(sizes) // 2]
     t = time.perf_counter()
+    assert scenario.sweep.kind == "battery", "this bench sweeps a battery (a PV sweep adds a roof's inputs)"
     _n, _i, alone = simulate_community(
         sweep_community(doc, scenario, middle, tz), data, scenario, lambda n: None
     )
@@ -75,19 +75,19 @@ def main() -> None:
     for outcome in result.sweep:
         f = outcome.figures
         print(
-            f"  {f['size_kwh']:>8g} kWh: curtailed {f['curtailed_kwh'] / 1000:8.1f} MWh ({f['curtailed_pct']:6.2f} %), "
+            f"  {f['size']:>8g} kWh: curtailed {f['curtailed_kwh'] / 1000:8.1f} MWh ({f['curtailed_pct']:6.2f} %), "
             f"cycles {f['battery_cycles']:6.1f}, violations {f['violations']}, run {f['runtime_s']:.0f} s"
         )
     alone_pct = 100 * alone.curtailed_kwh / alone.pv_available_kwh
-    same = next(o for o in result.sweep if o.figures["size_kwh"] == middle)
+    same = next(o for o in result.sweep if o.figures["size"] == middle)
     print(
         f"check: the baseline's curtailment {alone_pct:.3f} % equals the sweep's {same.figures['curtailed_pct']:.3f} %"
     )
     target = scenario.sweep.target_curtailed_pct
-    if result.chosen_kwh is None:
+    if result.chosen is None:
         print(f"no size keeps curtailment at or under {target:g} %")
     else:
-        print(f"smallest battery keeping curtailment at or under {target:g} %: {result.chosen_kwh:g} kWh")
+        print(f"smallest battery keeping curtailment at or under {target:g} %: {result.chosen:g} kWh")
 
 
 if __name__ == "__main__":

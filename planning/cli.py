@@ -95,17 +95,23 @@ def plan_command(
             "every limit with the margin), "
             f"plaza served {f['plaza_served_kwh'] / 1000:.1f} of {f['plaza_requested_kwh'] / 1000:.1f} MWh"
         )
-    if parsed.sweep is not None:
+    sweep = parsed.sweep
+    if sweep is not None:
         for outcome in result.sweep:
             f = outcome.figures
-            typer.echo(f"sweep {f['size_kwh']:>10g} kWh: curtailed {f['curtailed_pct']:.2f} %")
-        target = parsed.sweep.target_curtailed_pct
-        if result.chosen_kwh is None:
-            typer.echo(f"no size tried keeps curtailment at or under {target:g} %: try larger sizes")
+            typer.echo(f"sweep {f['size']:>10g} {sweep.unit}: curtailed {f['curtailed_pct']:.2f} %")
+        target = sweep.target_curtailed_pct
+        if result.chosen is None:
+            hint = "larger" if sweep.kind == "battery" else "smaller"
+            typer.echo(f"no size tried keeps curtailment at or under {target:g} %: try {hint} sizes")
+        elif sweep.kind == "battery":
+            typer.echo(
+                f"smallest battery at {sweep.at} keeping curtailment at or under {target:g} %: "
+                f"{result.chosen:g} kWh ({result.chosen * sweep.c_rate:g} kW)"
+            )
         else:
             typer.echo(
-                f"smallest battery at {parsed.sweep.at} keeping curtailment at or under {target:g} %: "
-                f"{result.chosen_kwh:g} kWh ({result.chosen_kwh * parsed.sweep.c_rate:g} kW)"
+                f"most PV on {sweep.at}'s roofs with curtailment at or under {target:g} %: {result.chosen:g} kWp more"
             )
     typer.echo(f"wrote {len(written)} files to {out}")
 

@@ -78,9 +78,10 @@ def write_plan(out: Path, scenario: Scenario, result: PlanResult) -> list[Path]:
             plot_sweep(
                 rows,
                 sweep.target_curtailed_pct,
-                result.chosen_kwh,
+                result.chosen,
+                sweep.kind,
                 out / "sweep.png",
-                f"{title}: battery at {sweep.at} in {scenario.sweep_year}",
+                f"{title}: {'battery' if sweep.kind == 'battery' else 'PV'} at {sweep.at} in {scenario.sweep_year}",
             )
         )
     plan = {
@@ -88,11 +89,15 @@ def write_plan(out: Path, scenario: Scenario, result: PlanResult) -> list[Path]:
         "sweep": None
         if sweep is None
         else {
+            "kind": sweep.kind,
             "at": sweep.at,
             "year": scenario.sweep_year,
             "target_curtailed_pct": sweep.target_curtailed_pct,
-            "smallest_meeting_kwh": result.chosen_kwh,
-            "power_kw": None if result.chosen_kwh is None else result.chosen_kwh * sweep.c_rate,
+            "answer": result.chosen,
+            "unit": sweep.unit,
+            "power_kw": None
+            if result.chosen is None or sweep.kind != "battery"
+            else result.chosen * sweep.c_rate,
         },
         "files": [str(p.relative_to(out)) for p in written],
     }

@@ -15,6 +15,7 @@ over a queue.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import multiprocessing
 import queue
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd  # type: ignore[import-untyped]
 
 from control.inputs import Inputs, Session
@@ -32,22 +34,35 @@ from control.limits import LimitTable
 from control.network import Network
 from control.oracle import oracle
 from control.simulate import SimulationResult, make_policy, simulate
+from hub.community import ConfigIssue, format_path, line_of
 from hub.topology import Community, Level
 from planning.headroom import node_headroom
 from planning.meter_data import MeterSeries
-from planning.scenario import BatteryPlan, Scenario, community_for_year, with_battery
-from simulators.export import QuarterHours, quarter_hour_series
+from planning.scenario import (
+    DC_AC_RATIO,
+    BatteryPlan,
+    Roof,
+    Scenario,
+    ScenarioError,
+    Sweep,
+    community_for_year,
+    connections_of,
+    with_battery,
+    with_roof,
+)
+from simulators.export import ConnectionSeries, QuarterHours, quarter_hour_series, roof_quarter_hours
 
 __all__ = [
     "PlanResult",
     "RunOutcome",
+    "best_size",
     "generate_quarter_hours",
     "inputs_from",
     "period",
     "run_plan",
     "simulate_community",
-    "smallest_meeting",
     "sweep_community",
+    "sweep_inputs",
 ]
 
 ISP_H = 0.25
@@ -71,7 +86,7 @@ class RunOutcome:
 class PlanResult:
     years: list[RunOutcome]
     sweep: list[RunOutcome] = field(default_factory=list)
-    chosen_kwh: float | None = None  # the smallest size meeting the target; None if none does
+    chosen: float | None = None  # the sweep's answer (see ``best_size``); None if no size meets the target
     documents: dict[int, dict[str, Any]] = field(default_factory=dict)  # each year's community document
 
 
@@ -241,36 +256,65 @@ def _year_job(
 
 
 def _sweep_job(
-    community: Community, scenario: Scenario, year: int, size_kwh: float, data: QuarterHours, updates: Any
+    community: Community, scenario: Scenario, year: int, size: float, data: QuarterHours, updates: Any
 ) -> RunOutcome:
+    assert scenario.sweep is not None
+    unit = scenario.sweep.unit
     network, inputs, result = simulate_community(
         community, data, scenario, lambda n: updates.put(("quarter hours", n))
     )
-    figures = _figures(community, network, inputs, result)
-    return RunOutcome(
-        year, f"{size_kwh:g} kWh", {"size_kwh": size_kwh, **figures}, [], _monthly(community, inputs, result)
-    )
+    figures = {"size": size, "unit": unit, **_figures(community, network, inputs, result)}
+    return RunOutcome(year, f"{size:g} {unit}", figures, [], _monthly(community, inputs, result))
 
 
-def sweep_community(doc: dict[str, Any], scenario: Scenario, size_kwh: float, timezone: str) -> Community:
-    """The sweep year's community with the swept battery at its size (none at size 0)."""
-    assert scenario.sweep is not None
+SWEPT_ID = "sweep"  # the swept battery's or roof's id
+
+
+def sweep_community(doc: dict[str, Any], scenario: Scenario, size: float, timezone: str) -> Community:
+    """The sweep year's community with the swept battery or PV roof at ``size`` (none at size 0)."""
+    sweep = scenario.sweep
+    assert sweep is not None
     doc = copy.deepcopy(doc)
-    if size_kwh > 0:
-        sweep = scenario.sweep
+    if size > 0 and sweep.kind == "battery":
         with_battery(
             doc,
             BatteryPlan(
-                id="sweep-battery", at=sweep.at, power_kw=size_kwh * sweep.c_rate, capacity_kwh=size_kwh
+                id=f"{SWEPT_ID}-battery", at=sweep.at, power_kw=size * sweep.c_rate, capacity_kwh=size
             ),
         )
+    elif size > 0:
+        roof = Roof(connection=sweep.at, kwp=size, id=f"{SWEPT_ID}-pv")
+        with_roof(doc, connections_of(doc)[sweep.at], roof, default_id=SWEPT_ID)
     return Community.model_validate(doc, context={"timezone": timezone})
 
 
-def smallest_meeting(outcomes: list[RunOutcome], target_pct: float) -> float | None:
-    """The smallest size whose curtailment is at or under the target."""
-    meeting = [o.figures["size_kwh"] for o in outcomes if o.figures["curtailed_pct"] <= target_pct + 1e-9]
-    return min(meeting) if meeting else None
+def sweep_inputs(
+    data: QuarterHours, sweep: Sweep, size: float, roof_kwh_per_kwp: npt.NDArray[np.float64]
+) -> QuarterHours:
+    """The sweep year's inputs at ``size``: a battery changes none, a roof adds its PV to its connection's. A
+    roof's output is its kWp times one kWp's (the inverter is sized with the kWp), so it is computed once."""
+    if sweep.kind == "battery" or size == 0:
+        return data
+    connections = []
+    for found in data.connections:
+        if found.connection == sweep.at:
+            pv = found.series.get("pv", np.zeros(data.isps)) + roof_kwh_per_kwp * size
+            found = ConnectionSeries(found.connection, {**found.series, "pv": pv})
+        connections.append(found)
+    return dataclasses.replace(data, connections=connections)
+
+
+def best_size(outcomes: list[RunOutcome], sweep: Sweep) -> float | None:
+    """A battery: the smallest size whose curtailment is at or under the target. PV: the largest such size
+    (curtailment grows with PV)."""
+    meeting = [
+        float(o.figures["size"])
+        for o in outcomes
+        if o.figures["curtailed_pct"] <= sweep.target_curtailed_pct + 1e-9
+    ]
+    if not meeting:
+        return None
+    return min(meeting) if sweep.kind == "battery" else max(meeting)
 
 
 class _Runner:
@@ -345,8 +389,7 @@ def run_plan(
         sweep_data: QuarterHours | None = None
         sweep_doc = built[scenario.sweep_year][1]
         if sweep is not None:
-            # Inputs for the largest size: the swept battery's own connection (if any) has no load of its own.
-            largest = sweep_community(sweep_doc, scenario, max(max(sweep.capacity_kwh), 1.0), timezone)
+            _check_sweep_place(sweep, built[scenario.sweep_year][0], file, lines or {})
         if not sweep_only:
             jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
                 (_year_job, (community, scenario, year, year == scenario.sweep_year and sweep is not None))
@@ -358,9 +401,18 @@ def run_plan(
         if sweep is not None:
             if sweep_data is None:
                 sweep_data = generate_quarter_hours(
-                    largest, scenario, scenario.sweep_year, lambda n: _report(progress, "inputs", n)
+                    built[scenario.sweep_year][0],
+                    scenario,
+                    scenario.sweep_year,
+                    lambda n: _report(progress, "inputs", n),
                 )
-            sizes = sorted(set(sweep.capacity_kwh))
+            start, end = period(scenario, scenario.sweep_year, timezone)
+            one_kwp = (
+                roof_quarter_hours(start=start, end=end, kwp=1.0, ac_kw=1.0 / DC_AC_RATIO, seed=scenario.seed)
+                if sweep.kind == "pv"
+                else np.zeros(0)
+            )
+            sizes = sorted(set(sweep.sizes))
             sweep_jobs: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
                 (
                     _sweep_job,
@@ -369,16 +421,31 @@ def run_plan(
                         scenario,
                         scenario.sweep_year,
                         size,
-                        sweep_data,
+                        sweep_inputs(sweep_data, sweep, size, one_kwp),
                     ),
                 )
                 for size in sizes
             ]
             result.sweep = runner.run(sweep_jobs)
-            result.chosen_kwh = smallest_meeting(result.sweep, sweep.target_curtailed_pct)
+            result.chosen = best_size(result.sweep, sweep)
         return result
     finally:
         runner.close()
+
+
+def _check_sweep_place(
+    sweep: Sweep, community: Community, file: str, lines: dict[tuple[str | int, ...], int]
+) -> None:
+    connections = {c.id for _l, _m, c in community.connections()}
+    places = connections | {loop.id for loop in community.loops} | {community.hub.id}
+    places |= {m.id for loop in community.loops for m in loop.micro_groups}
+    if sweep.at in (connections if sweep.kind == "pv" else places):
+        return
+    wanted = "a connection" if sweep.kind == "pv" else "a connection, loop, micro group or the hub"
+    path = ("sweep", "at")
+    raise ScenarioError(
+        file, [ConfigIssue(line_of(path, lines), format_path(path), f"{sweep.at!r} is not {wanted}")]
+    )
 
 
 def _report(progress: Progress | None, kind: str, n: int) -> None:
@@ -399,7 +466,7 @@ def _work(
         "quarter hours": sum(isps(y) for y in years),
     }
     if scenario.sweep is not None:
-        work["quarter hours"] += isps(scenario.sweep_year) * len(set(scenario.sweep.capacity_kwh))
+        work["quarter hours"] += isps(scenario.sweep_year) * len(set(scenario.sweep.sizes))
         if sweep_only:
-            work["inputs"] += sum(1 for _ in built[scenario.sweep_year][0].connections()) + 1
+            work["inputs"] += sum(1 for _ in built[scenario.sweep_year][0].connections())
     return work

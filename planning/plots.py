@@ -118,17 +118,21 @@ def plot_headroom(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
 
 
 def plot_sweep(
-    rows: list[dict[str, Any]], target_pct: float, chosen: float | None, path: Path, title: str
+    rows: list[dict[str, Any]], target_pct: float, chosen: float | None, kind: str, path: Path, title: str
 ) -> Path:
-    """Curtailment against battery size, the target, and the smallest size that meets it."""
-    rows = sorted(rows, key=lambda r: r["size_kwh"])
-    sizes = [r["size_kwh"] / 1000 for r in rows]
+    """Curtailment against the swept size, the target, and the answer (the smallest battery or the most PV
+    meeting it)."""
+    rows = sorted(rows, key=lambda r: r["size"])
+    battery = kind == "battery"
+    scale, unit = (1000.0, "MWh") if battery else (1.0, "kWp")
+    sizes = [r["size"] / scale for r in rows]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     ax.plot(sizes, [r["curtailed_pct"] for r in rows], marker="o", color=CURTAILED, label="curtailed")
     ax.axhline(target_pct, color=GRID, linestyle="--", label=f"target {target_pct:g} %")
     if chosen is not None:
-        ax.axvline(chosen / 1000, color=BATTERY, label=f"smallest meeting it: {chosen / 1000:g} MWh")
-    ax.set_xlabel("battery MWh")
+        what = "smallest meeting it" if battery else "most meeting it"
+        ax.axvline(chosen / scale, color=BATTERY, label=f"{what}: {chosen / scale:g} {unit}")
+    ax.set_xlabel(f"battery {unit}" if battery else f"PV added, {unit}")
     ax.set_ylabel("% of the PV on offer curtailed")
     ax.set_title(title)
     ax.legend()

@@ -41,10 +41,12 @@ __all__ = [
     "ScenarioError",
     "Sweep",
     "community_for_year",
+    "connections_of",
     "growth_factors",
     "load_scenario",
     "parse_scenario",
     "with_battery",
+    "with_roof",
 ]
 
 Id = Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
@@ -134,19 +136,26 @@ class Change(Strict):
 
 
 class Sweep(Strict):
-    """Battery sizes to try at one place, in one year; the smallest that keeps curtailment under the target."""
+    """Sizes to try at one place, in one year. ``battery``: the smallest battery there that keeps curtailment at
+    or under the target. ``pv``: the most PV a connection's roofs can take before curtailment passes it (how
+    much PV fits)."""
 
-    at: Id
-    capacity_kwh: list[float] = Field(min_length=1)
-    c_rate: float = Field(0.5, gt=0, description="Power as a fraction of capacity per hour.")
+    kind: Literal["battery", "pv"] = "battery"
+    at: Id = Field(description="battery: a connection, loop, micro group or the hub; pv: a connection.")
+    sizes: list[float] = Field(min_length=1, description="kWh of battery, or kWp of PV.")
+    c_rate: float = Field(0.5, gt=0, description="A battery's power as a fraction of its capacity per hour.")
     target_curtailed_pct: float = Field(ge=0, le=100, description="Of the PV on offer.")
     year: int | None = Field(None, description="The year to sweep; the last year when left out.")
 
     @model_validator(mode="after")
     def _sizes(self) -> Sweep:
-        if any(size < 0 for size in self.capacity_kwh):
-            raise ValueError("capacity_kwh sizes must be at least 0")
+        if any(size < 0 for size in self.sizes):
+            raise ValueError("sizes must be at least 0")
         return self
+
+    @property
+    def unit(self) -> str:
+        return "kWh" if self.kind == "battery" else "kWp"
 
 
 class Scenario(Strict):
@@ -222,7 +231,8 @@ class _Problem(Exception):
         self.message = message
 
 
-def _connections(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def connections_of(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The connections of a community document by id."""
     out = {}
     for loop in doc["loops"]:
         for micro in loop.get("micro_groups", []):
@@ -244,7 +254,7 @@ def _containers(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _planned_ean(doc: dict[str, Any], seq: int) -> str:
-    used = {c["ean"] for c in _connections(doc).values()}
+    used = {c["ean"] for c in connections_of(doc).values()}
     while True:
         first = f"87199{seq:012d}"  # 871 99...: a range the reference community does not use
         ean = first + str(ean_check_digit(first))
@@ -257,7 +267,7 @@ def _free_port(doc: dict[str, Any]) -> int:
     """A loopback port no device of the community answers on, for a planned connection's devices."""
     used = {
         d["modbus"].get("port", 502)
-        for c in _connections(doc).values()
+        for c in connections_of(doc).values()
         for d in c.get("devices", [])
         if d["modbus"].get("host") == "127.0.0.1"
     }
@@ -293,9 +303,23 @@ def _add_device(doc: dict[str, Any], connection: dict[str, Any], device: dict[st
     devices.append(device)
 
 
+def with_roof(doc: dict[str, Any], connection: dict[str, Any], roof: Roof, *, default_id: str) -> None:
+    """Put a PV roof (one inverter) on a connection of the community document (in place)."""
+    taken = {d["id"] for d in connection.get("devices", [])}
+    rid = roof.id or next(f"{default_id}-{n}" for n in range(1, 1000) if f"{default_id}-{n}" not in taken)
+    device = {
+        "id": rid,
+        "role": "pv",
+        "profile": "sunspec_inverter",
+        "kwp": roof.kwp,
+        "ac_kw": roof.ac_kw or round(roof.kwp / DC_AC_RATIO, 3),
+    }
+    _add_device(doc, connection, device)
+
+
 def with_battery(doc: dict[str, Any], plan: BatteryPlan, seq: int = 0) -> None:
     """Put a battery into the community document (in place)."""
-    connections = _connections(doc)
+    connections = connections_of(doc)
     device = {
         "id": plan.id,
         "role": "battery",
@@ -335,7 +359,7 @@ def with_battery(doc: dict[str, Any], plan: BatteryPlan, seq: int = 0) -> None:
 
 
 def _remove_battery(doc: dict[str, Any], name: str) -> None:
-    connections = _connections(doc)
+    connections = connections_of(doc)
     if "/" in name:
         connection_id, device_id = name.split("/", 1)
         connection = connections.get(connection_id)
@@ -364,7 +388,7 @@ def _remove_battery(doc: dict[str, Any], name: str) -> None:
 
 
 def _set_contract(doc: dict[str, Any], change: ContractChange) -> None:
-    connections = _connections(doc)
+    connections = connections_of(doc)
     targets: list[dict[str, Any]]
     if change.node == "*":
         targets = list(connections.values())
@@ -389,7 +413,7 @@ def _set_contract(doc: dict[str, Any], change: ContractChange) -> None:
 
 
 def _apply(doc: dict[str, Any], year: int, change: Change) -> None:
-    connections = _connections(doc)
+    connections = connections_of(doc)
 
     def connection(path: tuple[str | int, ...], cid: str) -> dict[str, Any]:
         if cid not in connections:
@@ -401,17 +425,8 @@ def _apply(doc: dict[str, Any], year: int, change: Change) -> None:
         target["devices"] = [d for d in target.get("devices", []) if d["role"] != "pv"]
     for i, roof in enumerate(change.pv):
         target = connection(("pv", i, "connection"), roof.connection)
-        taken = {d["id"] for d in target.get("devices", [])}
-        rid = roof.id or next(f"pv-{year}-{n}" for n in range(1, 1000) if f"pv-{year}-{n}" not in taken)
-        device = {
-            "id": rid,
-            "role": "pv",
-            "profile": "sunspec_inverter",
-            "kwp": roof.kwp,
-            "ac_kw": roof.ac_kw or round(roof.kwp / DC_AC_RATIO, 1),
-        }
         try:
-            _add_device(doc, target, device)
+            with_roof(doc, target, roof, default_id=f"pv-{year}")
         except _Problem as exc:
             raise _Problem(("pv", i, "id"), exc.message) from None
     for i, name in enumerate(change.remove_batteries):
@@ -486,7 +501,7 @@ def community_for_year(
             raise ScenarioError(
                 file, [ConfigIssue(line_of(path, lines), format_path(path), exc.message)]
             ) from None
-    connections = _connections(doc)
+    connections = connections_of(doc)
     for cid, weight in scenario.priority.items():
         if cid not in connections or weight <= 0:
             path = ("priority", cid)

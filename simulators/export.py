@@ -33,6 +33,7 @@ __all__ = [
     "SessionRow",
     "export_quarter_hours",
     "quarter_hour_series",
+    "roof_quarter_hours",
 ]
 
 ISP_S = 900
@@ -110,6 +111,23 @@ class QuarterHours:
     sessions: list[SessionRow]
 
 
+def _pv_kwh(
+    sample_times: pd.DatetimeIndex, kwp: npt.NDArray[np.float64], ac_kw: npt.NDArray[np.float64], seed: int
+) -> npt.NDArray[np.float64]:
+    power = pv_power_kw(sample_times, kwp, seed=seed, ac_kw=ac_kw).reshape(len(sample_times), -1).sum(axis=1)
+    return _isp_average(power * 1000.0)
+
+
+def roof_quarter_hours(
+    *, start: datetime, end: datetime, kwp: float, ac_kw: float, seed: int
+) -> npt.NDArray[np.float64]:
+    """kWh per quarter hour of one roof, as ``quarter_hour_series`` computes a connection's PV: for planning,
+    which adds roofs to connections it already generated."""
+    start_s, end_s = int(start.timestamp()), int(end.timestamp())
+    samples = np.arange(start_s, end_s, _SAMPLE_S, dtype=np.int64) + _SAMPLE_S // 2
+    return _pv_kwh(pd.to_datetime(samples, unit="s", utc=True), np.array([kwp]), np.array([ac_kw]), seed)
+
+
 def quarter_hour_series(
     community: Community,
     *,
@@ -143,8 +161,7 @@ def quarter_hour_series(
         if roofs:
             kwp = np.array([d.kwp or 0.0 for d in roofs])
             ac = np.array([d.ac_kw or d.kwp or 0.0 for d in roofs])
-            power = pv_power_kw(sample_times, kwp, seed=seed, ac_kw=ac).reshape(len(samples), -1).sum(axis=1)
-            series["pv"] = _isp_average(power * 1000.0)
+            series["pv"] = _pv_kwh(sample_times, kwp, ac, seed)
         chargers = [d for d in connection.devices if d.role is DeviceRole.EV]
         if chargers:
             sessions: list[tuple[float, float, float, float]] = []

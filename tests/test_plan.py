@@ -182,7 +182,7 @@ def test_priority_weights_must_name_connections() -> None:
             "plan.yaml:5: changes.2026.pv[0].kwp: must be more than 0, got -3",
         ),
         (
-            "name: x\nyears: [2026]\nsweep: {at: hub, capacity_kwh: [10], target_curtailed_pct: 5, year: 2031}\n",
+            "name: x\nyears: [2026]\nsweep: {at: hub, sizes: [10], target_curtailed_pct: 5, year: 2031}\n",
             "sweep.year 2031",
         ),
         ("name: x\nyears: [2026]\nname: y\n", "duplicate key"),
@@ -212,7 +212,7 @@ changes:
 sweep:
   at: hub
   year: 2026
-  capacity_kwh: [0, 50, 100, 200, 400, 800]
+  sizes: [0, 50, 100, 200, 400, 800]
   target_curtailed_pct: 5
 """
 
@@ -289,8 +289,8 @@ def test_energyhub_plan_writes_a_row_per_year_headroom_and_pictures(planned: Pat
 def test_the_sweep_finds_the_smallest_battery_that_meets_the_target(planned: Path) -> None:
     out = planned / "out"
     plan = json.loads((out / "plan.json").read_text())["sweep"]
-    sweep = {float(r["size_kwh"]): float(r["curtailed_pct"]) for r in _rows(out / "sweep.csv")}
-    chosen = plan["smallest_meeting_kwh"]
+    sweep = {float(r["size"]): float(r["curtailed_pct"]) for r in _rows(out / "sweep.csv")}
+    chosen = plan["answer"]
     assert sweep[0.0] > 5, (
         "without a battery the estate must curtail more than the target, or this tests nothing"
     )
@@ -367,3 +367,50 @@ def test_the_oracle_plans_a_short_period_and_curtails_no_more_than_mpc() -> None
     assert results["oracle"]["pv_offered_kwh"] == results["mpc"]["pv_offered_kwh"]
     assert results["oracle"]["curtailed_kwh"] <= results["mpc"]["curtailed_kwh"] + 1e-3
     assert results["oracle"]["violations"] == results["mpc"]["violations"] == 0
+
+
+def test_a_pv_sweep_finds_the_most_pv_a_connection_can_take(tmp_path: Path) -> None:
+    """How much PV fits on c-005 (no roofs yet, no gateway) before curtailment passes 3 %: the answer is the
+    largest size meeting it, and its figure is what a full simulation of that community gives, so the roof's
+    inputs (one kWp's output times the size) are what the simulators would make."""
+    from planning.plan import run_plan
+
+    community = parse_community(dump(estate()))
+    text = (
+        'name: pv sweep\nyears: [2026]\nseed: 3\nstart: "06-20"\ndays: 2\nchanges:\n  2026:\n'
+        '    contracts:\n      - {node: "*", export_kw: capacity}\n'
+        "    batteries:\n      - {id: store, at: hub, power_kw: 200, capacity_kwh: 400}\n"
+        "sweep:\n  kind: pv\n  at: c-005\n  sizes: [0, 25, 50, 100, 200, 400, 800]\n  target_curtailed_pct: 3\n"
+    )
+    scenario, _ = parse_scenario(text)
+    plan = run_plan(community, scenario, sweep_only=True)
+    curtailed = {o.figures["size"]: o.figures["curtailed_pct"] for o in plan.sweep}
+    assert all(o.figures["unit"] == "kWp" for o in plan.sweep)
+    assert plan.chosen is not None
+    assert curtailed[plan.chosen] <= 3
+    assert all(pct > 3 for size, pct in curtailed.items() if size > plan.chosen)
+    assert curtailed[800] > 3, "the largest size must not fit, or this tests nothing"
+    assert plan.chosen > 0
+
+    doc = community_for_year(community, scenario, 2026)[1]
+    chosen = sweep_community(doc, scenario, plan.chosen, "Europe/Amsterdam")
+    c5 = next(c for _l, _m, c in chosen.connections() if c.id == "c-005")
+    assert c5.pv_kwp == plan.chosen
+    start, end = period(scenario, 2026, "Europe/Amsterdam")
+    export_quarter_hours(chosen, start=start, end=end, seed=3, out_dir=tmp_path / "inputs")
+    network = Network.from_community(chosen)
+    inputs = Inputs.from_folder(tmp_path / "inputs", network, start, end)
+    limits = LimitTable.build(chosen, network.node_ids, inputs.isp_starts)
+    result = simulate(network, inputs, limits, Mpc(network), margin=scenario.margin)
+    assert 100 * result.curtailed_kwh / result.pv_available_kwh == pytest.approx(
+        curtailed[plan.chosen], abs=0.01
+    )
+
+
+def test_a_pv_sweep_needs_a_connection() -> None:
+    from planning.plan import run_plan
+
+    text = "name: x\nyears: [2026]\ndays: 1\nsweep:\n  kind: pv\n  at: loop-1\n  sizes: [10]\n  target_curtailed_pct: 3\n"
+    scenario, lines = parse_scenario(text, file="plan.yaml")
+    with pytest.raises(ScenarioError, match=r"plan.yaml:6: sweep.at: 'loop-1' is not a connection"):
+        run_plan(parse_community(dump(estate())), scenario, file="plan.yaml", lines=lines)
