@@ -14,6 +14,7 @@ saves it next to the year's results). Errors name the scenario file, the line an
 from __future__ import annotations
 
 import copy
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -182,6 +183,11 @@ class Scenario(Strict):
         late = [year for year in self.changes if year > self.years[-1]]
         if late:
             raise ValueError(f"changes in {late[0]} come after the last year simulated ({self.years[-1]})")
+        month, day = (int(part) for part in self.start.split("-"))
+        try:
+            date(2001, month, day)  # a year without 29 February: the start must exist in every year
+        except ValueError:
+            raise ValueError(f"start {self.start!r} is not a month-day that every year has") from None
         if self.policy == "oracle" and (self.days is None or self.days > 31):
             raise ValueError(
                 "policy oracle solves the whole period as one linear program: give days of at most 31 "

@@ -176,6 +176,7 @@ def test_priority_weights_must_name_connections() -> None:
         ("name: x\nyears: [2026]\nchanges:\n  2030: {}\n", "come after the last year"),
         ("name: x\nyears: [2026]\npolicy: clever\n", "policy"),
         ("name: x\nyears: [2026]\npolicy: oracle\n", "give days of at most 31"),
+        ('name: x\nyears: [2026]\nstart: "02-29"\n', "not a month-day that every year has"),
         ("name: x\nyears: [2026]\nchanges:\n  2026:\n    growth: {'*': -1.5}\n", "not a yearly fraction"),
         (
             "name: x\nyears: [2026]\nchanges:\n  2026:\n    pv: [{connection: c-001, kwp: -3}]\n",
