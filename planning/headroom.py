@@ -8,8 +8,9 @@ From a year (or any span) of measured quarter hours (``MeterSeries``) and the co
 - the 12-month utilisation, the highest quarter hour against the contracted capacity. The DSO may take back
   capacity that stays under half used; such a node is flagged.
 - annual offtake and feed-in;
-- spare capacity by hour of day: the contracted offtake minus what was taken, in the hour's quieter quarter
-  hours (the 10th percentile), so a night charger or a day producer can count on it.
+- spare capacity by hour of day, in the hour's busier quarter hours (the 10th percentile of what is left): the
+  contracted offtake minus what was taken, which a night charger could use, and the contracted feed-in minus what
+  was fed in, which a day producer could use (through a group agreement or a hub contract).
 
 A loop's figures are those of the sum of its connections with data, against the loop's own limits; how many of
 its connections had data is part of the row, since a loop with missing members is a lower bound.
@@ -45,6 +46,7 @@ class Headroom:
     annual_import_kwh: float
     annual_export_kwh: float
     spare_import_kw_by_hour: list[float]  # 24 values, local hours
+    spare_export_kw_by_hour: list[float]
     quarter_hours: int
     gaps: int
     measured_connections: str = "1/1"  # a loop's connections with data, of all its connections
@@ -73,7 +75,9 @@ class Headroom:
             "measured_connections": self.measured_connections,
         }
         for hour, spare in enumerate(self.spare_import_kw_by_hour):
-            out[f"spare_kw_h{hour:02d}"] = round(spare, 1)
+            out[f"spare_import_kw_h{hour:02d}"] = round(spare, 1)
+        for hour, spare in enumerate(self.spare_export_kw_by_hour):
+            out[f"spare_export_kw_h{hour:02d}"] = round(spare, 1)
         return out
 
 
@@ -95,8 +99,11 @@ def node_headroom(
     monthly_imp = imp_kw.groupby(months).max().dropna()
     monthly_exp = exp_kw.groupby(months).max().dropna()
     peak_imp, peak_exp = imp_kw.max(), exp_kw.max()
-    spare = (import_kw - imp_kw) if import_kw is not None else pd.Series(np.nan, index=index)
-    by_hour = spare.groupby(local.hour).quantile(0.10)
+    nothing = pd.Series(np.nan, index=index)
+    spare_imp = (import_kw - imp_kw) if import_kw is not None else nothing
+    spare_exp = (export_kw - exp_kw) if export_kw is not None else nothing
+    imp_by_hour = spare_imp.groupby(local.hour).quantile(0.10)
+    exp_by_hour = spare_exp.groupby(local.hour).quantile(0.10)
     return Headroom(
         node=node,
         level=level,
@@ -109,7 +116,8 @@ def node_headroom(
         utilisation_export=float(peak_exp / export_kw) if export_kw and not math.isnan(peak_exp) else None,
         annual_import_kwh=float(np.nansum(series.import_kwh)),
         annual_export_kwh=float(np.nansum(series.export_kwh)),
-        spare_import_kw_by_hour=[float(by_hour.get(h, math.nan)) for h in range(24)],
+        spare_import_kw_by_hour=[float(imp_by_hour.get(h, math.nan)) for h in range(24)],
+        spare_export_kw_by_hour=[float(exp_by_hour.get(h, math.nan)) for h in range(24)],
         quarter_hours=len(index),
         gaps=len(series.gaps),
     )

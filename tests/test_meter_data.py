@@ -199,13 +199,16 @@ def test_headroom_of_connections_and_their_loop():
     assert two.under_half_used  # the DSO may take back capacity that stays under half used
     assert two.spare_import_kw_by_hour[3] == pytest.approx(105.0)  # reliably free at night: 125 - 20
     assert two.spare_import_kw_by_hour[14] == pytest.approx(75.0)
+    assert two.spare_export_kw_by_hour[12] == pytest.approx(-5.0)  # no feed-in right, and 5 kW fed in at noon
+    assert two.spare_export_kw_by_hour[3] == pytest.approx(0.0)
     assert two.annual_export_kwh == pytest.approx(5.0 / 4 * 4 * 14)  # 4 quarter hours at noon, 14 days
     loop = report["loop-1"]
     assert loop.level == "loop"
     assert loop.monthly_max_import_kw["2026-06"] == pytest.approx(160.0)  # 100 + 60 at the peak
     assert loop.gaps == 1  # the quarter hour c-001 is missing is missing for the loop, not counted as zero
     assert loop.measured_connections.startswith("2/")
-    assert loop.row()["spare_kw_h03"] == pytest.approx(3750 - 120)
+    assert loop.row()["spare_import_kw_h03"] == pytest.approx(3750 - 120)
+    assert loop.row()["spare_export_kw_h12"] == pytest.approx(loop.contracted_export_kw - 5)
 
 
 def test_simultaneity_splits_pv_into_where_it_is_used():
