@@ -104,6 +104,9 @@ class Observer:
         self.messages: list[tuple[str, Measurement]] = []
         self.states: list[GatewayState] = []
         self.task: asyncio.Task | None = None
+        # Set once the subscriptions stand: an agent started before that would publish its first messages to a
+        # session the broker does not yet keep for us (seen: seq 0 and 1 missing on a fresh machine).
+        self.subscribed = asyncio.Event()
 
     async def run(self) -> None:
         creds = self.accounts.credentials("ehub-ingest")
@@ -120,6 +123,7 @@ class Observer:
                 ) as client:
                     await client.subscribe(self.topics.all_measurements(), qos=1)
                     await client.subscribe(self.topics.all_states(), qos=1)
+                    self.subscribed.set()
                     async for message in client.messages:
                         info = self.topics.parse(str(message.topic))
                         if info.kind == "state":
@@ -143,6 +147,7 @@ async def observing(settings, accounts):
     observer = Observer(settings, accounts)
     task = asyncio.create_task(observer.run())
     try:
+        await asyncio.wait_for(observer.subscribed.wait(), 20)
         yield observer
     finally:
         task.cancel()
