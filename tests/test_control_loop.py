@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
@@ -220,7 +221,14 @@ async def test_control_keeps_the_hub_at_zero_feed_in_and_setpoints_expire_into_f
             window = watch.hub_samples[settled:]
             # The DSO counts the quarter-hour average: on average nothing flows out (a few hundred W of slack for
             # readings that lag the loop by a poll), and single readings over a kW are rare transients.
-            assert sum(window) / len(window) >= -300.0, (window, diagnose(watch, control, tmp_path))
+            if sum(window) / len(window) < -300.0:
+                # pytest.fail shows the whole diagnosis; an assert's message is cut short (a clean-clone run once
+                # saw a steady -36.7 kW here and the cut left nothing to go on).
+                pytest.fail(
+                    f"the hub fed in {sum(window) / len(window):.0f} W on average: {[round(w) for w in window]}\n"
+                    f"{diagnose(watch, control, tmp_path)}\ncontrol cycles {control.cycles}, infeasible "
+                    f"{control.infeasible_cycles}, now {datetime.now(UTC).isoformat()}"
+                )
             assert sum(w < -1_000.0 for w in window) <= len(window) // 10, [round(w) for w in window]
             # PV beyond the estate's own use was curtailed, not left to flow out.
             assert watch.pv_limit_pct < 99.5
