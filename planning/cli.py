@@ -54,14 +54,25 @@ def plan_command(
     )
     with Progress(*columns, transient=True) as bar:
         tasks: dict[str, object] = {}
+        # Without a terminal (a log, CI) the bar is not drawn: say every tenth instead.
+        counted: dict[str, list[int]] = {}  # kind -> [done, total, tenths said]
+        quiet_bar = not bar.console.is_terminal
 
         def totals(work: dict[str, int]) -> None:
             for kind, total in work.items():
                 tasks[kind] = bar.add_task(kind, total=total)
+                counted[kind] = [0, total, 0]
 
         def progress(kind: str, n: int) -> None:
             if kind in tasks:
                 bar.advance(tasks[kind], n)  # type: ignore[arg-type]
+            if quiet_bar and kind in counted:
+                done, total, said = counted[kind]
+                done += n
+                tenths = 10 * done // max(total, 1)
+                if tenths > said:
+                    typer.echo(f"{kind}: {done:,} of {total:,} ({10 * tenths} %)")
+                counted[kind] = [done, total, max(said, tenths)]
 
         try:
             result = run_plan(
