@@ -112,7 +112,9 @@ class LiveState:
                 pv_out[ref.connection] += produced
                 limit = self._value(ref, "power_limit_pct", now)
                 enabled = self._value(ref, "power_limit_enabled", now)
-                fraction = (limit or 100.0) / 100.0 if enabled else 1.0
+                # A limit of 0 % is a limit (the least-harm answer when nothing else keeps the hub's zero feed-in),
+                # not a missing value: read as "unlimited", the inverter's 0 kW once made control lift it to 100 %.
+                fraction = (100.0 if limit is None else limit) / 100.0 if enabled else 1.0
                 if fraction < 0.999 and produced >= 0.98 * fraction * ref.rating_kw:
                     limited.append((ref.connection, produced, ref.rating_kw, fraction))
                 else:

@@ -377,3 +377,32 @@ def test_sessions_with_less_slack_are_worth_more():
     assert urgency[1] == pytest.approx(3.0)
     assert urgency[2] == pytest.approx(1.5)
     assert urgency[3] == pytest.approx(5.0)  # cannot finish any more: the most
+
+
+def test_an_inverter_held_at_zero_percent_still_offers_its_sun():
+    """An inverter at a 0 % limit makes 0 kW because of the limit, not the sun: the snapshot must not read that as
+    0 kW available (control then lifted the limit to 100 % every other cycle and the hub fed in)."""
+    from control.snapshot import LiveState
+    from hub.messages import Measurement, Quality
+
+    community = load_community(REPO / "examples" / "de-koumen-2026.yaml")
+    state = LiveState(community, Network.from_community(community))
+    pv = next(r for r in state.devices if r.role.value == "pv" and r.rating_kw > 0)
+    meter = next(r for r in state.devices if r.role.value == "meter" and r.connection == pv.connection)
+
+    def reading(**values: float) -> Measurement:
+        return Measurement(ts=T0, session=1, seq=0, quality=Quality.GOOD, values=values)
+
+    others = sum(  # the connection's other inverters say nothing: stale, counted at their rating
+        r.rating_kw for r in state.devices if r.role is pv.role and r.connection == pv.connection and r != pv
+    )
+    state.update(meter.gateway, meter.device, reading(power_w=5_000.0))
+    state.update(pv.gateway, pv.device, reading(power_w=0.0, power_limit_pct=0.0, power_limit_enabled=1.0))
+    snap = state.snapshot()
+    assert snap.pv_output_kw[pv.connection] == 0.0
+    # No free inverter to learn the sun from: all of its rating, as the worst case for feed-in.
+    assert snap.pv_available_kw[pv.connection] == pytest.approx(pv.rating_kw + others)
+    assert snap.load_kw[pv.connection] == pytest.approx(5.0)  # the meter's 5 kW and no PV output
+    # A disabled limit at 0 % is no limit: what it makes is what the sun offers.
+    state.update(pv.gateway, pv.device, reading(power_w=-7_000.0, power_limit_pct=0.0, power_limit_enabled=0.0))
+    assert state.snapshot().pv_available_kw[pv.connection] == pytest.approx(7.0 + others)
