@@ -37,6 +37,7 @@ from hub.topics import Topics  # noqa: E402
 
 VALUES = 20
 GATEWAYS = [f"gw-b{i:02d}" for i in range(10)]
+CHUNK = 500  # messages per gateway per batch of publishes
 
 
 def values(seq: int) -> dict[str, float | None]:
@@ -112,11 +113,11 @@ async def throughput(settings: ServiceSettings, accounts_dir: Path, count: int) 
         [
             [
                 (device_topics[g][seq % 50], payloads[g][seq])
-                for seq in range(offset, min(offset + 100, per_gateway))
+                for seq in range(offset, min(offset + CHUNK, per_gateway))
             ]
             for g in range(len(gateways))
         ]
-        for offset in range(0, per_gateway, 100)
+        for offset in range(0, per_gateway, CHUNK)
     ]
     async with InfluxClient(url=settings.influx_url, database=settings.influx_db) as client:
         start = time.perf_counter()

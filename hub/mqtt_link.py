@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import struct
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -180,6 +181,8 @@ class _Protocol(asyncio.Protocol):
                     break
                 self.link._packet(first, bytes(buf[i : i + length]))
                 pos = i + length
+            if self.link._outbox and not self.link.closed.done():
+                self.link._send_window()  # PUBACKs in this chunk may have opened the window
         except (MqttLinkError, IndexError, struct.error, UnicodeDecodeError) as exc:
             self.link._lost(
                 exc if isinstance(exc, MqttLinkError) else MqttLinkError(f"malformed packet: {exc}")
@@ -207,6 +210,8 @@ class MqttLink:
         self._keepalive_s = keepalive_s
         self._next_id = 0
         self._inflight: dict[int, tuple[Batch, int]] = {}
+        # PUBLISH packets not yet written: (batch, index, fixed header, topic, payload), in order.
+        self._outbox: deque[tuple[Batch, int, int, str, bytes]] = deque()
         self._suback: dict[int, asyncio.Future[bytes]] = {}
         self._last_sent = loop.time()
         self._last_heard = loop.time()
@@ -311,21 +316,37 @@ class MqttLink:
     def publish_batch(
         self, messages: Sequence[tuple[str, bytes]], *, qos: int = 1, retain: bool = False
     ) -> Batch:
-        """Send every message in one write; the batch's ``done`` resolves once each has its PUBACK (QoS 1)."""
+        """Send every message, in one write as far as the broker's Receive Maximum allows (the rest go out, in
+        order, as PUBACKs free the window); the batch's ``done`` resolves once each has its PUBACK (QoS 1)."""
+        if self._transport is None or self.closed.done():
+            raise MqttLinkError("not connected to the broker")
         batch = Batch(self._loop, len(messages) if qos else 0)
         first = _PUBLISH | (qos << 1) | (1 if retain else 0)
-        parts = []
-        for index, (topic, payload) in enumerate(messages):
+        self._outbox.extend(
+            (batch, index, first, topic, payload) for index, (topic, payload) in enumerate(messages)
+        )
+        self._send_window()
+        return batch
+
+    def _send_window(self) -> None:
+        """Write queued PUBLISH packets while fewer QoS 1 messages than the broker's Receive Maximum are in flight.
+        Sending more is a protocol error the broker answers by closing the connection."""
+        outbox, parts = self._outbox, []
+        while outbox:
+            batch, index, first, topic, payload = outbox[0]
             topic_bytes = topic.encode()
-            if qos:
+            if first & 0x06:
+                if len(self._inflight) >= self.receive_maximum:
+                    break
                 packet_id = self._packet_id()
                 self._inflight[packet_id] = (batch, index)
                 head = _H.pack(len(topic_bytes)) + topic_bytes + _H.pack(packet_id) + b"\x00"
             else:
                 head = _H.pack(len(topic_bytes)) + topic_bytes + b"\x00"
+            outbox.popleft()
             parts.append(bytes((first,)) + _varint(len(head) + len(payload)) + head + payload)
-        self._write(b"".join(parts))
-        return batch
+        if parts:
+            self._write(b"".join(parts))
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         """Publish one message and wait for its PUBACK; a refusal raises with the broker's reason code."""
@@ -478,6 +499,7 @@ class MqttLink:
         if self._pinger is not None and self._pinger is not asyncio.current_task():
             self._pinger.cancel()
         self._arrival.set()
+        self._outbox.clear()  # never written: their batches end with the link, as the in-flight ones do
         if not self.closed.done():
             if exc is None:
                 self.closed.set_result(None)

@@ -17,10 +17,15 @@ async def test_batch_is_acknowledged_and_arrives_in_order(services, gateway):
     async with mqtt_client(services, "ehub-ingest") as observer:
         await observer.subscribe(topic, qos=1)
         link = await link_as(services, gateway)
+        # More than the broker's Receive Maximum (100, from max_inflight_messages): the link keeps at most that
+        # many in flight and sends the rest as PUBACKs come back; sending them all at once is a protocol error.
+        assert link.receive_maximum == 100
         payloads = [f"message {i} ünïcode".encode() for i in range(300)]
         batch = link.publish_batch([(topic, p) for p in payloads])
+        assert len(link._inflight) == 100
         await asyncio.wait_for(link.wait(batch.done), 10)
         assert batch.refused == []
+        assert not link.closed.done()
         received = [bytes((await next_message(observer)).payload) for _ in payloads]
         assert received == payloads
         await link.disconnect()
