@@ -404,5 +404,7 @@ def test_an_inverter_held_at_zero_percent_still_offers_its_sun():
     assert snap.pv_available_kw[pv.connection] == pytest.approx(pv.rating_kw + others)
     assert snap.load_kw[pv.connection] == pytest.approx(5.0)  # the meter's 5 kW and no PV output
     # A disabled limit at 0 % is no limit: what it makes is what the sun offers.
-    state.update(pv.gateway, pv.device, reading(power_w=-7_000.0, power_limit_pct=0.0, power_limit_enabled=0.0))
+    state.update(
+        pv.gateway, pv.device, reading(power_w=-7_000.0, power_limit_pct=0.0, power_limit_enabled=0.0)
+    )
     assert state.snapshot().pv_available_kw[pv.connection] == pytest.approx(7.0 + others)
