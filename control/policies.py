@@ -113,13 +113,28 @@ class Mpc:
     connections will do is their forecast flow, with feed-in cut at their own limit as the dispatch would cut it.
     Costs: energy over an export limit (it will be curtailed), far more for an import limit, a little for taking
     from the grid at all (so a battery empties into the estate's own use and has room for tomorrow's sun).
+
+    The plan's steps: the first ``fine`` quarter hours one by one, then blocks of ``block`` quarter hours to the
+    horizon's end (96 quarter hours in 36 steps by default). What is decided now needs the near future in detail
+    and tomorrow only as energy; the plan is made again every quarter hour, so a block is looked at in quarter
+    hours by the time it comes. A block keeps the room under a limit of its tightest quarter hour (conservative:
+    a battery is readied for more than the peak, never less) and the grid energy of its average.
     """
 
     name = "mpc"
 
-    def __init__(self, network: Network, horizon: int = 96) -> None:
+    def __init__(self, network: Network, horizon: int = 96, fine: int = 16, block: int = 4) -> None:
+        if not 1 <= fine <= horizon or block < 1:
+            raise ValueError(
+                f"mpc steps: fine {fine} must lie in 1..horizon {horizon}, block {block} at least 1"
+            )
         self.network = network
         self.horizon = horizon
+        rest = horizon - fine
+        self.lengths = np.array(
+            [1] * fine + [block] * (rest // block) + ([rest % block] if rest % block else [])
+        )
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
         self.batteries = network.batteries
         self.hub = next(i for i, level in enumerate(network.levels) if level == "hub")
         rows = set()
@@ -146,7 +161,8 @@ class Mpc:
 
     def _build(self) -> None:
         """The plan's structure, the same every quarter hour: only the right-hand sides change."""
-        net, h = self.network, self.horizon
+        net, h = self.network, len(self.lengths)  # h: the plan's steps
+        dt = ISP_H * self.lengths  # hours per step
         n_b, n_n = len(self.batteries), len(self.nodes)
         per = 3 * n_b + 2 * n_n + 1
         k = np.arange(h)[:, None]
@@ -187,8 +203,8 @@ class Mpc:
         cols += [soc.ravel(), ch.ravel(), dis.ravel(), soc[:-1].ravel()]
         vals += [
             np.ones(h * n_b),
-            np.tile(-eff * ISP_H, h),
-            np.tile(ISP_H / eff, h),
+            (-dt[:, None] * eff[None, :]).ravel(),
+            (dt[:, None] / eff[None, :]).ravel(),
             -np.ones((h - 1) * n_b),
         ]
         self._soc_rows = soc_rows[0]
@@ -198,10 +214,11 @@ class Mpc:
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(r, n_var)
         ).tocsc()
         cost = np.zeros(n_var)
-        cost[ch.ravel()] = cost[dis.ravel()] = 0.01  # no pointless cycling
-        cost[over_exp.ravel()] = 100.0 * ISP_H
-        cost[over_imp.ravel()] = 1e4 * ISP_H
-        cost[grid.ravel()] = 1.0 * ISP_H
+        # Per kW of a step, so in proportion to its length: the costs are of energy.
+        cost[ch.ravel()] = cost[dis.ravel()] = np.repeat(0.01 * self.lengths, n_b)  # no pointless cycling
+        cost[over_exp.ravel()] = np.repeat(100.0 * dt, n_n)
+        cost[over_imp.ravel()] = np.repeat(1e4 * dt, n_n)
+        cost[grid.ravel()] = 1.0 * dt
         upper = np.full(n_var, np.inf)
         power = np.array([b.power_kw for b in self.batteries])
         upper[ch] = power[None, :]
@@ -212,6 +229,16 @@ class Mpc:
         self._lp = LinearProgram(
             cost, matrix, np.full(r, -np.inf), np.full(r, np.inf), np.zeros(n_var), upper
         )
+
+    def _per_step(self, per_quarter_hour: Array, *, tightest: bool = False) -> Array:
+        """Rows x quarter hours of the horizon -> rows x plan steps: a block's average, or with ``tightest`` its
+        least value. A limit's room is the tightest: averaged, a block half in a peak hides half the peak's energy
+        (what is over a limit is convex), and a battery charged for that half is short when the peak comes."""
+        if tightest:
+            least: Array = np.minimum.reduceat(per_quarter_hour, self.starts, axis=1)
+            return least
+        mean: Array = np.add.reduceat(per_quarter_hour, self.starts, axis=1) / self.lengths
+        return mean
 
     def plan(self, step: Step) -> Array:
         if not self.batteries:
@@ -226,16 +253,16 @@ class Mpc:
         exp_c = step.exp_plan[np.ix_(self.connection_nodes, ahead)]
         # Connections without a battery cut their own feed-in at their limit (the dispatch would).
         flow = np.where(self._has_battery[:, None], flow, np.maximum(flow, -exp_c))
-        node_flow = net.incidence[self.nodes] @ flow  # n_n x h
+        node_flow = net.incidence[self.nodes] @ flow  # n_n x quarter hours
         imp = step.imp_plan[np.ix_(self.nodes, ahead)]
         exp = step.exp_plan[np.ix_(self.nodes, ahead)]
         lower = np.full(self._rows, -np.inf)
         upper = np.concatenate(
             [
-                (imp - node_flow).T.ravel(),
-                (exp + node_flow).T.ravel(),
-                -node_flow[self._hub_pos],
-                np.zeros(h * len(self.batteries)),
+                self._per_step(imp - node_flow, tightest=True).T.ravel(),
+                self._per_step(exp + node_flow, tightest=True).T.ravel(),
+                self._per_step(-node_flow[self._hub_pos][None, :])[0],
+                np.zeros(len(self.lengths) * len(self.batteries)),
             ]
         )
         soc_rows = self._soc_rows

@@ -261,6 +261,31 @@ def test_greedy_misses_a_loop_limit_that_mpc_keeps():
     assert mpc.binding["loop0:export"] == T
 
 
+def test_mpc_blocks_beyond_its_fine_steps_still_plan_the_energy_for_a_peak():
+    """The peak lies past the plan's quarter-hour steps, in its hour blocks: the battery must be charged in time, and
+    how much depends on each block's length being counted in the energy (state of charge) rows."""
+    network = small_network(1, batteries=[Battery("c0/bat", 0, 100.0, 200.0)])
+    day = 96
+    hours = np.arange(2 * day) % day / 4
+    load = np.where((hours >= 8) & (hours < 10), 80.0, 30.0)[None, :]
+    pv = np.zeros((1, 2 * day))
+    # The hub takes 50 kW (49 with the margin): the peak is 31 kW over it for two hours.
+    imp = np.array([50.0, 1e3, 1e3])
+    exp = np.array([0.0, 1e3, 1e3])
+    limits = table(network, 2 * day, imp, exp)
+    inputs = Inputs([T0 + timedelta(minutes=15 * t) for t in range(2 * day)], load, pv, [])
+    mpc = Mpc(network, fine=16, block=4)
+    assert mpc.lengths.tolist() == [1] * 16 + [4] * 20  # 96 quarter hours in 36 steps
+    result = simulate(network, inputs, limits, mpc, soc_start=0.0)
+    # The first day it cannot know (its forecast is "as now"); the second it plans on the first: charged 62 kWh
+    # and more over the morning, at most the 19 kW left under the limit, from 8 hours ahead.
+    second = result.node_kw[0, day:]
+    assert second.max() <= 49.0 + 1e-6, f"over the hub's limit on day 2: {second.max():.1f} kW"
+    assert result.node_kw[0, :day].max() > 49.0 + 1  # the first day's peak did go over: the test can fail
+    with pytest.raises(ValueError, match=r"fine 0 must lie in 1\.\.horizon 96"):
+        Mpc(network, fine=0)
+
+
 # -- inputs and the command -------------------------------------------------------------------------------------
 
 
