@@ -36,6 +36,7 @@ orientation) and then answers ``power_kw(t)`` with one index and one linear inte
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -272,9 +273,26 @@ def _air_temperature(ns: npt.NDArray[np.int64], month_pos: FloatArray, kc: Float
     return np.asarray(seasonal + swing * np.cos(2.0 * np.pi * (hour - 14.0) / 24.0), dtype=np.float64)
 
 
+# The last sky computed, by seed and times: an export or a plan asks for the same year's sky once per connection
+# with PV (60 times for the reference estate), and the sun's position alone was two thirds of generating a year.
+_LAST_SKY: tuple[tuple[int, int, bytes], _SkyAndSun] | None = None
+
+
 def _sky_and_sun(idx: pd.DatetimeIndex, seed: int) -> _SkyAndSun:
-    lat, lon = SITE
+    global _LAST_SKY
     ns = _epoch_ns(idx)
+    key = (seed, len(ns), hashlib.blake2b(ns.tobytes(), digest_size=16).digest())
+    if _LAST_SKY is not None and _LAST_SKY[0] == key:
+        return _LAST_SKY[1]
+    sky = _compute_sky_and_sun(idx, ns, seed)
+    for array in vars(sky).values():
+        array.setflags(write=False)  # shared by every later caller with the same times: never changed in place
+    _LAST_SKY = (key, sky)
+    return sky
+
+
+def _compute_sky_and_sun(idx: pd.DatetimeIndex, ns: npt.NDArray[np.int64], seed: int) -> _SkyAndSun:
+    lat, lon = SITE
     pressure = float(pvlib.atmosphere.alt2pres(ALTITUDE_M))
     with warnings.catch_warnings():  # pvlib 0.16 still calls DatetimeIndex.dayofyear, deprecated in pandas 3
         warnings.filterwarnings("ignore", message=".*dayofyear is deprecated")

@@ -238,3 +238,21 @@ def test_bad_input_is_refused() -> None:
     with pytest.raises(ValueError, match="tilt"):
         pv_power_kw(times, 1.0, seed=1, tilt=120.0)
     assert pv_power_kw(times[:0], 1.0, seed=1).shape == (0,)
+
+
+def test_the_sky_kept_for_the_next_roof_is_only_reused_for_the_same_times_and_seed():
+    """A plan asks for one year's sky once per roof; the sky kept from the last call must never answer another
+    seed or another period."""
+    from simulators import solar
+
+    times = pd.date_range("2026-06-01", periods=3 * 96, freq="15min", tz="UTC")
+    first = pv_power_kw(times, 100.0, seed=1)
+    solar._LAST_SKY = None
+    assert np.array_equal(pv_power_kw(times, 100.0, seed=1), first)  # computed afresh: the same
+    assert np.array_equal(pv_power_kw(times, 100.0, seed=1), first)  # kept: the same
+    assert not np.array_equal(pv_power_kw(times, 100.0, seed=2), first)  # other weather
+    later = times + pd.Timedelta(days=1)
+    solar._LAST_SKY = None
+    fresh = pv_power_kw(later, 100.0, seed=1)
+    pv_power_kw(times, 100.0, seed=1)
+    assert np.array_equal(pv_power_kw(later, 100.0, seed=1), fresh)  # another period: its own sky
