@@ -286,7 +286,9 @@ def _sky_and_sun(idx: pd.DatetimeIndex, seed: int) -> _SkyAndSun:
         return _LAST_SKY[1]
     sky = _compute_sky_and_sun(idx, ns, seed)
     for array in vars(sky).values():
-        array.setflags(write=False)  # shared by every later caller with the same times: never changed in place
+        array.setflags(
+            write=False
+        )  # shared by every later caller with the same times: never changed in place
     _LAST_SKY = (key, sky)
     return sky
 
