@@ -307,10 +307,13 @@ class MqttLink:
                 return self._next_id
         raise MqttLinkError("no free packet identifier: 65535 messages in flight")
 
-    def _write(self, data: bytes) -> None:
+    def _open_transport(self) -> asyncio.Transport:
         if self._transport is None or self.closed.done():
             raise MqttLinkError("not connected to the broker")
-        self._transport.write(data)
+        return self._transport
+
+    def _write(self, data: bytes) -> None:
+        self._open_transport().write(data)
         self._last_sent = self._loop.time()
 
     def publish_batch(
@@ -318,8 +321,7 @@ class MqttLink:
     ) -> Batch:
         """Send every message, in one write as far as the broker's Receive Maximum allows (the rest go out, in
         order, as PUBACKs free the window); the batch's ``done`` resolves once each has its PUBACK (QoS 1)."""
-        if self._transport is None or self.closed.done():
-            raise MqttLinkError("not connected to the broker")
+        self._open_transport()  # before queuing: a full window would not write, so would not find the link gone
         batch = Batch(self._loop, len(messages) if qos else 0)
         first = _PUBLISH | (qos << 1) | (1 if retain else 0)
         self._outbox.extend(
@@ -335,7 +337,7 @@ class MqttLink:
         while outbox:
             batch, index, first, topic, payload = outbox[0]
             topic_bytes = topic.encode()
-            if first & 0x06:
+            if (first >> 1) & 0x03:  # QoS 1: counts against the window
                 if len(self._inflight) >= self.receive_maximum:
                     break
                 packet_id = self._packet_id()

@@ -285,10 +285,9 @@ def _sky_and_sun(idx: pd.DatetimeIndex, seed: int) -> _SkyAndSun:
     if _LAST_SKY is not None and _LAST_SKY[0] == key:
         return _LAST_SKY[1]
     sky = _compute_sky_and_sun(idx, ns, seed)
+    # Shared by every later caller with the same times: never changed in place.
     for array in vars(sky).values():
-        array.setflags(
-            write=False
-        )  # shared by every later caller with the same times: never changed in place
+        array.setflags(write=False)
     _LAST_SKY = (key, sky)
     return sky
 

@@ -22,7 +22,7 @@ from control.oracle import oracle
 from control.policies import Greedy, Mpc
 from control.simulate import simulate
 from hub.community import load_community
-from hub.topology import Level
+from hub.topology import DeviceRole, Level
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
@@ -412,14 +412,16 @@ def test_an_inverter_held_at_zero_percent_still_offers_its_sun():
 
     community = load_community(REPO / "examples" / "de-koumen-2026.yaml")
     state = LiveState(community, Network.from_community(community))
-    pv = next(r for r in state.devices if r.role.value == "pv" and r.rating_kw > 0)
-    meter = next(r for r in state.devices if r.role.value == "meter" and r.connection == pv.connection)
+    pv = next(r for r in state.devices if r.role is DeviceRole.PV and r.rating_kw > 0)
+    meter = next(r for r in state.devices if r.role is DeviceRole.METER and r.connection == pv.connection)
 
     def reading(**values: float) -> Measurement:
         return Measurement(ts=T0, session=1, seq=0, quality=Quality.GOOD, values=values)
 
     others = sum(  # the connection's other inverters say nothing: stale, counted at their rating
-        r.rating_kw for r in state.devices if r.role is pv.role and r.connection == pv.connection and r != pv
+        r.rating_kw
+        for r in state.devices
+        if r.role is DeviceRole.PV and r.connection == pv.connection and r != pv
     )
     state.update(meter.gateway, meter.device, reading(power_w=5_000.0))
     state.update(pv.gateway, pv.device, reading(power_w=0.0, power_limit_pct=0.0, power_limit_enabled=1.0))
