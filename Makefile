@@ -9,10 +9,17 @@ STAMP := $(VENV)/.energyhub-installed
 STATE_DIR ?= var
 PYTEST_ARGS ?=
 
-.PHONY: demo test setup system-deps lint format clean
+HIL_COMMUNITY ?= examples/de-koumen-2026.yaml
+HIL_SPEED ?= 60
+
+.PHONY: demo hil test setup system-deps lint format clean
 
 demo: setup
 	$(BIN)/energyhub demo --state-dir $(STATE_DIR)
+
+# The whole estate in the loop: every company of the community file, each gateway's agent, one data clock.
+hil: setup
+	$(BIN)/energyhub demo --all --community $(HIL_COMMUNITY) --speed $(HIL_SPEED) --state-dir $(STATE_DIR)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -9,7 +9,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -137,6 +137,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     async def flows() -> list[dict[str, Any]]:
         return live.flows()
 
+    @app.get(
+        "/api/clock",
+        summary="The time the figures are of: real time, or a simulation's data clock (start, speed) and its now",
+    )
+    async def clock() -> dict[str, Any]:
+        return live.clock_now()
+
     @app.get("/api/gateways", summary="Each gateway's latest state and health")
     async def gateways() -> list[dict[str, Any]]:
         return [{"gateway": g, **json.loads(s.model_dump_json())} for g, s in sorted(live.states.items())]
@@ -201,13 +208,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         if (body.gateway, body.device) not in devices:
             raise HTTPException(404, f"no device {body.device!r} behind gateway {body.gateway!r}")
-        now = datetime.now(UTC)
+        now = live.clock.now()
         setpoint = Setpoint(
             id=f"manual-{uuid.uuid4().hex[:12]}",
             name=body.name,
             value=body.value,
             created=now,
-            expires=now + timedelta(seconds=body.ttl_s),
+            expires=now + timedelta(seconds=live.clock.data_s(body.ttl_s)),  # ttl_s real seconds
             reason=body.reason,
         )
         username, password = settings.mqtt_login()
@@ -233,11 +240,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     )
     async def stream() -> EventSourceResponse:
         async def events() -> AsyncIterator[dict[str, str]]:
+            yield {"event": "clock", "data": json.dumps(live.clock_now())}
             yield {"event": "flows", "data": json.dumps(live.flows())}
             while True:
                 live.changed.clear()
                 await live.changed.wait()
                 await asyncio.sleep(settings.push_interval_s)  # coalesce a burst of readings into one update
+                yield {"event": "clock", "data": json.dumps(live.clock_now())}
                 yield {"event": "flows", "data": json.dumps(live.flows())}
 
         return EventSourceResponse(events())

@@ -29,7 +29,7 @@ def api_command(
     import uvicorn
 
     from api.app import create_app, load_api_settings
-    from hub.service_cli import build_or_exit, configure_logging
+    from hub.service_cli import build_or_exit, configure_logging, exit_if_port_taken
 
     configure_logging(verbose, quiet=("httpx",))
     settings = build_or_exit(
@@ -46,5 +46,6 @@ def api_command(
             state_dir=state_dir,
         )
     )
+    exit_if_port_taken(settings.host, settings.port, "API")
     app = build_or_exit(lambda: create_app(settings))
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info" if verbose else "warning")

@@ -12,13 +12,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
 import numpy as np
 
 from control.network import Network
+from hub.clock import Clock, clock_from_env
 from hub.limits import LimitBook
 from hub.messages import GatewayState, Measurement, MessageError, decode
 from hub.topics import TopicError, TopicKind, Topics
@@ -39,6 +39,7 @@ class LiveView:
     states: dict[str, GatewayState] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     received: int = 0
+    clock: Clock = field(default_factory=clock_from_env)  # the limits in force are the data clock's
 
     def __post_init__(self) -> None:
         self.network = Network.from_community(self.community)
@@ -63,9 +64,18 @@ class LiveView:
         self.received += 1
         self.changed.set()
 
+    def clock_now(self) -> dict[str, Any]:
+        """Which time the figures are of: the data clock now, and whether it is a simulation's."""
+        return {
+            "now": self.clock.now().isoformat(),
+            "simulated": self.clock.is_simulated,
+            "speed": self.clock.speed,
+            "clock": self.clock.describe(),
+        }
+
     def flows(self) -> list[dict[str, Any]]:
         """Every node: flow (kW, + taken), its limits now, and the headroom left to the nearer limit (0..1)."""
-        now, mono = datetime.now(UTC), time.monotonic()
+        now, mono = self.clock.now(), time.monotonic()
         n_c = len(self.network.connection_ids)
         connection_kw = np.zeros(n_c)
         known = np.zeros(n_c, bool)

@@ -17,8 +17,9 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import aiomqtt
 import numpy as np
@@ -31,6 +32,7 @@ from control.network import Network
 from control.policies import Greedy, Mpc, Policy, Step
 from control.simulate import ShareKeyError, share_key
 from control.snapshot import LiveState, Snapshot
+from hub.clock import Clock, clock_from_env
 from hub.community import load_community
 from hub.day_ahead import DayAheadStore, with_profiles
 from hub.influx import InfluxClient, InfluxError
@@ -49,7 +51,8 @@ Array = npt.NDArray[np.float64]
 ISP_S = 900.0
 ISP_H = 0.25
 HISTORY = 672 + 96  # a week and a day of quarter-hour averages: what the MPC's forecasts look back on
-DAY_AHEAD_CHECK_S = 5.0  # how often the uploaded day-ahead folder is looked at
+DAY_AHEAD_CHECK_S = 5.0
+SEND_THRESHOLD_KW = 0.1  # a changed setpoint goes out at once when it moves this much power  # how often the uploaded day-ahead folder is looked at
 
 
 class ControlSettings(ConnectedSettings):
@@ -62,6 +65,12 @@ class ControlSettings(ConnectedSettings):
     cycle_s: float = Field(1.0, gt=0, le=60)
     margin: float = Field(
         0.02, ge=0, lt=1, description="Safety margin below each contract limit, a fraction."
+    )
+    margin_kw: float = Field(
+        1.0,
+        ge=0,
+        description="The smallest reserve below each limit, in kW: a zero feed-in limit needs one too (then as an "
+        "import of at most half the node's own load).",
     )
     share_key: str = Field("kwp", pattern="^(kwp|contracted|priority)$")
     priority: dict[str, float] = Field(
@@ -84,6 +93,15 @@ def load_control_settings(file: Path | None = None, **flags: object) -> ControlS
     return load_layered(ControlSettings, file, **flags)
 
 
+class SetpointOut(NamedTuple):
+    gateway: str
+    device: str
+    name: str
+    value: float
+    unit_kw: float  # the kW that one unit of the value moves
+    why: str
+
+
 @dataclass
 class _Sent:
     value: float
@@ -91,8 +109,10 @@ class _Sent:
 
 
 class OnlineController:
-    def __init__(self, settings: ControlSettings) -> None:
+    def __init__(self, settings: ControlSettings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        # Quarter hours, contract windows and timestamps on the data clock; the cycle and TTLs in real time.
+        self.clock = clock or clock_from_env()
         self.community = load_community(settings.community)
         self.network = Network.from_community(self.community)
         self.topics = Topics(site=settings.site or self.community.community.id, root=settings.topic_root)
@@ -114,6 +134,10 @@ class OnlineController:
         self.pv_history = np.zeros((n_c, HISTORY))
         self._isp: datetime | None = None
         self._isp_energy_kwh = np.zeros(n_n)
+        self.contract_kw: tuple[Array, Array] = (np.full(n_n, np.inf), np.full(n_n, np.inf))
+        self._isp_power_kwh = np.zeros(n_c)  # per connection: the meter's power integrated, where no counter
+        self.metered_connections = 0
+        self.node_metered = np.zeros(n_n, dtype=bool)
         self._isp_load_kwh = np.zeros(n_c)
         self._isp_pv_kwh = np.zeros(n_c)
         self._last_cycle: float | None = None
@@ -151,14 +175,22 @@ class OnlineController:
         log.info("day-ahead profiles: %d uploaded for %s", used, ", ".join(sorted(uploads)) or "no node")
         return True
 
-    def _limits_now(self, now: datetime) -> tuple[Array, Array, Array, Array]:
+    def _limits_now(self, now: datetime, load_kw: Array | None = None) -> tuple[Array, Array, Array, Array]:
         """Contract limits with the margin, turned into the average allowed for the rest of the quarter hour."""
         if time.monotonic() - self._day_ahead_checked > DAY_AHEAD_CHECK_S:
             self.refresh_day_ahead()
-        m = self.settings.margin
+        m, floor = self.settings.margin, self.settings.margin_kw
         found = [self.book.limit_at(n, now) for n in self.network.node_ids]
-        imp = np.array([f.import_w / 1000 for f in found]) * (1 - m)
-        exp = np.array([f.export_w / 1000 for f in found]) * (1 - m)
+        imp = np.array([f.import_w / 1000 for f in found])
+        exp = np.array([f.export_w / 1000 for f in found])
+        self.contract_kw = (imp, exp)  # as agreed, for the record; control aims inside them
+        imp = np.maximum(np.minimum(imp * (1 - m), imp - floor), 0.0)
+        # A zero feed-in limit needs its reserve too: aimed at exactly 0, the flow between two cycles lands below
+        # it as often as above, and the quarter hour ends a few hundred watts fed in. So such a node aims at a
+        # small import, but only as much as half its own load: with all its PV curtailed it can do no more, and a
+        # PV roof without load must not be told to import.
+        reach = self.network.flows(load_kw) if load_kw is not None else np.zeros(len(exp))
+        exp = np.maximum(np.minimum(exp * (1 - m), exp - floor), np.minimum(exp * (1 - m), -0.5 * reach))
         physical = np.array([f.physical_w / 1000 for f in found])
         start = isp_start(now)
         left_h = max((start + timedelta(seconds=ISP_S) - now).total_seconds(), 1.0) / 3600
@@ -172,24 +204,40 @@ class OnlineController:
         return imp_rest, exp_rest, imp, exp
 
     def _account(self, now: datetime, snap: Snapshot) -> None:
-        """Integrate the measured node flows over the time since the last cycle; roll the quarter hour."""
+        """This quarter hour's energy per node so far, as the grid meters count it (their energy registers,
+        ``isp_energy.py``); where a meter's counter is not known for this quarter hour, the meter's power integrated
+        over the data clock since the last cycle. Rolls the quarter hour."""
         start = isp_start(now)
         if self._isp is not None and start != self._isp:
             self.load_history = np.roll(self.load_history, -1, axis=1)
             self.pv_history = np.roll(self.pv_history, -1, axis=1)
             self.load_history[:, -1] = self._isp_load_kwh / ISP_H
             self.pv_history[:, -1] = self._isp_pv_kwh / ISP_H
-            self._isp_energy_kwh[:] = 0
+            self._isp_power_kwh[:] = 0
             self._isp_load_kwh[:] = 0
             self._isp_pv_kwh[:] = 0
         self._isp = start
-        mono = time.monotonic()
+        t = now.timestamp()
         if self._last_cycle is not None:
-            hours = min(mono - self._last_cycle, 10.0) / 3600
-            self._isp_energy_kwh += self.network.flows(snap.grid_kw) * hours
+            # Only the part in this quarter hour, and at most 10 real seconds' worth: after a pause, an old
+            # reading must not fill a whole quarter hour.
+            since = t - max(self._last_cycle, start.timestamp())
+            hours = min(max(since, 0.0), self.clock.data_s(10.0)) / 3600
+            self._isp_power_kwh += snap.grid_kw * hours
             self._isp_load_kwh += snap.load_kw * hours
             self._isp_pv_kwh += snap.pv_available_kw * hours
-        self._last_cycle = mono
+        self._last_cycle = t
+        metered = [
+            self.state.energy.so_far_kwh(c, t, float(snap.grid_kw[c])) for c in range(len(snap.grid_kw))
+        ]
+        self.metered_connections = sum(m is not None for m in metered)
+        unmetered = np.array([m is None for m in metered], dtype=float)
+        # A node is counted from the registers when all its connections are (else partly by integrated power).
+        self.node_metered = (self.network.incidence @ unmetered) == 0
+        connection_kwh = np.array(
+            [m if m is not None else float(self._isp_power_kwh[c]) for c, m in enumerate(metered)]
+        )
+        self._isp_energy_kwh = self.network.flows(connection_kwh)
 
     # -- one cycle ----------------------------------------------------------------------------------------------
     def decide(self, now: datetime) -> tuple[DispatchResult, Snapshot, Array, Array]:
@@ -204,7 +252,7 @@ class OnlineController:
             alpha = self.settings.cycle_s / (self.settings.cycle_s + self.settings.load_smoothing_s)
             self._load_estimate += alpha * (snap.load_kw - self._load_estimate)
         snap.load_kw = self._load_estimate.copy()
-        imp_rest, exp_rest, imp, exp = self._limits_now(now)
+        imp_rest, exp_rest, imp, exp = self._limits_now(now, snap.load_kw)
         net = self.network
         chargers = net.chargers
         plugged = np.flatnonzero(snap.charger_connected)
@@ -219,7 +267,7 @@ class OnlineController:
             exp_kw=exp_rest,
             incidence=net.incidence,
             session_connection=np.array([chargers[c].connection for c in plugged], dtype=np.int64),
-            session_max_kwh=np.array([chargers[c].power_kw * ISP_H for c in plugged]),
+            session_max_kwh=np.array([snap.charger_max_kw[c] * ISP_H for c in plugged]),
             session_urgency=np.ones(len(plugged)),
             battery_connection=np.array([b.connection for b in batteries], dtype=np.int64),
             battery_charge_max_kw=np.minimum(power, (capacity - snap.battery_soc_kwh) / (eff * ISP_H)),
@@ -243,8 +291,8 @@ class OnlineController:
         )
         return self.policy.decide(step), snap, imp, exp
 
-    def setpoints(self, decision: DispatchResult, snap: Snapshot) -> list[tuple[str, str, str, float, str]]:
-        """(gateway, device, name, value, why) for every device the decision steers."""
+    def setpoints(self, decision: DispatchResult, snap: Snapshot) -> list[SetpointOut]:
+        """Every setpoint the decision steers, with the kW one unit of it moves (for the send threshold)."""
         out = []
         net = self.network
         binding = ", ".join(f"{net.node_ids[n]} {d}" for n, d in decision.binding) or "no limit binding"
@@ -253,12 +301,19 @@ class OnlineController:
             if ref.role is DeviceRole.PV and ref.rating_kw > 0:
                 available = snap.pv_available_kw[c]
                 share = decision.pv_used_kw[c] / available if available > 1e-9 else 1.0
+                rating = self._pv_rating(c)
+                # Down to the inverter's 0.1 % step, never up: rounded up, every inverter of a node let a little
+                # more out than planned, and at a zero limit the quarter hour ended fed in.
                 pct = (
                     100.0
                     if share >= 0.999
-                    else max(0.0, min(100.0, 100 * share * available / self._pv_rating(c)))
+                    else math.floor(max(0.0, min(1.0, share * available / rating)) * 1000) / 10
                 )
-                out.append((ref.gateway, ref.device, "active_power_limit_pct", round(pct, 1), binding))
+                out.append(
+                    SetpointOut(
+                        ref.gateway, ref.device, "active_power_limit_pct", pct, ref.rating_kw / 100, binding
+                    )
+                )
             elif ref.role is DeviceRole.BATTERY:
                 b = self.state.battery_index.get(f"{net.connection_ids[c]}/{ref.device}")
                 if b is None:
@@ -266,7 +321,9 @@ class OnlineController:
                 kw = decision.battery_kw[b]
                 rate = round(100 * abs(kw) / net.batteries[b].power_kw, 1)
                 name = "charge_rate_pct" if kw >= 0 else "discharge_rate_pct"
-                out.append((ref.gateway, ref.device, name, rate, binding))
+                out.append(
+                    SetpointOut(ref.gateway, ref.device, name, rate, net.batteries[b].power_kw / 100, binding)
+                )
             elif ref.role is DeviceRole.EV:
                 i = self.state.charger_index.get(f"{net.connection_ids[c]}/{ref.device}")
                 if i is None or not snap.charger_connected[i]:
@@ -274,7 +331,11 @@ class OnlineController:
                 plugged = [int(p) for p in np.flatnonzero(snap.charger_connected)]
                 kw = decision.session_kwh[plugged.index(i)] / ISP_H
                 amps = kw * 1000 / (3**0.5 * 400)  # three phases at 400 V
-                out.append((ref.gateway, ref.device, "max_current_a", round(max(amps, 6.0), 1), binding))
+                out.append(
+                    SetpointOut(
+                        ref.gateway, ref.device, "max_current_a", round(max(amps, 6.0), 1), 0.69, binding
+                    )
+                )
         return out
 
     def _pv_rating(self, connection: int) -> float:
@@ -293,21 +354,23 @@ class OnlineController:
                 log.debug("ignoring %s: %s", message.topic, exc)  # the ingest dead-letters these
 
     async def _publish(self, client: aiomqtt.Client, decision: DispatchResult, snap: Snapshot) -> int:
-        now, mono = datetime.now(UTC), time.monotonic()
+        now, mono = self.clock.now(), time.monotonic()
         ttl = self.settings.setpoint_ttl_s
         sent = 0
-        for gateway, device, name, value, why in self.setpoints(decision, snap):
+        for gateway, device, name, value, unit_kw, why in self.setpoints(decision, snap):
             key = (gateway, device, name)
             last = self._sent.get(key)
-            # Unchanged setpoints are sent again well before they expire, changed ones at once.
-            if last is not None and abs(last.value - value) < 0.5 and mono - last.at < ttl / 3:
+            # Unchanged setpoints are sent again well before they expire, changed ones at once: changed by what
+            # moves SEND_THRESHOLD_KW (a fixed 0.5 % step once let 2 kW of four inverters' PV out at a zero limit).
+            unchanged = last is not None and abs(last.value - value) * unit_kw < SEND_THRESHOLD_KW
+            if last is not None and unchanged and mono - last.at < ttl / 3:
                 continue
             setpoint = Setpoint(
                 id=uuid.uuid4().hex[:16],
                 name=name,
                 value=value,
                 created=now,
-                expires=now + timedelta(seconds=ttl),
+                expires=now + timedelta(seconds=self.clock.data_s(ttl)),  # lasts ttl real seconds
                 reason=why[:200],
             )
             await client.publish(self.topics.setpoint(gateway, device), encode(setpoint), qos=1)
@@ -321,15 +384,24 @@ class OnlineController:
         ts = int(now.timestamp() * 1e9)
         net = self.network
         site = self.topics.site
+        # The flow is what the grid meters say (their sum under each node), as a dashboard next to the meters
+        # must show; what the decision expects after its setpoints is kept apart as planned_kw.
+        measured = net.flows(self.last_snapshot.grid_kw) if self.last_snapshot else decision.node_kw
+        limit_imp, limit_exp = self.contract_kw
         lines = [
             encode_point(
                 "control_node",
                 {"site": site, "node": node, "level": str(net.levels[n])},
                 {
-                    "flow_kw": float(decision.node_kw[n]),
-                    **({"limit_import_kw": float(imp[n])} if np.isfinite(imp[n]) else {}),
-                    **({"limit_export_kw": float(exp[n])} if np.isfinite(exp[n]) else {}),
+                    "flow_kw": float(measured[n]),
+                    "planned_kw": float(decision.node_kw[n]),
+                    **({"limit_import_kw": float(limit_imp[n])} if np.isfinite(limit_imp[n]) else {}),
+                    **({"limit_export_kw": float(limit_exp[n])} if np.isfinite(limit_exp[n]) else {}),
+                    # What control aims at: the limits less the margin (a zero feed-in aims at a small import).
+                    **({"aim_import_kw": float(imp[n])} if np.isfinite(imp[n]) else {}),
+                    **({"aim_export_kw": float(exp[n])} if np.isfinite(exp[n]) else {}),
                     "isp_energy_kwh": float(self._isp_energy_kwh[n]),
+                    "metered": int(self.node_metered[n]),  # 1: counted from the meters' energy registers
                 },
                 ts,
             )
@@ -354,6 +426,7 @@ class OnlineController:
                     "curtailed_kw": curtailed,
                     "binding": binding or "none",
                     "stale_devices": len(self.last_snapshot.stale) if self.last_snapshot else 0,
+                    "metered_connections": self.metered_connections,
                 },
                 ts,
             )
@@ -366,7 +439,7 @@ class OnlineController:
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         username, password = s.mqtt_login()
-        will = ControllerHeartbeat(alive=False, ts=datetime.now(UTC), cycle=0, period_s=s.cycle_s)
+        will = ControllerHeartbeat(alive=False, ts=self.clock.now(), cycle=0, period_s=s.cycle_s)
         while not stop.is_set():
             try:
                 async with aiomqtt.Client(
@@ -387,7 +460,7 @@ class OnlineController:
                         # A clean stop: say so at once, rather than let the gateways wait for the timeout.
                         gone = ControllerHeartbeat(
                             alive=False,
-                            ts=datetime.now(UTC),
+                            ts=self.clock.now(),
                             cycle=self.cycles,
                             period_s=s.cycle_s,
                             policy=self.policy.name,
@@ -404,7 +477,7 @@ class OnlineController:
         next_at = time.monotonic()
         while not stop.is_set():
             started = time.perf_counter()
-            now = datetime.now(UTC)
+            now = self.clock.now()
             decision, snap, imp, exp = self.decide(now)
             self.last, self.last_snapshot = decision, snap
             if decision.infeasible:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from control.isp_energy import IspEnergy
 from control.network import Network
 from hub.messages import Measurement, Quality
 from hub.topology import Community, DeviceRole
@@ -22,6 +23,7 @@ from hub.topology import Community, DeviceRole
 __all__ = ["DeviceRef", "LiveState", "Snapshot"]
 
 Array = npt.NDArray[np.float64]
+VEHICLE_SLACK_KW = 1.0  # a vehicle drawing this much less than offered is taking what it can
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,7 @@ class Snapshot:
     battery_kw: Array  # per battery, + charging
     charger_kw: Array  # per charger
     charger_connected: npt.NDArray[np.bool_]
+    charger_max_kw: Array  # per charger: what its vehicle takes at most (its rating, or less as measured)
     battery_soc_kwh: Array
     grid_kw: Array  # per connection, as the meter says (worst case where it says nothing)
     stale: list[str] = field(default_factory=list)
@@ -69,9 +72,20 @@ class LiveState:
             )
         self.battery_index = {b.id: i for i, b in enumerate(self.network.batteries)}
         self.charger_index = {c.id: i for i, c in enumerate(self.network.chargers)}
+        self.grid_meters = {
+            (r.gateway, r.device): r.connection for r in self.devices if r.role is DeviceRole.METER
+        }
+        self.energy = IspEnergy()  # the quarter hour's energy per connection, from the meters' own counters
+        self.vehicle_kw: dict[int, float] = {}  # per charger: the most its present vehicle was seen to take
 
     def update(self, gateway: str, device: str, message: Measurement) -> None:
         self.latest[(gateway, device)] = (time.monotonic(), message)
+        connection = self.grid_meters.get((gateway, device))
+        if connection is not None and message.quality is not Quality.BAD:
+            imported = message.values.get("energy_import_wh")
+            exported = message.values.get("energy_export_wh")
+            if imported is not None and exported is not None:
+                self.energy.count(connection, message.ts.timestamp(), imported, exported)
 
     def _value(self, ref: DeviceRef, name: str, now: float) -> float | None:
         found = self.latest.get((ref.gateway, ref.device))
@@ -91,6 +105,7 @@ class LiveState:
         soc = np.array([b.capacity_kwh / 2 for b in net.batteries])
         charger = np.zeros(len(net.chargers))
         connected = np.zeros(len(net.chargers), bool)
+        charger_max = np.array([c.power_kw for c in net.chargers], dtype=float)
         stale: list[str] = []
         limited: list[tuple[int, float, float, float]] = []  # (connection, output, rating, limit fraction)
         free_yield: list[float] = []
@@ -136,6 +151,8 @@ class LiveState:
                 if c is not None and value is not None:
                     charger[c] = value / 1000.0
                     connected[c] = state is not None and 1 <= state <= 6  # B1 to D2: a vehicle is plugged in
+                    offered = self._value(ref, "applied_current_a", now)
+                    charger_max[c] = self._vehicle_max(c, charger[c], offered, state, charger_max[c])
         # A limited inverter hides what the sun offers: take the best yield per kW of the free ones, at least
         # what it gives now and at most its rating.
         best = max(free_yield, default=1.0)
@@ -147,7 +164,31 @@ class LiveState:
         )
         grid_known = np.where(np.isnan(grid), -pv_out + flex, grid)
         load = np.maximum(grid_known + pv_out - flex, 0.0)
-        return Snapshot(load, pv_avail, pv_out, battery, charger, connected, soc, grid_known, stale)
+        return Snapshot(
+            load, pv_avail, pv_out, battery, charger, connected, charger_max, soc, grid_known, stale
+        )
+
+    def _vehicle_max(
+        self, charger: int, taking_kw: float, offered_a: float | None, state: float | None, rating_kw: float
+    ) -> float:
+        """What the plugged-in vehicle takes at most. A car's on-board charger (11 kW behind a 22 kW point), a
+        battery near full or a paused vehicle takes less than it is offered; counted at the charger's rating,
+        the power it does not take would be planned as absorbed, and PV would flow out instead. Learned per
+        vehicle: forgotten when it leaves, raised when it takes more."""
+        if state is None or not 1 <= state <= 6:
+            self.vehicle_kw.pop(charger, None)  # no vehicle (A) or a fault (E, F)
+            return rating_kw
+        known = self.vehicle_kw.get(charger)
+        if known is not None and taking_kw > known + VEHICLE_SLACK_KW / 2:
+            known = None  # it takes more than thought: it was tapering, or the offer was lower
+        offered_kw = (offered_a or 0.0) * 3 * 230.0 / 1000.0
+        if offered_a is not None and offered_a >= 6.0 and taking_kw < offered_kw - VEHICLE_SLACK_KW:
+            known = max(taking_kw, 0.0)  # offered more than it takes: the vehicle is the limit
+        if known is None:
+            self.vehicle_kw.pop(charger, None)
+            return rating_kw
+        self.vehicle_kw[charger] = known
+        return min(rating_kw, known + VEHICLE_SLACK_KW) if known > 0 else 0.0
 
     def community_connection(self, ref: DeviceRef) -> str:
         return self.network.connection_ids[ref.connection]

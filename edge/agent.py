@@ -29,6 +29,7 @@ from edge.poller import Bus, DevicePoller, PollResult
 from edge.profile import DeviceProfile, load_profile
 from edge.setpoints import DeviceControl
 from edge.sunspec import discover_profile
+from hub.clock import Clock, clock_from_env
 from hub.messages import (
     ControllerHeartbeat,
     GatewayHealth,
@@ -51,8 +52,10 @@ AGENT_VERSION = "0.1.0"
 
 
 class Agent:
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, *, clock: Clock | None = None) -> None:
         self.config = config
+        # Readings, states and acknowledgements are stamped on the data clock; timers run on real time.
+        self.clock = clock or clock_from_env()
         self.topics = Topics(site=config.site, root=config.topic_root)
         self.buffer = MeasurementBuffer(config.buffer_path, max_messages=config.buffer_max_messages)
         self.session = self.buffer.next_session()
@@ -75,6 +78,7 @@ class Agent:
                     retries=config.retries,
                     interval_s=device.interval_s or config.interval_s,
                     discover=partial(self._discover, device, bus) if discovered else None,
+                    clock=self.clock.timestamp,
                 )
             )
             if profile is not None:
@@ -137,7 +141,16 @@ class Agent:
 
     # -- publishing -------------------------------------------------------------------------------------------
     def _in_failsafe(self) -> bool:
-        return self.failsafe or any(c.in_safe_mode for c in self.controls.values())
+        # Failsafe means "control is lost". A device whose last setpoint expired while control lives (a charger
+        # that control no longer steers once its vehicle left) is at its safe values too, but needs no limit:
+        # it is counted apart, not reported as a lost controller.
+        return self.failsafe
+
+    def _safety(self) -> tuple[bool, int]:
+        return self._in_failsafe(), self._devices_in_safe_mode()
+
+    def _devices_in_safe_mode(self) -> int:
+        return sum(c.in_safe_mode for c in self.controls.values())
 
     @property
     def unsent(self) -> int:
@@ -152,6 +165,7 @@ class Agent:
             buffer_dropped=self.buffer.dropped,
             last_publish=self.last_publish,
             failsafe=self._in_failsafe(),
+            devices_in_safe_mode=self._devices_in_safe_mode(),
         )
 
     def _state(self, online: bool) -> bytes:
@@ -159,7 +173,7 @@ class Agent:
             GatewayState(
                 online=online,
                 session=self.session,
-                ts=datetime.now(UTC),
+                ts=self.clock.now(),
                 agent_version=AGENT_VERSION,
                 health=self._health() if online else None,
             )
@@ -237,14 +251,14 @@ class Agent:
 
     async def _send(self, link: MqttLink, replay_up_to: int) -> None:
         limit = max(1, min(self.config.mqtt.max_inflight, link.receive_maximum))
-        reported_failsafe, reported_at = self._in_failsafe(), time.monotonic()
+        reported, reported_at = self._safety(), time.monotonic()
         sent_up_to = 0  # this connection starts again at the oldest message still on disk
         while True:
-            # The state (with health) goes out when failsafe changes, and every 10 s anyway.
-            failsafe = self._in_failsafe()
-            if failsafe != reported_failsafe or time.monotonic() - reported_at > 10.0:
+            # The state (with health) goes out when failsafe or a device's safe mode changes, and every 10 s anyway.
+            safety = self._safety()
+            if safety != reported or time.monotonic() - reported_at > 10.0:
                 link.publish_batch([(self.topics.state(self.config.gateway), self._state(True))], retain=True)
-                reported_failsafe, reported_at = failsafe, time.monotonic()
+                reported, reported_at = safety, time.monotonic()
             if time.monotonic() - self._acked_at > 1.0 or len(self._acked) >= 5000:
                 self._flush_acks()
             batch = self.buffer.peek(limit, after_id=sent_up_to)
@@ -267,7 +281,7 @@ class Agent:
             sent_up_to = batch[-1].id
             self._acked.extend(m.id for m in batch)
             self.published += len(batch) - len(sent.refused)
-            self.last_publish = datetime.now(UTC)
+            self.last_publish = self.clock.now()
 
     async def _receive(self, link: MqttLink) -> None:
         while True:
@@ -311,21 +325,21 @@ class Agent:
             if setpoint_id is None:
                 return None  # nothing to acknowledge it by: the log is all there is
             return SetpointAck(
-                id=setpoint_id, status=SetpointStatus.REJECTED, ts=datetime.now(UTC), reason=str(exc)[:200]
+                id=setpoint_id, status=SetpointStatus.REJECTED, ts=self.clock.now(), reason=str(exc)[:200]
             )
         control = self.controls.get(device)
         if control is None:
             return SetpointAck(
                 id=setpoint.id,
                 status=SetpointStatus.REJECTED,
-                ts=datetime.now(UTC),
+                ts=self.clock.now(),
                 reason=f"gateway {self.config.gateway} has no controllable device {device!r}",
             )
         return await control.apply(setpoint)
 
     def _add_control(self, device: DeviceConfig, profile: DeviceProfile, bus: Bus) -> None:
         if profile.setpoints:
-            self.controls[device.id] = DeviceControl(device, profile, bus)
+            self.controls[device.id] = DeviceControl(device, profile, bus, clock=self.clock)
 
     async def _discover(self, device: DeviceConfig, bus: Bus) -> DeviceProfile | None:
         """SunSpec discovery for one device; once its profile is known it takes setpoints like any other."""

@@ -117,6 +117,7 @@ class DevicePoller:
     interval_s: float = 1.0
     next_due: float = 0.0  # monotonic time of the next poll, kept by the agent's poll loop
     discover: Callable[[], Awaitable[DeviceProfile | None]] | None = field(default=None, repr=False)
+    clock: Callable[[], float] = field(default=time.time, repr=False)  # the data clock: a reading's timestamp
     polls: int = 0
     last_success: float | None = None
     last_error: str | None = None
@@ -139,11 +140,11 @@ class DevicePoller:
             profile = await self.discover() if self.discover is not None else None
             if profile is None:
                 self._availability(True, "SunSpec discovery found no model chain yet")
-                return PollResult({}, Quality.BAD, time.time())
+                return PollResult({}, Quality.BAD, self.clock())
             self._use(profile)
         include_slow = self.polls % profile.slow_every == 0
         self.polls += 1
-        ts = time.time()
+        ts = self.clock()
         decoder = self._decoders[include_slow]
         words: list[list[int] | None] = []
         failed = 0

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from edge.config import DeviceConfig
 from edge.poller import Bus
 from edge.profile import DeviceProfile, RegisterType, SetpointSpec
 from edge.register_map import ReadBlock
+from hub.clock import Clock
 from hub.messages import Setpoint, SetpointAck, SetpointStatus
 
 __all__ = ["DeviceControl", "encode_words"]
@@ -50,7 +49,8 @@ class DeviceControl:
     config: DeviceConfig
     profile: DeviceProfile
     bus: Bus
-    expires: float | None = None  # epoch s when the active setpoint ends
+    clock: Clock = field(default_factory=Clock)  # the data clock that setpoints' times are on
+    expires: float | None = None  # data-clock epoch s when the active setpoint ends
     in_safe_mode: bool = False
     applied: dict[str, float] = field(default_factory=dict)
 
@@ -59,9 +59,7 @@ class DeviceControl:
 
     def _reject(self, setpoint: Setpoint, reason: str) -> SetpointAck:
         log.warning("setpoint %s for %s rejected: %s", setpoint.id, self.config.id, reason)
-        return SetpointAck(
-            id=setpoint.id, status=SetpointStatus.REJECTED, ts=datetime.now(UTC), reason=reason
-        )
+        return SetpointAck(id=setpoint.id, status=SetpointStatus.REJECTED, ts=self.clock.now(), reason=reason)
 
     async def apply(self, setpoint: Setpoint) -> SetpointAck:
         spec = self._spec(setpoint.name)
@@ -78,7 +76,7 @@ class DeviceControl:
             return self._reject(
                 setpoint, f"{setpoint.name} {setpoint.value:g} is outside [{low:g}, {high:g}]"
             )
-        if setpoint.expires <= datetime.now(UTC):
+        if setpoint.expires <= self.clock.now():
             return self._reject(setpoint, f"expired at {setpoint.expires.isoformat()}")
         error = await self._write(spec, setpoint.value)
         if error is not None:
@@ -88,7 +86,7 @@ class DeviceControl:
         self.in_safe_mode = False
         self.applied[setpoint.name] = setpoint.value
         return SetpointAck(
-            id=setpoint.id, status=SetpointStatus.APPLIED, ts=datetime.now(UTC), readback=readback
+            id=setpoint.id, status=SetpointStatus.APPLIED, ts=self.clock.now(), readback=readback
         )
 
     async def _write(self, spec: SetpointSpec, value: float) -> str | None:
@@ -124,4 +122,4 @@ class DeviceControl:
                 self.in_safe_mode = False  # try again next time
 
     def expired(self, now: float | None = None) -> bool:
-        return self.expires is not None and (now or time.time()) >= self.expires
+        return self.expires is not None and (now or self.clock.timestamp()) >= self.expires

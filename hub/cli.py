@@ -15,7 +15,7 @@ from broker.cli import app as broker_app
 from control.cli import control_command, simulate_command
 from dashboards.cli import app as dashboards_app
 from edge.cli import edge as edge_command
-from hub.community import CommunityError, load_community, summarize
+from hub.community import CommunityError, load_community, only_gateways, summarize
 from hub.settings import ServiceSettings
 from hub.supervisor import ProcessSpec
 from ingest.cli import ingest as ingest_command
@@ -45,7 +45,6 @@ app.command("plan")(plan_command)
 app.command("report")(report_command)
 app.command("settle")(settle_command)
 
-DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
 StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]
 
 
@@ -162,7 +161,8 @@ def _run_services(
             )
             typer.echo(f"  accounts  {creds}/  (add a gateway: energyhub broker add-gateway NAME)")
             for spec in extra or []:
-                typer.echo(f"  {spec.name:<9} {' '.join(spec.argv[3:])}")
+                command = " ".join(spec.argv[3:])
+                typer.echo(f"  {spec.name:<9} {command if len(command) < 200 else command[:197] + '...'}")
             typer.echo(f"  logs      {settings.state_dir.resolve() / 'log'}/")
             typer.echo("Press Ctrl-C to stop.")
             if last:
@@ -206,183 +206,73 @@ def demo(
     gateways: Annotated[
         list[str] | None, typer.Option("--gateway", help="Gateway to simulate (repeatable).")
     ] = None,
-    speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 60.0,
-    start: Annotated[str, typer.Option(help="Simulated start time.")] = "2026-06-01T05:00:00Z",
+    all_gateways: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Every company of the community file: the whole estate in the loop (hardware-in-the-loop).",
+        ),
+    ] = False,
+    speed: Annotated[float, typer.Option(min=0.01, help="Simulated seconds per real second.")] = 60.0,
+    start: Annotated[
+        str, typer.Option(help="Simulated start time (UTC if no zone).")
+    ] = "2026-06-01T05:00:00Z",
+    agents_per_process: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Gateways' agents per process; by default one each for up to 8 gateways, else 25 to a process.",
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker, database, a few simulated companies (accelerated), their edge agents, the ingest,
-    control, and the API with its live page."""
+    """Start the demo: broker, database, simulated companies (a few, or --all), their edge agents, the ingest,
+    control, and the API with its live page.
+
+    Everything runs on one data clock that starts at --start and runs --speed times real time: the sun, the loads,
+    the meters' energy, timestamps, quarter hours and contract windows; a device's own timers (a setpoint's
+    validity) and control's cycle count real seconds."""
+    from hub.clock import Clock
+    from hub.demo import DEMO_GATEWAYS, DemoPlan, demo_ports, demo_processes, gateways_of
+    from hub.ports import check_all_free
+    from hub.services import service_ports
+    from hub.supervisor import ServiceError
+
     _setup_logging(verbose)
     try:
-        summary = summarize(load_community(community))
+        parsed = load_community(community)
     except CommunityError as exc:
         raise _fail(str(exc), 1) from None
-    typer.echo(summary.format())
-    settings = ServiceSettings(state_dir=state_dir)
-    endpoints = settings.state_dir.resolve() / "sim" / "endpoints.json"
-    endpoints.parent.mkdir(parents=True, exist_ok=True)
-    endpoints.unlink(missing_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "hub.cli",
-        "sim",
-        "--community",
-        str(community),
-        "--speed",
-        str(speed),
-        "--start",
-        start,
-        "--seed",
-        "1",
-        "--endpoints-json",
-        str(endpoints),
-    ]
-    # A scaled-down community: a shop with PV and a battery, a PV roof, the charging plaza, the collective battery.
-    for gateway in gateways or DEMO_GATEWAYS:
-        argv += ["--only", gateway]
-    simulator = ProcessSpec(
-        name="simulator",
-        argv=argv,
-        log_path=settings.state_dir.resolve() / "log" / "simulator.log",
-        ready=lambda: _simulator_answers(endpoints),
+    chosen = gateways_of(parsed) if all_gateways else list(gateways or DEMO_GATEWAYS)
+    unknown = sorted(set(chosen) - set(gateways_of(parsed)))
+    if unknown:
+        raise _fail(f"error: {community} has no gateway {', '.join(unknown)}")
+    try:
+        begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(f"error: --start {start!r} is not an ISO time, e.g. 2026-06-01T05:00:00Z") from None
+    # The topics, accounts and ACL are the community's: its id is the site.
+    settings = ServiceSettings(state_dir=state_dir, site=parsed.community.id)
+    plan = DemoPlan(
+        settings=settings,
+        community_path=community,
+        gateways=chosen,
+        clock=Clock.simulated(begin if begin.tzinfo else begin.replace(tzinfo=UTC), speed),
+        agents_per_process=agents_per_process or (1 if len(chosen) <= 8 else 25),
     )
-    agents = _demo_agents(settings, community, gateways or DEMO_GATEWAYS)
-    from hub.services import tcp_answers
-
-    state = settings.state_dir.resolve()
-    ingest = ProcessSpec(
-        name="ingest",
-        argv=[
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "ingest",
-            "--site",
-            settings.site,
-            "--mqtt-port",
-            str(settings.mqtt_port),
-            "--mqtt-credentials-file",
-            str(state / "broker" / "credentials" / "ehub-ingest.json"),
-            "--influx-url",
-            settings.influx_url,
-            "--influx-db",
-            settings.influx_db,
-            "--community",
-            str(community),
-            "--metrics-port",
-            str(settings.ingest_metrics_port),
-        ],
-        log_path=state / "log" / "ingest.log",
-        ready=lambda: tcp_answers(settings.host, settings.ingest_metrics_port),
-    )
-    # Control sees the simulated companies only: the others would count as missing, that is as worst case.
-    import yaml
-
-    from hub.community import only_gateways
-
-    subset = only_gateways(load_community(community), set(gateways or DEMO_GATEWAYS))
-    control_community = state / "control" / "community.yaml"
-    control_community.parent.mkdir(parents=True, exist_ok=True)
-    control_community.write_text(
-        yaml.safe_dump(subset.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    )
-    control = ProcessSpec(
-        name="control",
-        argv=[
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "control",
-            "--community",
-            str(control_community),
-            "--site",
-            settings.site,
-            "--mqtt-port",
-            str(settings.mqtt_port),
-            "--mqtt-credentials-file",
-            str(state / "broker" / "credentials" / "ehub-control.json"),
-            "--influx-url",
-            settings.influx_url,
-            "--influx-db",
-            settings.influx_db,
-            "--day-ahead-dir",
-            str(state / "api" / "day_ahead"),
-        ],
-        log_path=state / "log" / "control.log",
-        # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
-        ready=lambda: True,
-    )
-    api = ProcessSpec(
-        name="api",
-        argv=[
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "api",
-            "--community",
-            str(control_community),
-            "--site",
-            settings.site,
-            "--port",
-            str(settings.api_port),
-            "--mqtt-port",
-            str(settings.mqtt_port),
-            "--mqtt-credentials-file",
-            str(state / "broker" / "credentials" / "ehub-api.json"),
-            "--influx-url",
-            settings.influx_url,
-            "--influx-db",
-            settings.influx_db,
-            "--state-dir",
-            str(state / "api"),
-        ],
-        log_path=state / "log" / "api.log",
-        ready=lambda: tcp_answers(settings.host, settings.api_port),
-    )
+    # Every port first, before a word is printed: a second demo must not report "up" on the first one's ports.
+    try:
+        check_all_free(service_ports(settings) + demo_ports(plan, parsed))
+    except ServiceError as exc:  # a port taken (PortInUse), or named twice
+        raise _fail(f"error: {exc}", 1) from None
+    typer.echo(summarize(only_gateways(parsed, set(chosen)) if not all_gateways else parsed).format())
+    typer.echo(f"data clock: {plan.clock.describe()}")
     _run_services(
         settings,
         banner="energyhub demo is up:",
-        extra=[simulator, ingest, *agents, control, api],
+        extra=demo_processes(plan, parsed),
         last=f"Live page: http://{settings.host}:{settings.api_port}/",
     )
-
-
-def _demo_agents(settings: ServiceSettings, community: Path, gateways: list[str]) -> list[ProcessSpec]:
-    """An account, a config and an edge agent per simulated gateway, as a deployment would have them."""
-    import yaml
-
-    from edge.gateway_config import gateway_config
-    from hub.services import broker_accounts
-
-    accounts = broker_accounts(settings)
-    known = accounts.accounts()
-    state = settings.state_dir.resolve()
-    specs = []
-    for gateway in gateways:
-        if gateway not in known or not accounts.credentials_path(gateway).exists():
-            accounts.add_gateway(gateway, rotate=gateway in known)
-        config = gateway_config(
-            load_community(community),
-            gateway,
-            mqtt_host=settings.host,
-            mqtt_port=settings.mqtt_port,
-            credentials_file=accounts.credentials_path(gateway),
-            buffer_path=state / "edge" / f"{gateway}.db",
-        )
-        path = state / "edge" / f"{gateway}.yaml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        specs.append(
-            ProcessSpec(
-                name=f"edge-{gateway}",
-                argv=[sys.executable, "-m", "hub.cli", "edge", "--config", str(path)],
-                log_path=state / "log" / f"edge-{gateway}.log",
-                # The agent waits for its broker and devices itself and buffers meanwhile: nothing to wait for.
-                ready=lambda: True,
-            )
-        )
-    return specs
 
 
 @app.command("gateway-config")
@@ -425,20 +315,6 @@ def gateway_config_command(
         typer.echo(text, nl=False)
     else:
         out.write_text(text)
-
-
-def _simulator_answers(endpoints: Path) -> bool:
-    """Ready when the endpoints file (removed before start) lists ports that all accept connections; the log is
-    appended across runs, so a line in it could be an old run's."""
-    import json
-
-    from hub.services import tcp_answers
-
-    try:
-        listed = json.loads(endpoints.read_text())
-    except (OSError, ValueError):
-        return False
-    return all(tcp_answers(host, port) for host, port in {(e["host"], e["port"]) for e in listed})
 
 
 def main() -> None:  # pragma: no cover - console entry point

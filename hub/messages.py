@@ -52,7 +52,15 @@ class GatewayHealth(Message):
     buffer_depth: int = Field(ge=0, description="Measurements on disk not yet acknowledged by the broker.")
     buffer_dropped: int = Field(0, ge=0, description="Measurements dropped because the buffer was full.")
     last_publish: UtcDatetime | None = None
-    failsafe: bool = Field(False, description="Devices are in their local safe mode.")
+    failsafe: bool = Field(
+        False, description="Control is lost (no heartbeat): every device is in its local safe mode."
+    )
+    devices_in_safe_mode: int = Field(
+        0,
+        ge=0,
+        description="Devices at their safe values: all of them in failsafe, or those whose last setpoint expired "
+        "while control lives (control steers them no longer, e.g. a charger without a vehicle).",
+    )
 
 
 class GatewayState(Message):

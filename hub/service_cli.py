@@ -9,7 +9,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-__all__ = ["build_or_exit", "configure_logging", "run_until_stopped"]
+__all__ = ["build_or_exit", "configure_logging", "exit_if_port_taken", "run_until_stopped"]
 
 T = TypeVar("T")
 
@@ -50,3 +50,18 @@ def build_or_exit(build: Callable[[], T]) -> T:
     except (SettingsError, CommunityError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
+
+
+def exit_if_port_taken(host: str, port: int, what: str) -> None:
+    """Exit 1 with one line naming the port and its holder if it is taken: a server library would otherwise fail
+    with a traceback, or only once the service has connected."""
+    import typer
+
+    from hub.ports import check_free
+    from hub.supervisor import ServiceError
+
+    try:
+        check_free(host, port, what)
+    except ServiceError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

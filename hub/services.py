@@ -14,6 +14,7 @@ from pathlib import Path
 from broker.accounts import BrokerAccounts
 from broker.certs import ensure_certificates
 from broker.config import BrokerConfig, write_mosquitto_conf
+from hub.ports import PortUse, check_all_free
 from hub.settings import ServiceSettings
 from hub.supervisor import ManagedProcess, ProcessSpec, Supervisor, find_binary
 from hub.topics import Topics
@@ -21,7 +22,10 @@ from hub.topics import Topics
 __all__ = [
     "RunningServices",
     "broker_accounts",
+    "broker_ports",
     "free_port",
+    "influxd_ports",
+    "service_ports",
     "start_broker",
     "start_influxd",
     "start_services",
@@ -95,7 +99,30 @@ def write_influxd_conf(settings: ServiceSettings) -> Path:
     return conf
 
 
+def broker_ports(settings: ServiceSettings) -> list[PortUse]:
+    """Where Mosquitto listens: the plain listener and, if on, the TLS one."""
+    ports = [(settings.host, settings.mqtt_port, "MQTT")]
+    if settings.mqtt_tls_port:
+        ports.append((settings.host, settings.mqtt_tls_port, "MQTT/TLS"))
+    return ports
+
+
+def influxd_ports(settings: ServiceSettings) -> list[PortUse]:
+    """Where influxd listens: its HTTP API and its backup/RPC port."""
+    return [
+        (settings.host, settings.influx_port, "InfluxDB HTTP"),
+        (settings.host, settings.influx_rpc_port, "InfluxDB RPC"),
+    ]
+
+
+def service_ports(settings: ServiceSettings) -> list[PortUse]:
+    """Every ``(host, port, what)`` the broker and the database listen on, for ``hub.ports.check_all_free``."""
+    return broker_ports(settings) + influxd_ports(settings)
+
+
 def start_influxd(supervisor: Supervisor, settings: ServiceSettings) -> ManagedProcess:
+    # Before starting: the ready check (/ping) would also pass against another influxd already on the port.
+    check_all_free(influxd_ports(settings))
     conf = write_influxd_conf(settings)
     spec = ProcessSpec(
         name="influxd",
@@ -114,6 +141,8 @@ def broker_accounts(settings: ServiceSettings) -> BrokerAccounts:
 
 def start_broker(supervisor: Supervisor, settings: ServiceSettings) -> ManagedProcess:
     """Make sure the broker's accounts (and certificates, with TLS) exist, write mosquitto.conf, start Mosquitto."""
+    # Before starting: the ready check (the port answers) would also pass against another broker on the port.
+    check_all_free(broker_ports(settings))
     accounts = broker_accounts(settings)
     broker_dir = accounts.directory
     accounts.ensure_service_accounts()
@@ -154,6 +183,8 @@ def start_services(supervisor: Supervisor, settings: ServiceSettings) -> Running
         InfluxClient,
     )  # local: keeps `energyhub` start-up light for commands that need no DB
 
+    # All at once, so a taken broker port is reported before the database is started, with the others.
+    check_all_free(service_ports(settings))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     influxd = start_influxd(supervisor, settings)
     InfluxClient(url=settings.influx_url, database=settings.influx_db).create_database_sync()

@@ -29,7 +29,7 @@ def ingest(
 
     Settings come from these flags, then EHUB_INGEST_* environment variables, then --config, then defaults.
     """
-    from hub.service_cli import build_or_exit, configure_logging, run_until_stopped
+    from hub.service_cli import build_or_exit, configure_logging, exit_if_port_taken, run_until_stopped
     from ingest.service import IngestService
     from ingest.settings import load_settings
 
@@ -48,6 +48,8 @@ def ingest(
             metrics_port=metrics_port,
         )
     )
+    if settings.metrics_port is not None:
+        exit_if_port_taken(settings.metrics_host, settings.metrics_port, "ingest metrics")
     service = build_or_exit(lambda: IngestService(settings))
 
     run_until_stopped(service.run)

@@ -19,9 +19,9 @@ import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from hub.clock import Clock, clock_from_env
 from hub.community import load_community
 from hub.influx import InfluxClient, InfluxError
 from hub.line_protocol import LineProtocolError, encode_point
@@ -53,8 +53,10 @@ class _Pending:
 
 
 class IngestService:
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        # Device timestamps are on the data clock: lag is measured on it and told in real seconds.
+        self.clock = clock or clock_from_env()
         self.topics = Topics(site=settings.site, root=settings.topic_root)
         self.metrics = IngestMetrics()
         self.tracker = SequenceTracker() if settings.track_gaps else None
@@ -259,14 +261,14 @@ class IngestService:
         )
         for index, reason in refused:
             writable[index].why, writable[index].reason = "influxdb", f"InfluxDB refused the point: {reason}"
-        now = time.time()
+        now = self.clock.timestamp()
         stored = [p for p in writable if p.why is None]
         self.metrics.stored(
             len(stored), sum(p.fields for p in stored), Counter(p.gateway for p in stored if p.gateway)
         )
         for p in stored:
             if p.device_ts is not None:
-                self.metrics.lag(now - p.device_ts, p.gateway)
+                self.metrics.lag(self.clock.real_s(now - p.device_ts), p.gateway)
         dead = [p for p in batch if p.why is not None]
         if dead:
             await self._dead_letters(link, dead)
@@ -286,7 +288,7 @@ class IngestService:
                 reason=reason[:2000],
                 payload_b64=base64.b64encode(p.message.payload).decode(),
                 size=len(p.message.payload),
-                ts=datetime.now(UTC),
+                ts=self.clock.now(),
             )
             letters.append((topic, encode(letter)))
         sent = link.publish_batch(letters)

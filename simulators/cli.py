@@ -46,13 +46,27 @@ def sim(
         int | None, typer.Option(help="Serve the fault-control HTTP interface on 127.0.0.1:PORT.")
     ] = None,
 ) -> None:
-    """Serve every device of the community file on its Modbus address until Ctrl-C."""
+    """Serve every device of the community file on its Modbus address until Ctrl-C.
+
+    The physics runs on a data clock that reads --start now and runs --speed times real time; with
+    EHUB_SIM_CLOCK set (as `energyhub demo` sets it for every process it starts) it follows that clock instead, so
+    the agents, the ingest and control stamp and count their data on the same time. A device's own timers (a
+    charger's setpoint validity) count real seconds."""
     if ctx.invoked_subcommand is not None:
         return
     if community is None:
         raise typer.BadParameter("--community FILE is required")
+    from hub.clock import CLOCK_ENV, Clock, ClockError, clock_from_env
     from hub.community import CommunityError, load_community
     from simulators.community import CommunitySimulator
+
+    try:
+        clock = clock_from_env()
+    except ClockError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if not clock.is_simulated:
+        clock = Clock.simulated(_parse_start(start), speed)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # client disconnects are normal for a simulator
@@ -60,8 +74,8 @@ def sim(
         simulator = CommunitySimulator(
             load_community(community),
             seed=seed,
-            start=_parse_start(start),
-            speed=speed,
+            start=clock.now(),
+            speed=clock.speed,
             only=set(only) if only else None,
         )
     except CommunityError as exc:
@@ -85,13 +99,17 @@ def sim(
             control = ControlServer(simulator, port=control_port)
             await control.start()
             typer.echo(f"fault control: http://127.0.0.1:{control.port}/devices")
-        task = asyncio.create_task(simulator.run(stop=stop, ready=ready, tick_s=tick))
+        task = asyncio.create_task(simulator.run(stop=stop, ready=ready, tick_s=tick, clock=clock))
         await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
             ports = sorted({(e.host, e.port) for e in simulator.endpoints()})
             typer.echo(
                 f"simulating {len(simulator.endpoints())} devices of {len(simulator.models)} connections on "
                 f"{len(ports)} Modbus TCP ports ({ports[0][0]}:{ports[0][1]}..{ports[-1][1]}); Ctrl-C stops"
+            )
+            typer.echo(
+                f"data clock: {clock.describe()}; agents and services of this run take {CLOCK_ENV}="
+                f"{clock.to_env()}"
             )
         await task
         if control is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hub.clock import Clock
 from hub.topology import Community, Connection, DeviceRole
 from simulators.devices import (
     BatteryDevice,
@@ -117,6 +118,7 @@ class CommunitySimulator:
         self.start = start.astimezone(UTC)
         self.speed = speed
         self.now = self.start
+        self.clock: Clock | None = None  # set by run(): what the physics follows
         self.models: list[ConnectionModel] = []
         self._endpoints: list[Endpoint] = []
         self._by_address: dict[tuple[str, int], list[SimulatedDevice]] = {}
@@ -220,8 +222,9 @@ class CommunitySimulator:
             self._plan_day[key] = day
         return self._session_plans[key]
 
-    def step(self, dt_s: float) -> None:
-        """Advance the physics by ``dt_s`` simulated seconds from ``self.now``, then set every meter."""
+    def step(self, dt_s: float, *, real_s: float | None = None) -> None:
+        """Advance the physics by ``dt_s`` simulated seconds from ``self.now`` (in which ``real_s`` real seconds
+        passed: the devices' own timers count those), then set every meter."""
         t = self.now
         epoch = np.array([int(t.timestamp())], dtype=np.int64)
         roofs_w = self._solar.power_kw(t) * 1000.0 if self._solar is not None else np.zeros(0)
@@ -268,7 +271,7 @@ class CommunitySimulator:
             for battery in model.batteries:
                 energy_wh += battery.state.advance(dt_s)
             for charger, _key, _vehicle in model.chargers:
-                energy_wh += charger.state.advance(dt_s)
+                energy_wh += charger.state.advance(dt_s, real_s=real_s)
             if model.meter is not None:
                 model.meter.state.power_w = net
                 model.meter.state.add_energy(energy_wh)
@@ -280,9 +283,21 @@ class CommunitySimulator:
 
     # -- serving ------------------------------------------------------------------------------------------------
     async def run(
-        self, *, stop: asyncio.Event, tick_s: float = 1.0, ready: asyncio.Event | None = None
+        self,
+        *,
+        stop: asyncio.Event,
+        tick_s: float = 1.0,
+        ready: asyncio.Event | None = None,
+        clock: Clock | None = None,
     ) -> None:
-        """Serve every device and advance the physics every ``tick_s`` wall seconds until ``stop`` is set."""
+        """Serve every device and advance the physics every ``tick_s`` real seconds until ``stop`` is set.
+
+        The physics follows ``clock`` (by default one that reads ``start`` now and runs ``speed``x): each step
+        advances by what the clock advanced, so the meters count the energy of the data clock's time that every
+        other process of the run stamps its data with. A clock jump (the fault API) shifts ``now`` on top of it.
+        """
+        self.clock = clock or Clock.simulated(self.start, self.speed)
+        self.now = self.clock.now()
         self.step(0.0)
         servers = [GatewayServer(host=h, port=p, devices=d) for (h, p), d in sorted(self._by_address.items())]
         started: list[GatewayServer] = []
@@ -300,13 +315,13 @@ class CommunitySimulator:
             if ready is not None:
                 ready.set()
             loop = asyncio.get_running_loop()
-            last = loop.time()
+            last, last_data = loop.time(), self.clock.timestamp()
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=tick_s)
-                now = loop.time()
-                self.step((now - last) * self.speed)
-                last = now
+                now, data = loop.time(), self.clock.timestamp()
+                self.step(max(0.0, data - last_data), real_s=now - last)
+                last, last_data = now, data
         finally:
             for server in started:
                 await server.stop()

@@ -68,9 +68,9 @@ class Session:
 class ChargerState:
     max_w: float  # hardware rating
     safe_current_a: float = MIN_CURRENT_A
-    setpoint_valid_for_s: float = 60.0  # how long a written max current holds
+    setpoint_valid_for_s: float = 60.0  # how long a written max current holds, in real seconds
     modbus_max_current_a: float | None = None  # None: no valid setpoint, the safe current applies
-    setpoint_age_s: float = 0.0
+    setpoint_age_s: float = 0.0  # real seconds since the last write: the charger's own timer
     energy_wh: float = 0.0
     session: Session | None = None
 
@@ -103,14 +103,16 @@ class ChargerState:
             return "C2"
         return "B2" if self.session.remaining_wh <= 0 else "B1"
 
-    def advance(self, dt_s: float) -> float:
-        """Run for ``dt_s``; returns the energy taken from the grid in Wh."""
+    def advance(self, dt_s: float, *, real_s: float | None = None) -> float:
+        """Run the physics for ``dt_s`` simulated seconds, in which ``real_s`` real seconds passed (the same when
+        left out); returns the energy taken from the grid in Wh. The validity timer counts real seconds, as the
+        charger's own clock does: at 60x a 60 s validity still lasts a minute, not one second."""
         energy = self.power_w * dt_s / 3600.0
         if self.session is not None:
             energy = min(energy, self.session.remaining_wh)  # the vehicle stops when it has what it wanted
             self.session.delivered_wh += energy
         self.energy_wh += energy
-        self.setpoint_age_s += dt_s
+        self.setpoint_age_s += dt_s if real_s is None else real_s
         return energy
 
 

@@ -6,12 +6,15 @@ device's state on every read and applies its writes.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 
 from pymodbus import FramerType
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from hub.ports import PortInUse, check_free
+from hub.supervisor import ServiceError
 from simulators.devices import SimulatedDevice
 
 __all__ = ["GatewayServer"]
@@ -49,22 +52,31 @@ class GatewayServer:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start serving; returns once the port accepts connections."""
+        """Start serving; returns once the port listens.
+
+        Raises ``OSError`` (EADDRINUSE, naming the process that holds the port) if the port is taken: a client
+        connecting would be answered by that other process, so a connection is no proof that this one serves.
+        """
+        self._check_port()
         self._task = asyncio.create_task(self._server.serve_forever(), name=f"modbus-{self.port}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 10.0
-        while True:
-            try:
-                _reader, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                if self._task.done() or loop.time() > deadline:
-                    await self.stop()
-                    raise RuntimeError(f"Modbus server on {self.host}:{self.port} did not start") from None
-                await asyncio.sleep(0.01)  # condition poll while the listener binds
-                continue
-            writer.close()
-            await writer.wait_closed()
-            return
+        # pymodbus sets its transport once it listens; a failed bind it only logs, and ends the task.
+        while not self._server.is_active():
+            if self._task.done() or loop.time() > deadline:
+                await self.stop()
+                self._check_port()  # taken between the check and the bind: say by whom
+                raise RuntimeError(f"Modbus server on {self.host}:{self.port} did not start")
+            await asyncio.sleep(0.01)  # condition poll while the listener binds
+
+    def _check_port(self) -> None:
+        # As an OSError, like any server's failed bind: `energyhub sim` reports those as a port it cannot serve.
+        try:
+            check_free(self.host, self.port, "Modbus simulator")
+        except PortInUse as exc:
+            raise OSError(errno.EADDRINUSE, str(exc)) from exc
+        except ServiceError as exc:
+            raise OSError(str(exc)) from exc
 
     async def stop(self) -> None:
         await self._server.shutdown()  # type: ignore[no-untyped-call]

@@ -5,6 +5,7 @@ They are started by the same code as `energyhub services`, so the tests run the 
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,3 +53,44 @@ async def gateway(services: RunningServices, unique_id: str) -> str:
     services.accounts.reload_broker()
     await can_log_in(services, name)
     return name
+
+
+# -- the estate at real time: one whole quarter hour takes 15 real minutes, so it runs beside the rest ----------
+REAL_TIME_ESTATE = pytest.StashKey["object"]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "real_time_estate: runs last, on an estate started at real time when collection ends, beside the other tests",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Tests on the real-time estate go last: its quarter hour passes while the others run.
+    items.sort(key=lambda item: item.get_closest_marker("real_time_estate") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.get_closest_marker("real_time_estate") for item in session.items):
+        from test_estate_live import start_real_time_estate
+
+        folder = Path(tempfile.mkdtemp(prefix="ehub-real-time-estate-"))  # kept: its logs tell what failed
+        try:
+            session.config.stash[REAL_TIME_ESTATE] = start_real_time_estate(folder)
+        except AssertionError as exc:  # it did not come up: its test fails with why, the others run
+            session.config.stash[REAL_TIME_ESTATE] = exc
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    run = session.config.stash.get(REAL_TIME_ESTATE, None)
+    if run is not None and not isinstance(run, BaseException):
+        run.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def real_time_estate(request: pytest.FixtureRequest) -> object:
+    run = request.config.stash[REAL_TIME_ESTATE]
+    if isinstance(run, BaseException):
+        pytest.fail(f"the real-time estate did not start: {run}")
+    return run

@@ -403,6 +403,12 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
             ack = await send("sp-6", "pv", "active_power_limit_pct", 60, expires_in=1.0)
             assert ack.status is SetpointStatus.APPLIED
             await observer.wait_for(lambda: inverter.state.limit_pct == 30.0, 10)
+            # While control lives that is no failsafe (control no longer steers that device, as a charger whose
+            # vehicle left): the state counts the device at its safe values and says control is there.
+            await observer.wait_for(
+                lambda: any(s.health and s.health.devices_in_safe_mode == 1 for s in observer.states), 10
+            )
+            assert not any(s.health and s.health.failsafe for s in observer.states)
 
             # The controller goes quiet: failsafe within the timeout, reported in the state; back when it returns.
             await send("sp-7", "pv", "active_power_limit_pct", 70)
@@ -414,6 +420,9 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
                 asyncio.get_running_loop().time() - quiet_at < 1.0 + 1.5
             )  # timeout + watchdog and write time
             await observer.wait_for(lambda: any(s.health and s.health.failsafe for s in observer.states), 10)
+            lost = next(s for s in observer.states if s.health and s.health.failsafe)
+            assert lost.health is not None
+            assert lost.health.devices_in_safe_mode == 1  # the inverter, its one controllable device
             beating.set()
             await observer.wait_for(lambda: not agent.failsafe, 10)
             count = len(observer.states)

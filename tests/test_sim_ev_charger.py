@@ -97,3 +97,19 @@ def test_truck_charger_power_from_current():
     assert state.power_w == pytest.approx(400 * 3 * 230)
     state.modbus_max_current_a = 1000.0
     assert state.power_w == 350_000  # the charger's rating caps it
+
+
+def test_setpoint_validity_counts_real_seconds_whatever_the_speed():
+    # At 60x each real second is a minute of physics; the charger's own 60 s timer still counts real seconds, so
+    # a written current lasts a real minute (counted in simulated seconds it lasted one, and the trucks fell back
+    # to 6 A between two control cycles).
+    state = ChargerState(max_w=350_000)
+    state.session = Session(energy_wanted_wh=1e9, departure_s=1e12, vehicle_max_w=350_000)
+    state.modbus_max_current_a = 400.0
+    for _second in range(59):
+        state.advance(60.0, real_s=1.0)
+    assert state.applied_current_a == 400.0
+    assert state.power_w == pytest.approx(400 * 3 * 230)
+    state.advance(60.0, real_s=1.0)
+    state.advance(60.0, real_s=1.0)
+    assert state.applied_current_a == state.safe_current_a == 6.0

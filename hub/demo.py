@@ -1,0 +1,270 @@
+"""The demo's and the hardware-in-the-loop run's processes: the simulators, an agent per gateway, the ingest,
+control and the API, each a real process as a deployment runs it, all on one data clock (``hub.clock``).
+
+``energyhub demo`` (a few companies) and ``energyhub demo --all`` (every company of the file, the whole estate in
+the loop) both build their processes here; so do the estate test and ``bench/estate.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from edge.gateway_config import gateway_config
+from hub.clock import CLOCK_ENV, Clock
+from hub.community import only_gateways
+from hub.services import broker_accounts, tcp_answers
+from hub.settings import ServiceSettings
+from hub.supervisor import ProcessSpec
+from hub.topology import Community
+
+__all__ = ["DEMO_GATEWAYS", "DemoPlan", "demo_ports", "demo_processes", "gateways_of"]
+
+# A scaled-down community: a shop with PV and a battery, a PV roof, the charging plaza, the collective battery.
+DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
+
+
+def gateways_of(community: Community) -> list[str]:
+    """Every gateway that polls a device, in file order."""
+    seen: dict[str, None] = {}
+    for connection, device in community.devices():
+        seen.setdefault(community.gateway_of(connection, device), None)
+    return list(seen)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DemoPlan:
+    """What one run simulates and where."""
+
+    settings: ServiceSettings
+    community_path: Path
+    gateways: list[str]
+    clock: Clock
+    seed: int = 1
+    agents_per_process: int = 1  # a hardware-in-the-loop host runs many gateways' agents in one process
+    control_cycle_s: float = 1.0
+
+    @property
+    def state(self) -> Path:
+        return self.settings.state_dir.resolve()
+
+    def env(self) -> dict[str, str]:
+        """Every process of the run follows the same data clock."""
+        import os
+
+        return {**os.environ, CLOCK_ENV: self.clock.to_env()}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hub.cli", *args]
+
+
+def demo_ports(plan: DemoPlan, community: Community) -> list[tuple[str, int, str]]:
+    """Every TCP port the run will listen on, beside the broker's and the database's: checked before anything
+    starts, so a second demo says which port is taken instead of reading the first one's devices."""
+    s = plan.settings
+    ports = [(s.host, s.api_port, "the API"), (s.host, s.ingest_metrics_port, "the ingest's metrics")]
+    chosen = set(plan.gateways)
+    modbus = sorted(
+        {
+            (d.modbus.host, d.modbus.port)
+            for c, d in community.devices()
+            if community.gateway_of(c, d) in chosen and d.modbus.host
+        }
+    )
+    ports += [(host, port, "a simulated company's Modbus devices") for host, port in modbus]
+    return ports
+
+
+def demo_processes(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
+    """The run's processes in start order (after the broker and the database)."""
+    control_community = _control_community(plan, community)
+    return [
+        _simulator(plan),
+        _ingest(plan),
+        *_agents(plan, community),
+        _control(plan, control_community),
+        _api(plan, control_community),
+    ]
+
+
+def _control_community(plan: DemoPlan, community: Community) -> Path:
+    # Control sees the simulated companies only: the others would count as missing, that is as worst case.
+    path = plan.state / "control" / "community.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subset = only_gateways(community, set(plan.gateways))
+    path.write_text(yaml.safe_dump(subset.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
+
+
+def _simulator(plan: DemoPlan) -> ProcessSpec:
+    endpoints = plan.state / "sim" / "endpoints.json"
+    endpoints.parent.mkdir(parents=True, exist_ok=True)
+    endpoints.unlink(missing_ok=True)
+    assert plan.clock.start is not None  # a demo always runs on a simulation's clock
+    argv = _cli(
+        "sim",
+        "--community",
+        str(plan.community_path),
+        "--speed",
+        f"{plan.clock.speed:g}",
+        "--start",
+        plan.clock.start.isoformat(),
+        "--seed",
+        str(plan.seed),
+        "--endpoints-json",
+        str(endpoints),
+    )
+    for gateway in plan.gateways:
+        argv += ["--only", gateway]
+    return ProcessSpec(
+        name="simulator",
+        argv=argv,
+        log_path=plan.state / "log" / "simulator.log",
+        ready=lambda: _simulator_answers(endpoints),
+        ready_timeout_s=120.0,  # the whole estate builds 450 devices and its sky first
+        env=plan.env(),
+    )
+
+
+def _simulator_answers(endpoints: Path) -> bool:
+    """Ready when the endpoints file (removed before start) lists ports that all accept connections; the log is
+    appended across runs, so a line in it could be an old run's."""
+    try:
+        listed = json.loads(endpoints.read_text())
+    except (OSError, ValueError):
+        return False
+    return all(tcp_answers(host, port) for host, port in {(e["host"], e["port"]) for e in listed})
+
+
+def _ingest(plan: DemoPlan) -> ProcessSpec:
+    s, state = plan.settings, plan.state
+    return ProcessSpec(
+        name="ingest",
+        argv=_cli(
+            "ingest",
+            "--site",
+            s.site,
+            "--mqtt-port",
+            str(s.mqtt_port),
+            "--mqtt-credentials-file",
+            str(state / "broker" / "credentials" / "ehub-ingest.json"),
+            "--influx-url",
+            s.influx_url,
+            "--influx-db",
+            s.influx_db,
+            "--community",
+            str(plan.community_path),
+            "--metrics-port",
+            str(s.ingest_metrics_port),
+        ),
+        log_path=state / "log" / "ingest.log",
+        ready=lambda: tcp_answers(s.host, s.ingest_metrics_port),
+        env=plan.env(),
+    )
+
+
+def _agents(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
+    """An account and a config per simulated gateway, as a deployment would have them; their agents one per
+    process, or ``agents_per_process`` to a process for a whole estate on one host."""
+    s, state = plan.settings, plan.state
+    accounts = broker_accounts(s)
+    known = accounts.accounts()
+    configs: list[tuple[str, Path]] = []
+    for gateway in plan.gateways:
+        if gateway not in known or not accounts.credentials_path(gateway).exists():
+            accounts.add_gateway(gateway, rotate=gateway in known)
+        config = gateway_config(
+            community,
+            gateway,
+            mqtt_host=s.host,
+            mqtt_port=s.mqtt_port,
+            credentials_file=accounts.credentials_path(gateway),
+            buffer_path=state / "edge" / f"{gateway}.db",
+        )
+        path = state / "edge" / f"{gateway}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        configs.append((gateway, path))
+    per = max(1, plan.agents_per_process)
+    specs = []
+    for i in range(0, len(configs), per):
+        group = configs[i : i + per]
+        name = f"edge-{group[0][0]}" if per == 1 else f"edge-{i // per + 1:02d}"
+        argv = _cli("edge")
+        for _gateway, path in group:
+            argv += ["--config", str(path)]
+        specs.append(
+            ProcessSpec(
+                name=name,
+                argv=argv,
+                log_path=state / "log" / f"{name}.log",
+                # An agent waits for its broker and devices itself and buffers meanwhile: nothing to wait for.
+                ready=lambda: True,
+                env=plan.env(),
+            )
+        )
+    return specs
+
+
+def _control(plan: DemoPlan, control_community: Path) -> ProcessSpec:
+    s, state = plan.settings, plan.state
+    return ProcessSpec(
+        name="control",
+        argv=_cli(
+            "control",
+            "--community",
+            str(control_community),
+            "--site",
+            s.site,
+            "--mqtt-port",
+            str(s.mqtt_port),
+            "--mqtt-credentials-file",
+            str(state / "broker" / "credentials" / "ehub-control.json"),
+            "--influx-url",
+            s.influx_url,
+            "--influx-db",
+            s.influx_db,
+            "--day-ahead-dir",
+            str(state / "api" / "day_ahead"),
+            "--cycle-s",
+            f"{plan.control_cycle_s:g}",
+        ),
+        log_path=state / "log" / "control.log",
+        # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
+        ready=lambda: True,
+        env=plan.env(),
+    )
+
+
+def _api(plan: DemoPlan, control_community: Path) -> ProcessSpec:
+    s, state = plan.settings, plan.state
+    return ProcessSpec(
+        name="api",
+        argv=_cli(
+            "api",
+            "--community",
+            str(control_community),
+            "--site",
+            s.site,
+            "--port",
+            str(s.api_port),
+            "--mqtt-port",
+            str(s.mqtt_port),
+            "--mqtt-credentials-file",
+            str(state / "broker" / "credentials" / "ehub-api.json"),
+            "--influx-url",
+            s.influx_url,
+            "--influx-db",
+            s.influx_db,
+            "--state-dir",
+            str(state / "api"),
+        ),
+        log_path=state / "log" / "api.log",
+        ready=lambda: tcp_answers(s.host, s.api_port),
+        env=plan.env(),
+    )
