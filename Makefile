@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.energyhub-installed
 STATE_DIR ?= var
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 HIL_COMMUNITY ?= examples/de-koumen-2026.yaml
 HIL_SPEED ?= 60
@@ -15,7 +16,7 @@ HIL_SPEED ?= 60
 .PHONY: demo hil test setup system-deps lint format clean
 
 demo: setup
-	$(BIN)/energyhub demo --state-dir $(STATE_DIR)
+	$(BIN)/energyhub demo --state-dir $(STATE_DIR) $(DEMO_ARGS)
 
 # The whole estate in the loop: every company of the community file, each gateway's agent, one data clock.
 hil: setup

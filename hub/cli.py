@@ -204,14 +204,14 @@ def demo(
         "examples/de-koumen.yaml"
     ),
     gateways: Annotated[
-        list[str] | None, typer.Option("--gateway", help="Gateway to simulate (repeatable).")
+        list[str] | None,
+        typer.Option(
+            "--gateway", help="Simulate only this gateway's company (repeatable); all of them by default."
+        ),
     ] = None,
     all_gateways: Annotated[
         bool,
-        typer.Option(
-            "--all",
-            help="Every company of the community file: the whole estate in the loop (hardware-in-the-loop).",
-        ),
+        typer.Option("--all", help="Every company of the community file (the default without --gateway)."),
     ] = False,
     speed: Annotated[float, typer.Option(min=0.01, help="Simulated seconds per real second.")] = 60.0,
     start: Annotated[
@@ -226,14 +226,14 @@ def demo(
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Start the demo: broker, database, simulated companies (a few, or --all), their edge agents, the ingest,
-    control, and the API with its live page.
+    """Start the demo: broker, database, the community's simulated companies (all of them, or those of --gateway),
+    their edge agents, the ingest, control, and the API with its live page.
 
     Everything runs on one data clock that starts at --start and runs --speed times real time: the sun, the loads,
     the meters' energy, timestamps, quarter hours and contract windows; a device's own timers (a setpoint's
     validity) and control's cycle count real seconds."""
     from hub.clock import Clock
-    from hub.demo import DEMO_GATEWAYS, DemoPlan, demo_ports, demo_processes, gateways_of
+    from hub.demo import DemoPlan, demo_ports, demo_processes, gateways_of
     from hub.ports import check_all_free
     from hub.services import service_ports
     from hub.supervisor import ServiceError
@@ -243,7 +243,9 @@ def demo(
         parsed = load_community(community)
     except CommunityError as exc:
         raise _fail(str(exc), 1) from None
-    chosen = gateways_of(parsed) if all_gateways else list(gateways or DEMO_GATEWAYS)
+    if all_gateways and gateways:
+        raise _fail("error: --all and --gateway exclude each other")
+    chosen = list(gateways) if gateways else gateways_of(parsed)
     unknown = sorted(set(chosen) - set(gateways_of(parsed)))
     if unknown:
         raise _fail(f"error: {community} has no gateway {', '.join(unknown)}")
@@ -265,7 +267,7 @@ def demo(
         check_all_free(service_ports(settings) + demo_ports(plan, parsed))
     except ServiceError as exc:  # a port taken (PortInUse), or named twice
         raise _fail(f"error: {exc}", 1) from None
-    typer.echo(summarize(only_gateways(parsed, set(chosen)) if not all_gateways else parsed).format())
+    typer.echo(summarize(only_gateways(parsed, set(chosen))).format())
     typer.echo(f"data clock: {plan.clock.describe()}")
     _run_services(
         settings,

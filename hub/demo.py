@@ -22,10 +22,7 @@ from hub.settings import ServiceSettings
 from hub.supervisor import ProcessSpec
 from hub.topology import Community
 
-__all__ = ["DEMO_GATEWAYS", "DemoPlan", "demo_ports", "demo_processes", "gateways_of"]
-
-# A scaled-down community: a shop with PV and a battery, a PV roof, the charging plaza, the collective battery.
-DEMO_GATEWAYS = ["gw-002", "gw-011", "gw-018", "gw-049"]
+__all__ = ["DemoPlan", "demo_ports", "demo_processes", "gateways_of"]
 
 
 def gateways_of(community: Community) -> list[str]:
@@ -61,6 +58,26 @@ class DemoPlan:
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "hub.cli", *args]
+
+
+def _central(plan: DemoPlan, command: str, account: str, *args: str) -> list[str]:
+    """A central service's command line: the site, the broker with the service's own account, the database."""
+    s = plan.settings
+    credentials = plan.state / "broker" / "credentials" / f"{account}.json"
+    return _cli(
+        command,
+        "--site",
+        s.site,
+        "--mqtt-port",
+        str(s.mqtt_port),
+        "--mqtt-credentials-file",
+        str(credentials),
+        "--influx-url",
+        s.influx_url,
+        "--influx-db",
+        s.influx_db,
+        *args,
+    )
 
 
 def demo_ports(plan: DemoPlan, community: Community) -> list[tuple[str, int, str]]:
@@ -145,18 +162,10 @@ def _ingest(plan: DemoPlan) -> ProcessSpec:
     s, state = plan.settings, plan.state
     return ProcessSpec(
         name="ingest",
-        argv=_cli(
+        argv=_central(
+            plan,
             "ingest",
-            "--site",
-            s.site,
-            "--mqtt-port",
-            str(s.mqtt_port),
-            "--mqtt-credentials-file",
-            str(state / "broker" / "credentials" / "ehub-ingest.json"),
-            "--influx-url",
-            s.influx_url,
-            "--influx-db",
-            s.influx_db,
+            "ehub-ingest",
             "--community",
             str(plan.community_path),
             "--metrics-port",
@@ -212,23 +221,15 @@ def _agents(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
 
 
 def _control(plan: DemoPlan, control_community: Path) -> ProcessSpec:
-    s, state = plan.settings, plan.state
+    state = plan.state
     return ProcessSpec(
         name="control",
-        argv=_cli(
+        argv=_central(
+            plan,
             "control",
+            "ehub-control",
             "--community",
             str(control_community),
-            "--site",
-            s.site,
-            "--mqtt-port",
-            str(s.mqtt_port),
-            "--mqtt-credentials-file",
-            str(state / "broker" / "credentials" / "ehub-control.json"),
-            "--influx-url",
-            s.influx_url,
-            "--influx-db",
-            s.influx_db,
             "--day-ahead-dir",
             str(state / "api" / "day_ahead"),
             "--cycle-s",
@@ -245,22 +246,14 @@ def _api(plan: DemoPlan, control_community: Path) -> ProcessSpec:
     s, state = plan.settings, plan.state
     return ProcessSpec(
         name="api",
-        argv=_cli(
+        argv=_central(
+            plan,
             "api",
+            "ehub-api",
             "--community",
             str(control_community),
-            "--site",
-            s.site,
             "--port",
             str(s.api_port),
-            "--mqtt-port",
-            str(s.mqtt_port),
-            "--mqtt-credentials-file",
-            str(state / "broker" / "credentials" / "ehub-api.json"),
-            "--influx-url",
-            s.influx_url,
-            "--influx-db",
-            s.influx_db,
             "--state-dir",
             str(state / "api"),
         ),

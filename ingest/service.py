@@ -303,7 +303,7 @@ class IngestService:
             await self.write_own_metrics()
 
     async def write_own_metrics(self) -> None:
-        now = time.time_ns()
+        now = int(self.clock.timestamp() * 1e9)  # on the data clock, beside the data they describe
         site, worker = self.topics.site, self.settings.worker
         lines = [encode_point("ingest", {"site": site, "worker": worker}, self.metrics.snapshot(), now)]
         lags = self.metrics.gateway_lags()
