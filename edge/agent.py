@@ -361,7 +361,7 @@ class Agent:
                 if self.failsafe:
                     await control.enter_safe_mode("controller heartbeat missing")
                 elif control.expired():
-                    await control.enter_safe_mode("setpoint expired")
+                    await control.enter_safe_mode("setpoint expired", control_lost=False)
                     self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:

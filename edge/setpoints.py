@@ -102,8 +102,9 @@ class DeviceControl:
         )
         return None if words is None else _decode_words(spec, words)
 
-    async def enter_safe_mode(self, why: str) -> None:
-        """Apply the configured safe setpoints (once per episode)."""
+    async def enter_safe_mode(self, why: str, *, control_lost: bool = True) -> None:
+        """Apply the configured safe setpoints (once per episode). Logged as a warning when control is lost; a
+        setpoint that expires while control lives (it steers the device no longer) is routine."""
         if self.in_safe_mode:
             return
         self.in_safe_mode = True
@@ -116,7 +117,8 @@ class DeviceControl:
             error = await self._write(spec, value)
             if error is None:
                 self.applied[name] = value
-                log.warning("device %s in safe mode (%s): %s = %g", self.config.id, why, name, value)
+                level = logging.WARNING if control_lost else logging.INFO
+                log.log(level, "device %s in safe mode (%s): %s = %g", self.config.id, why, name, value)
             else:
                 log.error("device %s could not enter safe mode (%s): %s", self.config.id, why, error)
                 self.in_safe_mode = False  # try again next time
