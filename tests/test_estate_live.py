@@ -166,12 +166,13 @@ def control_against_meters(
 ) -> list[tuple[str, str, float, float, float, bool, float]]:
     """Every cycle's own count of the quarter hour's energy so far at every node, beside what the meters' registers
     say for the same span: (node, time, control kWh, meters kWh, gross kWh, counted by control from the registers,
-    kWh that may flow while control's newest reading is on its way).
+    kWh that may flow unseen between two readings).
 
     Right after a boundary, before a meter's first reading in the new quarter hour, control can only integrate
-    power. And control knows the meters only up to its newest reading: the rest it estimates from the latest power.
-    At 60x a reading LAG_REAL_S old is three simulated minutes, and a battery that turns round in them moves a kWh;
-    at 1x it is a few watt-hours."""
+    power. Control knows the meters only up to its newest reading and estimates the rest from the latest power;
+    the yardstick, too, interpolates between stored readings a poll apart. At 60x a poll is a simulated minute and a
+    reading LAG_REAL_S old three: PV released or a battery turning round in them moves a kWh. At 1x it is a few
+    watt-hours, so the real-time test is where the count is checked tightly."""
     counters = meter_counters(run.influx, DB, SITE, start - timedelta(minutes=20), end + timedelta(minutes=5))
     power = meter_power(run, start - timedelta(minutes=20), end + timedelta(minutes=5))
     members = node_members(community)
@@ -192,7 +193,8 @@ def control_against_meters(
             metered = energy_between(counters, members[node][1], isp, t, max_gap_s)
             if metered is None:
                 continue
-            window = (t.timestamp() - LAG_REAL_S * speed, t.timestamp())
+            # The readings on either side of t bound both control's estimate and the yardstick's interpolation.
+            window = (t.timestamp() - LAG_REAL_S * speed, t.timestamp() + LAG_REAL_S * speed)
             peak_kw = (
                 sum(
                     max((abs(w) for ts, w in power.get(c, []) if window[0] <= ts <= window[1]), default=0.0)
