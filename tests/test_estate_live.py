@@ -13,10 +13,14 @@ from communities import ean
 from estate_run import DemoRun, wait_until
 from yardstick import energy_between, infeasible_isps, measure, meter_counters, node_members, query
 
+from control.online import ControlSettings
 from hub.community import load_community
 from hub.services import free_port
 
 SITE = "estate-test"
+# "Over a limit beyond the margin", as the issue puts it: control's own margin (2 %, at least 1 kW).
+MARGIN = ControlSettings.model_fields["margin"].default
+MARGIN_KW = ControlSettings.model_fields["margin_kw"].default
 DB = "energyhub"
 HUB_EXPORT_KW = 0.0
 LOOP_2_EXPORT_KW = 60.0
@@ -223,7 +227,17 @@ def test_the_estate_at_demo_speed_keeps_every_quarter_hour_limit_as_the_meters_c
     try:
         run.start()
         wait_until(lambda: data_now(run) >= end + timedelta(minutes=3), 200, "four quarter hours", run.logs)
-        yard = measure(community, url=run.influx, db=DB, site=SITE, start=warm, end=end, max_gap_s=5 * speed)
+        yard = measure(
+            community,
+            url=run.influx,
+            db=DB,
+            site=SITE,
+            start=warm,
+            end=end,
+            max_gap_s=5 * speed,
+            margin=MARGIN,
+            margin_kw=MARGIN_KW,
+        )
         infeasible = infeasible_isps(run.influx, DB, SITE, warm, end)
         gaps = sequence_gaps(run)
         binding = hub_binding_cycles(run, warm, end)
@@ -287,6 +301,7 @@ def test_the_estate_at_real_time_keeps_a_whole_quarter_hour_as_the_meters_count_
     community = load_community(estate_run.community_path)
     end = isp + timedelta(minutes=15)
     wait_until(lambda: data_now(run) >= end + timedelta(seconds=5), 1100, "the quarter hour to end", run.logs)
+    # At real time the strict reading: not a watt fed in past the substation over the quarter hour.
     yard = measure(community, url=run.influx, db=DB, site=SITE, start=isp, end=end, max_gap_s=5)
     infeasible = infeasible_isps(run.influx, DB, SITE, isp, end)
     binding = hub_binding_cycles(run, isp, end)

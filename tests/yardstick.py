@@ -152,10 +152,13 @@ def measure(
     max_gap_s: float,
     tolerance_kw: float = 0.0,
     windows: list[tuple[datetime, datetime]] | None = None,
+    margin: float = 0.0,
+    margin_kw: float = 0.0,
 ) -> Yardstick:
     """The whole quarter hours of [start, end) as the meters counted them (or the given ``windows`` inside
     quarter hours, their average against the limit of their quarter hour); over = beyond the contract by more
-    than ``tolerance_kw``."""
+    than ``tolerance_kw`` and the control margin (``margin`` of the limit, at least ``margin_kw``: 0 for the DSO's
+    strict reading)."""
     if windows is None:
         windows = [(t, t + timedelta(seconds=ISP_S)) for t in quarter_hours(start, end)]
     isps = [a for a, _b in windows]
@@ -173,10 +176,11 @@ def measure(
             kw = sum(p for p in parts if p is not None) / hours[isp]
             node_kw[(node, isp)] = kw
             limit = book.limit_at(node, isp)
-            if kw > limit.import_w / 1000.0 + tolerance_kw:
-                overs.append(Over(node, level, isp, "import", kw, limit.import_w / 1000.0))
-            if -kw > limit.export_w / 1000.0 + tolerance_kw:
-                overs.append(Over(node, level, isp, "export", kw, limit.export_w / 1000.0))
+            imp, exp = limit.import_w / 1000.0, limit.export_w / 1000.0
+            if kw > imp + max(margin * imp, margin_kw) + tolerance_kw:
+                overs.append(Over(node, level, isp, "import", kw, imp))
+            if -kw > exp + max(margin * exp, margin_kw) + tolerance_kw:
+                overs.append(Over(node, level, isp, "export", kw, exp))
     return Yardstick(node_kw, overs, isps)
 
 
