@@ -1,16 +1,18 @@
 """The demo's and the hardware-in-the-loop run's processes: the simulators, an agent per gateway, the ingest,
 control and the API, each a real process as a deployment runs it, all on one data clock (``hub.clock``).
 
-``energyhub demo`` (a few companies) and ``energyhub demo --all`` (every company of the file, the whole estate in
-the loop) both build their processes here; so do the estate test and ``bench/estate.py``.
+``energyhub demo`` builds them here for every company of the community file (the whole estate in the loop) or
+those of ``--gateway``; the estate tests and ``bench/estate.py`` run that command.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -58,6 +60,20 @@ class DemoPlan:
 
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "hub.cli", *args]
+
+
+def _process(
+    plan: DemoPlan, name: str, argv: list[str], ready: Callable[[], bool], **extra: Any
+) -> ProcessSpec:
+    """One of the run's processes: its log under the state folder, the run's data clock in its environment."""
+    return ProcessSpec(
+        name=name,
+        argv=argv,
+        log_path=plan.state / "log" / f"{name}.log",
+        ready=ready,
+        env=plan.env(),
+        **extra,
+    )
 
 
 def _central(plan: DemoPlan, command: str, account: str, *args: str) -> list[str]:
@@ -138,13 +154,12 @@ def _simulator(plan: DemoPlan) -> ProcessSpec:
     )
     for gateway in plan.gateways:
         argv += ["--only", gateway]
-    return ProcessSpec(
-        name="simulator",
-        argv=argv,
-        log_path=plan.state / "log" / "simulator.log",
-        ready=lambda: _simulator_answers(endpoints),
+    return _process(
+        plan,
+        "simulator",
+        argv,
+        lambda: _simulator_answers(endpoints),
         ready_timeout_s=120.0,  # the whole estate builds 450 devices and its sky first
-        env=plan.env(),
     )
 
 
@@ -159,22 +174,17 @@ def _simulator_answers(endpoints: Path) -> bool:
 
 
 def _ingest(plan: DemoPlan) -> ProcessSpec:
-    s, state = plan.settings, plan.state
-    return ProcessSpec(
-        name="ingest",
-        argv=_central(
-            plan,
-            "ingest",
-            "ehub-ingest",
-            "--community",
-            str(plan.community_path),
-            "--metrics-port",
-            str(s.ingest_metrics_port),
-        ),
-        log_path=state / "log" / "ingest.log",
-        ready=lambda: tcp_answers(s.host, s.ingest_metrics_port),
-        env=plan.env(),
+    s = plan.settings
+    argv = _central(
+        plan,
+        "ingest",
+        "ehub-ingest",
+        "--community",
+        str(plan.community_path),
+        "--metrics-port",
+        str(s.ingest_metrics_port),
     )
+    return _process(plan, "ingest", argv, lambda: tcp_answers(s.host, s.ingest_metrics_port))
 
 
 def _agents(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
@@ -207,57 +217,38 @@ def _agents(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
         argv = _cli("edge")
         for _gateway, path in group:
             argv += ["--config", str(path)]
-        specs.append(
-            ProcessSpec(
-                name=name,
-                argv=argv,
-                log_path=state / "log" / f"{name}.log",
-                # An agent waits for its broker and devices itself and buffers meanwhile: nothing to wait for.
-                ready=lambda: True,
-                env=plan.env(),
-            )
-        )
+        # An agent waits for its broker and devices itself and buffers meanwhile: nothing to wait for.
+        specs.append(_process(plan, name, argv, lambda: True))
     return specs
 
 
 def _control(plan: DemoPlan, control_community: Path) -> ProcessSpec:
-    state = plan.state
-    return ProcessSpec(
-        name="control",
-        argv=_central(
-            plan,
-            "control",
-            "ehub-control",
-            "--community",
-            str(control_community),
-            "--day-ahead-dir",
-            str(state / "api" / "day_ahead"),
-            "--cycle-s",
-            f"{plan.control_cycle_s:g}",
-        ),
-        log_path=state / "log" / "control.log",
-        # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
-        ready=lambda: True,
-        env=plan.env(),
+    argv = _central(
+        plan,
+        "control",
+        "ehub-control",
+        "--community",
+        str(control_community),
+        "--day-ahead-dir",
+        str(plan.state / "api" / "day_ahead"),
+        "--cycle-s",
+        f"{plan.control_cycle_s:g}",
     )
+    # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
+    return _process(plan, "control", argv, lambda: True)
 
 
 def _api(plan: DemoPlan, control_community: Path) -> ProcessSpec:
-    s, state = plan.settings, plan.state
-    return ProcessSpec(
-        name="api",
-        argv=_central(
-            plan,
-            "api",
-            "ehub-api",
-            "--community",
-            str(control_community),
-            "--port",
-            str(s.api_port),
-            "--state-dir",
-            str(state / "api"),
-        ),
-        log_path=state / "log" / "api.log",
-        ready=lambda: tcp_answers(s.host, s.api_port),
-        env=plan.env(),
+    s = plan.settings
+    argv = _central(
+        plan,
+        "api",
+        "ehub-api",
+        "--community",
+        str(control_community),
+        "--port",
+        str(s.api_port),
+        "--state-dir",
+        str(plan.state / "api"),
     )
+    return _process(plan, "api", argv, lambda: tcp_answers(s.host, s.api_port))
