@@ -15,15 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ISP_S", "IspEnergy", "isp_start_s"]
+from hub.isp import isp_start_s
 
-ISP_S = 900.0
+__all__ = ["IspEnergy"]
+
 COUNTER_SLACK_WH = 1.0  # float32 kWh registers round by a few Wh on large counters: not a reset
-
-
-def isp_start_s(ts: float) -> float:
-    """Start (epoch s) of the quarter hour containing ``ts``."""
-    return (ts // ISP_S) * ISP_S
 
 
 @dataclass

@@ -17,6 +17,7 @@ __all__ = [
     "isp_index_in_local_day",
     "isp_range",
     "isp_start",
+    "isp_start_s",
     "isps_in_local_day",
     "local_day_bounds",
 ]
@@ -37,6 +38,11 @@ def isp_start(t: datetime) -> datetime:
     t = ensure_utc(t)
     seconds = int(t.timestamp() // _ISP_S) * _ISP_S
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def isp_start_s(ts: float) -> float:
+    """Start (epoch s) of the quarter hour containing epoch second ``ts``: ``isp_start`` for the hot path."""
+    return (ts // _ISP_S) * _ISP_S
 
 
 def isp_end(t: datetime) -> datetime:
