@@ -23,6 +23,7 @@ from pydantic import (
 
 __all__ = [
     "ControllerHeartbeat",
+    "DeliveryConfirmation",
     "GatewayHealth",
     "GatewayState",
     "Measurement",
@@ -160,6 +161,28 @@ class ControllerHeartbeat(Message):
     cycle: int = Field(ge=0)
     period_s: Finite = Field(gt=0)
     policy: str | None = None
+
+
+class DeliveryConfirmation(Message):
+    """The ingest to one gateway: these sequence numbers of this session are stored in the database.
+
+    Only then does the gateway delete them from its buffer, so no broker restart, missing subscription or crash
+    between the gateway and the database can lose a measurement. Ranges are inclusive ``[first, last]``: a worker
+    of a shared ingest group confirms what it stored, not everything up to a number.
+    """
+
+    session: int = Field(ge=0)
+    ranges: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]] = Field(
+        max_length=10_000, description="Inclusive [first, last] sequence numbers stored, first <= last."
+    )
+    ts: UtcDatetime
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> Self:
+        for first, last in self.ranges:
+            if first > last:
+                raise ValueError(f"range [{first}, {last}] ends before it starts")
+        return self
 
 
 class DeadLetter(Message):

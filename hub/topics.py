@@ -6,6 +6,7 @@ Layout, versioned under one root so a v2 can run beside v1 during a migration::
     {root}/{site}/gw/{gateway}/meas/{device}      one measurement message per device per poll
     {root}/{site}/gw/{gateway}/setpoint/{device}  control -> edge
     {root}/{site}/gw/{gateway}/ack/{device}       edge -> control: applied / rejected
+    {root}/{site}/gw/{gateway}/confirm            ingest -> edge: which sequence numbers are stored
     {root}/{site}/control/heartbeat               retained controller heartbeat
     {root}/{site}/deadletter/{service}            what a service could not use, with the reason
 
@@ -43,6 +44,7 @@ class TopicKind(StrEnum):
     MEASUREMENT = "meas"
     SETPOINT = "setpoint"
     ACK = "ack"
+    CONFIRM = "confirm"
     HEARTBEAT = "heartbeat"
     DEADLETTER = "deadletter"
 
@@ -106,6 +108,9 @@ class Topics:
     def ack(self, gateway: str, device: str) -> str:
         return f"{self.gateway_subtree(gateway)}/ack/{check_id(device, what='device')}"
 
+    def confirm(self, gateway: str) -> str:
+        return f"{self.gateway_subtree(gateway)}/confirm"
+
     def heartbeat(self) -> str:
         return f"{self.base}/control/heartbeat"
 
@@ -133,8 +138,8 @@ class Topics:
             raise TopicError(f"topic {topic!r} is not under {prefix!r}")
         parts = topic[len(prefix) :].split("/")
         try:
-            if parts[0] == "gw" and len(parts) == 3 and parts[2] == TopicKind.STATE:
-                return TopicInfo(TopicKind.STATE, self.site, gateway=check_id(parts[1], what="gateway"))
+            if parts[0] == "gw" and len(parts) == 3 and parts[2] in (TopicKind.STATE, TopicKind.CONFIRM):
+                return TopicInfo(TopicKind(parts[2]), self.site, gateway=check_id(parts[1], what="gateway"))
             if parts[0] == "gw" and len(parts) == 4 and parts[2] in _DEVICE_KINDS:
                 return TopicInfo(
                     TopicKind(parts[2]),
@@ -149,7 +154,7 @@ class Topics:
         except TopicError as exc:
             raise TopicError(f"topic {topic!r}: {exc}") from None
         raise TopicError(
-            f"topic {topic!r} is not a known energyhub topic (expected gw/<gateway>/state, "
+            f"topic {topic!r} is not a known energyhub topic (expected gw/<gateway>/{{state,confirm}}, "
             "gw/<gateway>/{meas,setpoint,ack}/<device>, control/heartbeat or deadletter/<service> "
             f"under {prefix!r})"
         )
