@@ -3,8 +3,11 @@
 A child process serves N simulated SDM630 meters (20 per port, as behind RTU-to-TCP gateways). This process runs,
 one after the other on the same devices for the same time: (a) the bare loop, which reads each device's planned
 blocks once a second with pymodbus and nothing else; (b) the agent, which also decodes, builds the messages,
-writes them to its SQLite buffer and publishes them with QoS 1 to a real Mosquitto. CPU is this process's CPU time
-(the broker and the simulator run in other processes). Then it runs `energyhub edge` for 20 devices in a child and
+writes them to its SQLite buffer and publishes them with QoS 1 to a real Mosquitto, and deletes them once they are
+confirmed stored. A child process stands in for the ingest: it confirms every measurement it receives, as the
+ingest does after its InfluxDB write, so the agent does all its delivery work (with ``--no-confirm`` nothing is
+confirmed, and the agent sends its backlog again). CPU is this process's CPU time (the broker, the confirmer and
+the simulator run in other processes). Then it runs `energyhub edge` for 20 devices in a child and
 reads its resident memory. Prints medians of 5 s windows.
 """
 
@@ -57,6 +60,50 @@ def serve(devices: int, ports_file: Path) -> None:
             ports.append(port)
         ports_file.write_text(json.dumps(ports))
         await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def confirm(port: int, credentials: Path, site: str) -> None:
+    """Stand in for the ingest: confirm every measurement received, in batches of 0.2 s, as the ingest does."""
+    from datetime import UTC, datetime
+
+    from hub.messages import DeliveryConfirmation, encode
+    from hub.mqtt_link import MqttLink
+    from hub.topics import Topics
+
+    topics = Topics(site=site)
+
+    async def main() -> None:
+        creds = json.loads(credentials.read_text())
+        link = await MqttLink.connect(
+            "127.0.0.1",
+            port,
+            client_id="bench-confirmer",
+            username=creds["username"],
+            password=creds["password"],
+        )
+        await link.subscribe([(topics.all_measurements(), 1)])
+        while True:
+            await link.wait_messages(None)
+            await asyncio.sleep(0.2)  # the ingest's batch delay: confirmations go out per batch
+            seen: dict[tuple[str, int], list[int]] = {}
+            for message in link.take(100_000):
+                info = topics.parse(message.topic)
+                body = json.loads(message.payload)
+                seen.setdefault((str(info.gateway), body["session"]), []).append(body["seq"])
+            out = []
+            for (gateway, session), seqs in seen.items():
+                seqs.sort()
+                ranges: list[tuple[int, int]] = []
+                for seq in seqs:
+                    if ranges and seq <= ranges[-1][1] + 1:
+                        ranges[-1] = (ranges[-1][0], max(ranges[-1][1], seq))
+                    else:
+                        ranges.append((seq, seq))
+                note = DeliveryConfirmation(session=session, ranges=ranges, ts=datetime.now(UTC))
+                out.append((topics.confirm(gateway), encode(note)))
+            link.publish_batch(out)
 
     asyncio.run(main())
 
@@ -114,7 +161,7 @@ async def bare_loop(devices: list[dict], seconds: float) -> tuple[list[float], i
     return windows, polls
 
 
-async def agent_loop(config_path: Path, seconds: float) -> tuple[list[float], int, int]:
+async def agent_loop(config_path: Path, seconds: float) -> tuple[list[float], int, str]:
     agent = Agent(load_agent_config(config_path))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
@@ -126,7 +173,7 @@ async def agent_loop(config_path: Path, seconds: float) -> tuple[list[float], in
         cpu0 = time.process_time()
         await asyncio.sleep(WINDOW_S)
         windows.append(time.process_time() - cpu0)
-    polls, published = agent.seq - seq0, agent.published
+    polls, published = agent.seq - seq0, f"{agent.published} published, {agent.confirmed} confirmed"
     stop.set()
     await task
     return windows, polls, published
@@ -137,10 +184,15 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=15, help="per side and round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-confirm", action="store_true", help="no stand-in ingest confirms anything")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--confirm", nargs=3, metavar=("PORT", "CREDENTIALS", "SITE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.devices, args.serve)
+        return
+    if args.confirm:
+        confirm(int(args.confirm[0]), Path(args.confirm[1]), args.confirm[2])
         return
     with tempfile.TemporaryDirectory() as tmp_name, Supervisor() as supervisor:
         tmp = Path(tmp_name)
@@ -160,6 +212,19 @@ def main() -> None:
             accounts.ensure_service_accounts()
             accounts.add_gateway("gw-bench")
             start_broker(supervisor, settings)
+            confirmer = None
+            if not args.no_confirm:
+                confirmer = subprocess.Popen(
+                    [
+                        sys.executable,
+                        __file__,
+                        "--confirm",
+                        str(settings.mqtt_port),
+                        str(accounts.credentials_path("ehub-ingest")),
+                        settings.site,
+                    ],
+                    cwd=REPO,
+                )
             devices = device_list(ports, args.devices)
 
             def write_config(path: Path, devs: list[dict]) -> Path:
@@ -216,6 +281,9 @@ def main() -> None:
         finally:
             sim.terminate()
             sim.wait(timeout=20)
+            if confirmer is not None:
+                confirmer.terminate()
+                confirmer.wait(timeout=20)
 
     def per_k(windows: list[float], polls: int) -> tuple[float, float, float]:
         cpu = statistics.median(windows) / WINDOW_S
@@ -234,7 +302,7 @@ def main() -> None:
         agent_figures.append(agent_per_k)
         print(
             f"  round {i}: bare {bare_rate:5.1f} polls/s {bare_per_k:.3f} CPU s/1,000 polls | agent "
-            f"{agent_rate:5.1f} polls/s {agent_per_k:.3f} CPU s/1,000 polls ({published} published) | "
+            f"{agent_rate:5.1f} polls/s {agent_per_k:.3f} CPU s/1,000 polls ({published}) | "
             f"ratio {ratios[-1]:.2f}x"
         )
     agent_per_k = statistics.median(agent_figures)

@@ -1,12 +1,17 @@
 """The gateway agent: poll every device, buffer on disk, publish to the broker, and never lose a measurement.
 
 Two tasks share the on-disk buffer: the poll loop writes one batch per cycle, the publish loop sends the oldest
-messages with QoS 1 (at most ``max_inflight`` awaiting PUBACK, in one socket write) and deletes them once the broker
-has them. Deletes are batched about once a second, because each is a synchronous disk write; a process killed in
-that second sends those messages again after its restart (at least once; the ingest's writes are idempotent). The
-publish loop owns the MQTT connection (``hub.mqtt_link``): birth (retained) on connect, the same topic as Last Will
-for death, and a jittered back-off between reconnects. Messages buffered before the current connection are marked
-as replay.
+messages with QoS 1 (at most ``max_inflight`` awaiting PUBACK, in one socket write). A message leaves the disk only
+when the ingest confirms that the database has it (``gw/<gateway>/confirm``): a broker's PUBACK proves nothing
+once the broker restarts, or when no one subscribes. What is not confirmed within ``confirm_timeout_s`` is sent
+again, and so is everything on disk after a reconnect (at least once; the ingest's writes are idempotent). Deletes
+are batched about once a second, because each is a synchronous disk write.
+
+The publish loop owns the MQTT connection (``hub.mqtt_link``): birth (retained) on connect, the same topic as Last
+Will for death, and a jittered back-off between reconnects. Messages sent before are marked as replay.
+
+The gateway degrades instead of dying: a full disk keeps the newest measurements in memory (bounded, the dropped
+ones counted), and a buffer file deleted under it is re-created with what it held, under a new session.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import itertools
 import json
 import logging
 import random
+import sqlite3
 import ssl
 import time
+from collections import deque
 from datetime import UTC, datetime
 from functools import partial
 
 from edge.buffer import BufferedMessage, MeasurementBuffer
+from edge.buffer import BufferError as BufferFileError
 from edge.config import AgentConfig, DeviceConfig
 from edge.poller import Bus, DevicePoller, PollResult
 from edge.profile import DeviceProfile, load_profile
@@ -32,6 +40,7 @@ from edge.sunspec import discover_profile
 from hub.clock import Clock, clock_from_env
 from hub.messages import (
     ControllerHeartbeat,
+    DeliveryConfirmation,
     GatewayHealth,
     GatewayState,
     Measurement,
@@ -83,16 +92,24 @@ class Agent:
             )
             if profile is not None:
                 self._add_control(device, profile, bus)
-        self.last_heartbeat = (
-            time.monotonic()
-        )  # counting from start: no controller yet is a missing controller
+        # Counting from start: no controller yet is a missing controller.
+        self.last_heartbeat = time.monotonic()
         self.failsafe = False
         self.published = 0
+        self.confirmed = 0
         self.last_publish: datetime | None = None
         self.connected = asyncio.Event()
-        self._acked: list[int] = []  # acknowledged by the broker, deleted from disk at the next flush
-        self._acked_at = time.monotonic()
+        self._refused: list[int] = []  # refused by the broker for good: deleted at the next flush
+        self._confirmed: list[
+            tuple[int, int, int]
+        ] = []  # (session, first, last) stored: deleted at the flush
+        self._flushed_at = time.monotonic()
+        self._ingest_heard = False  # a confirmation since the publish loop last looked: the ingest is there
         self._wake = asyncio.Event()
+        # While the disk cannot be written: the newest measurements, as (topic, payload, seq, session).
+        self._held: deque[tuple[str, bytes, int, int]] = deque()
+        self._held_dropped = 0  # dropped from memory and not yet counted on disk
+        self.buffer_error: str | None = None
 
     # -- polling ----------------------------------------------------------------------------------------------
     async def _poll_bus(self, pollers: list[DevicePoller]) -> list[tuple[DevicePoller, PollResult]]:
@@ -105,7 +122,8 @@ class Agent:
         for poller in self.pollers if due is None else due:
             by_bus.setdefault(poller.bus, []).append(poller)
         per_bus = await asyncio.gather(*(self._poll_bus(group) for group in by_bus.values()))
-        batch = []
+        await asyncio.to_thread(self._check_buffer_file)
+        batch: list[tuple[str, bytes, int]] = []
         for poller, result in itertools.chain.from_iterable(per_bus):
             # Built from values this agent decoded itself: validation would only cost CPU on the hot path.
             message = Measurement.model_construct(
@@ -115,11 +133,67 @@ class Agent:
                 quality=result.quality,
                 values=result.values,
             )
+            batch.append(
+                (self.topics.measurement(self.config.gateway, poller.device_id), encode(message), self.seq)
+            )
             self.seq += 1
-            batch.append((self.topics.measurement(self.config.gateway, poller.device_id), encode(message)))
         # One transaction per cycle: an SD card wears with every small write.
-        await asyncio.to_thread(self.buffer.append_many, batch, session=self.session)
+        await asyncio.to_thread(self._store, batch, self.session)
         self._wake.set()
+
+    def _store(self, batch: list[tuple[str, bytes, int]], session: int) -> None:
+        """Write the batch (and what memory holds) to disk; on a full disk hold the newest in memory instead."""
+        rows = [*self._held, *((topic, payload, seq, session) for topic, payload, seq in batch)]
+        try:
+            self.buffer.append_rows(rows)
+            if self._held_dropped:
+                self.buffer.count_dropped(self._held_dropped)
+                self._held_dropped = 0
+        except sqlite3.DatabaseError as exc:  # SQLITE_FULL, an I/O error: keep polling, keep what fits
+            if self.buffer_error is None:
+                log.error(
+                    "cannot write the buffer %s (%s): holding the newest %d measurements in memory and dropping "
+                    "older ones until it can be written again",
+                    self.buffer.path,
+                    exc,
+                    self.config.memory_max_messages,
+                )
+            self.buffer_error = f"buffer not writable: {exc}"[:300]
+            excess = max(0, len(rows) - self.config.memory_max_messages)
+            self._held = deque(rows[excess:])
+            self._held_dropped += excess
+            return
+        if self.buffer_error is not None:
+            log.info(
+                "the buffer is writable again: %d measurements held in memory are on disk", len(self._held)
+            )
+            self.buffer_error = None
+        self._held.clear()
+
+    def _check_buffer_file(self) -> None:
+        """A buffer file deleted or replaced under the agent: move what it held to a new file, new session."""
+        if not self.buffer.replaced():
+            return
+        try:
+            moved = self.buffer.reopen()
+        except (BufferFileError, sqlite3.DatabaseError, OSError) as exc:
+            log.error(
+                "the buffer file %s was deleted or replaced and cannot be opened again: %s",
+                self.buffer.path,
+                exc,
+            )
+            return
+        old, last_seq = self.session, self.seq
+        self.session, self.seq = self.buffer.next_session(), 0
+        log.error(
+            "the buffer file %s was deleted or replaced: a new one holds the %d unsent measurements; session %d "
+            "ends at seq %d, session %d starts",
+            self.buffer.path,
+            moved,
+            old,
+            last_seq,
+            self.session,
+        )
 
     async def poll_loop(self) -> None:
         """Each device at its own interval; devices due at the same moment are polled (and stored) together."""
@@ -154,15 +228,16 @@ class Agent:
 
     @property
     def unsent(self) -> int:
-        """Measurements on disk that the broker does not have yet."""
-        return self.buffer.depth - len(self._acked)
+        """Measurements held (on disk, or in memory while the disk is full) that are not confirmed stored."""
+        return self.buffer.depth + len(self._held)
 
     def _health(self) -> GatewayHealth:
         return GatewayHealth(
             devices_ok=sum(not p.failing for p in self.pollers),
             devices_failing=sum(p.failing for p in self.pollers),
             buffer_depth=self.unsent,
-            buffer_dropped=self.buffer.dropped,
+            buffer_dropped=self.buffer.dropped + self._held_dropped,
+            buffer_error=self.buffer_error,
             last_publish=self.last_publish,
             failsafe=self._in_failsafe(),
             devices_in_safe_mode=self._devices_in_safe_mode(),
@@ -176,8 +251,13 @@ class Agent:
                 ts=self.clock.now(),
                 agent_version=AGENT_VERSION,
                 health=self._health() if online else None,
+                held_from=self._held_from() if online else None,
             )
         )
+
+    def _held_from(self) -> int:
+        held = self.buffer.held_from(self.session)
+        return self.seq if held is None else held
 
     async def _connect(self) -> MqttLink:
         mqtt = self.config.mqtt
@@ -212,27 +292,33 @@ class Agent:
             link: MqttLink | None = None
             try:
                 link = await self._connect()
+                # Subscribed before the birth, so no confirmation of what the ingest stores next is missed.
+                granted = await link.subscribe(
+                    [
+                        (self.topics.setpoints_for(self.config.gateway), 1),
+                        (self.topics.heartbeat(), 1),
+                        (self.topics.confirm(self.config.gateway), 1),
+                    ]
+                )
+                if any(code >= 0x80 for code in granted):
+                    log.error(
+                        "the broker refused our setpoint, heartbeat or confirmation subscription (codes %s)",
+                        granted,
+                    )
                 await link.publish(
                     self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
                 )
                 if down_since is not None:
                     log.info("broker connection back after %.0f s", time.monotonic() - down_since)
                 down_since, backoff = None, 0.5
-                # Everything stored before this connection counts as replay; the backlog itself stays on disk.
-                replay_up_to = self.buffer.last_id()
-                granted = await link.subscribe(
-                    [(self.topics.setpoints_for(self.config.gateway), 1), (self.topics.heartbeat(), 1)]
-                )
-                if any(code >= 0x80 for code in granted):
-                    log.error("the broker refused our setpoint or heartbeat subscription (codes %s)", granted)
                 self.connected.set()
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self._send(link, replay_up_to), name="send")
+                    group.create_task(self._send(link), name="send")
                     group.create_task(self._receive(link), name="receive")
             except* MqttLinkError as group:
                 exc = group.exceptions[0]
                 self.connected.clear()
-                self._flush_acks()
+                self._flush_deletes()
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("broker connection lost or refused (%s); buffering on disk, retrying", exc)
@@ -242,32 +328,67 @@ class Agent:
                 if link is not None:
                     link.abort()
 
-    def _flush_acks(self) -> None:
-        """Delete what the broker has acknowledged: batched, since each delete is a synchronous disk write."""
-        if self._acked:
-            self.buffer.ack(self._acked)
-            self._acked = []
-        self._acked_at = time.monotonic()
+    def _flush_deletes(self) -> None:
+        """Delete what is confirmed stored (or refused for good): batched, since each delete is a synchronous disk
+        write. On a full disk the delete may fail too: it is tried again at the next flush."""
+        self._flushed_at = time.monotonic()
+        try:
+            if self._refused:
+                self.buffer.ack(self._refused)
+                self._refused = []
+            if self._confirmed:
+                self.confirmed += self.buffer.confirm(self._confirmed)
+                self._confirmed = []
+        except sqlite3.DatabaseError as exc:
+            log.warning("cannot delete confirmed measurements from the buffer yet: %s", exc)
 
-    async def _send(self, link: MqttLink, replay_up_to: int) -> None:
+    async def _send(self, link: MqttLink) -> None:
         limit = max(1, min(self.config.mqtt.max_inflight, link.receive_maximum))
-        reported, reported_at = self._safety(), time.monotonic()
-        sent_up_to = 0  # this connection starts again at the oldest message still on disk
+        reported, reported_at = (self._safety(), self.session), time.monotonic()
+        # This connection starts again at the oldest message on disk: all of it is unconfirmed, and the broker may
+        # have lost what it acknowledged (a restart). What was sent before counts as replay.
+        sent_up_to, replay_up_to = 0, self.buffer.last_id()
+        sent_at: deque[tuple[int, float]] = deque()  # (last id of a batch, when sent), oldest first
+        resend_after = self.config.confirm_timeout_s
+        checked_at = time.monotonic()
         while True:
-            # The state (with health) goes out when failsafe or a device's safe mode changes, and every 10 s anyway.
-            safety = self._safety()
-            if safety != reported or time.monotonic() - reported_at > 10.0:
+            now = time.monotonic()
+            # The state (with health) goes out when failsafe, a device's safe mode or the session changes, and
+            # every 10 s anyway.
+            safety = (self._safety(), self.session)
+            if safety != reported or now - reported_at > 10.0:
                 link.publish_batch([(self.topics.state(self.config.gateway), self._state(True))], retain=True)
-                reported, reported_at = safety, time.monotonic()
-            if time.monotonic() - self._acked_at > 1.0 or len(self._acked) >= 5000:
-                self._flush_acks()
+                reported, reported_at = safety, now
+            if now - self._flushed_at > 1.0 or len(self._confirmed) + len(self._refused) >= 5000:
+                self._flush_deletes()
+            if self._ingest_heard:
+                # The ingest stores again: what is still unconfirmed goes out again soon, not after a back-off.
+                self._ingest_heard, resend_after = False, self.config.confirm_timeout_s
+            if now - checked_at > 1.0 and sent_at:
+                checked_at = now
+                oldest = self.buffer.peek(1)
+                while sent_at and (not oldest or sent_at[0][0] < oldest[0].id):
+                    sent_at.popleft()  # those batches are confirmed to their last message
+                if not sent_at:
+                    resend_after = self.config.confirm_timeout_s
+                elif now - sent_at[0][1] > resend_after:
+                    # Sent, acknowledged by the broker, and yet not stored: the broker lost it or routed it to
+                    # no one. Send everything unconfirmed again, backing off while the ingest stays silent.
+                    log.warning(
+                        "%d measurements unconfirmed %.0f s after sending: sending them again",
+                        self.buffer.depth,
+                        now - sent_at[0][1],
+                    )
+                    replay_up_to = max(replay_up_to, sent_up_to)
+                    sent_up_to = 0
+                    sent_at.clear()
+                    resend_after = min(resend_after * 2, 600.0)
             batch = self.buffer.peek(limit, after_id=sent_up_to)
             if not batch:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=1.0)
                 continue
-            # QoS 1: a message leaves the disk only once its PUBACK is in.
             sent = link.publish_batch(
                 [
                     (m.topic, self._payload(m, m.id <= replay_up_to or m.session != self.session))
@@ -278,8 +399,9 @@ class Agent:
             for index, reason in sent.refused:
                 # Refused for good (not authorized, malformed): holding it would stop the whole gateway.
                 log.error("the broker refused %s (reason 0x%02x); dropping it", batch[index].topic, reason)
+                self._refused.append(batch[index].id)
             sent_up_to = batch[-1].id
-            self._acked.extend(m.id for m in batch)
+            sent_at.append((sent_up_to, time.monotonic()))
             self.published += len(batch) - len(sent.refused)
             self.last_publish = self.clock.now()
 
@@ -293,6 +415,8 @@ class Agent:
                 continue
             if info.kind is TopicKind.HEARTBEAT:
                 self._heartbeat(message.payload)
+            elif info.kind is TopicKind.CONFIRM:
+                self._confirmation(message.payload)
             elif info.kind is TopicKind.SETPOINT and info.device is not None:
                 ack = await self._setpoint(info.device, message.payload)
                 if ack is not None:
@@ -305,14 +429,34 @@ class Agent:
             log.warning("ignoring a bad controller heartbeat: %s", exc)
             return
         if not beat.alive:
-            return  # the controller's Last Will: the timeout below takes it from here
-        self.last_heartbeat = time.monotonic()
+            # The controller's Last Will or its goodbye: control is gone now, not after the timeout.
+            if not self.failsafe:
+                log.warning("the controller says it is gone (alive=false): devices go to safe mode")
+                self.failsafe = True
+                self._wake.set()
+            return
+        # Judged by its own timestamp: a retained heartbeat the broker hands over on reconnecting may be old, from
+        # a control that hangs since. A heartbeat counts from when it was sent.
+        age_s = self.clock.real_s(self.clock.timestamp() - beat.ts.timestamp())
+        if age_s > self.config.heartbeat_timeout_s:
+            log.info("ignoring a controller heartbeat sent %.0f s ago (cycle %d): too old", age_s, beat.cycle)
+            return
+        self.last_heartbeat = max(self.last_heartbeat, time.monotonic() - max(age_s, 0.0))
         if self.failsafe:
             log.info("controller heartbeat is back: leaving failsafe, setpoints accepted again")
             self.failsafe = False
             for control in self.controls.values():
                 control.in_safe_mode = False
             self._wake.set()
+
+    def _confirmation(self, payload: bytes) -> None:
+        try:
+            confirmation = decode(DeliveryConfirmation, payload)
+        except MessageError as exc:
+            log.warning("ignoring a bad delivery confirmation: %s", exc)
+            return
+        self._confirmed.extend((confirmation.session, first, last) for first, last in confirmation.ranges)
+        self._ingest_heard = True
 
     async def _setpoint(self, device: str, payload: bytes) -> SetpointAck | None:
         try:
@@ -326,6 +470,14 @@ class Agent:
                 return None  # nothing to acknowledge it by: the log is all there is
             return SetpointAck(
                 id=setpoint_id, status=SetpointStatus.REJECTED, ts=self.clock.now(), reason=str(exc)[:200]
+            )
+        if self.failsafe:
+            # Control is lost: whatever sent this is not the controller whose heartbeat keeps the limits.
+            return SetpointAck(
+                id=setpoint.id,
+                status=SetpointStatus.REJECTED,
+                ts=self.clock.now(),
+                reason=f"gateway {self.config.gateway} is in failsafe (no live controller heartbeat)",
             )
         control = self.controls.get(device)
         if control is None:
@@ -385,7 +537,7 @@ class Agent:
                 for task in tasks:
                     task.cancel()
         finally:
-            self._flush_acks()
+            self._flush_deletes()
             for bus in self.buses.values():
                 bus.close()
             self.buffer.close()

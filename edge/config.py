@@ -89,6 +89,14 @@ class AgentConfig(_Strict):
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     buffer_path: Path = Path("var/edge/buffer.db")
     buffer_max_messages: int = Field(1_000_000, ge=100)
+    memory_max_messages: int = Field(
+        20_000, ge=100, description="Held in memory while the buffer cannot be written (a full disk)."
+    )
+    confirm_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A measurement sent this long ago without the ingest confirming it stored goes out again.",
+    )
     interval_s: float = Field(1.0, gt=0)
     timeout_s: float = Field(0.5, gt=0)
     retries: int = Field(1, ge=0, le=5)

@@ -50,8 +50,20 @@ class GatewayHealth(Message):
 
     devices_ok: int = Field(ge=0)
     devices_failing: int = Field(ge=0)
-    buffer_depth: int = Field(ge=0, description="Measurements on disk not yet acknowledged by the broker.")
-    buffer_dropped: int = Field(0, ge=0, description="Measurements dropped because the buffer was full.")
+    buffer_depth: int = Field(
+        ge=0,
+        description="Measurements held (on disk or, while the disk is full, in memory) not yet confirmed stored.",
+    )
+    buffer_dropped: int = Field(
+        0,
+        ge=0,
+        description="Measurements dropped because the buffer was full or the disk could not take them.",
+    )
+    buffer_error: str | None = Field(
+        None,
+        max_length=300,
+        description="Why the buffer cannot be written now (a full disk), None when it can.",
+    )
     last_publish: UtcDatetime | None = None
     failsafe: bool = Field(
         False, description="Control is lost (no heartbeat): every device is in its local safe mode."
@@ -72,6 +84,12 @@ class GatewayState(Message):
     ts: UtcDatetime
     agent_version: str | None = None
     health: GatewayHealth | None = None
+    held_from: int | None = Field(
+        None,
+        ge=0,
+        description="The lowest sequence number of this session the gateway still holds unconfirmed (the next one "
+        "when it holds none): every lower one is stored, or counted in buffer_dropped.",
+    )
 
 
 class Quality(StrEnum):

@@ -359,10 +359,21 @@ class MqttLink:
                 f"the broker refused a message on {topic} (reason 0x{batch.refused[0][1]:02x})"
             )
 
-    async def subscribe(self, filters: Sequence[tuple[str, int]]) -> list[int]:
-        """Subscribe and return the granted QoS (or reason code) per filter."""
+    async def subscribe(
+        self, filters: Sequence[tuple[str, int]], *, retain_as_published: bool = False
+    ) -> list[int]:
+        """Subscribe and return the granted QoS (or reason code) per filter.
+
+        ``retain_as_published`` keeps the publisher's retain flag on live deliveries (MQTT 5), so a consumer can
+        tell a message published with retain from one that was not; without it only stored ones carry the flag.
+        """
         packet_id = self._packet_id()
-        body = _H.pack(packet_id) + b"\x00" + b"".join(_string(f) + bytes((qos,)) for f, qos in filters)
+        options = 0x08 if retain_as_published else 0x00
+        body = (
+            _H.pack(packet_id)
+            + b"\x00"
+            + b"".join(_string(f) + bytes((qos | options,)) for f, qos in filters)
+        )
         future: asyncio.Future[bytes] = self._loop.create_future()
         self._suback[packet_id] = future
         self._write(_packet(_SUBSCRIBE, body))

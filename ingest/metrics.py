@@ -31,9 +31,9 @@ class IngestMetrics:
         self._retries = Counter("ehub_ingest_write_retries", "Writes retried after an outage", registry=r)
         self._dead = Counter("ehub_ingest_dead_letters", "Messages sent to dead letters", ["why"], registry=r)
         self._replayed = Counter("ehub_ingest_replayed", "Replayed measurements", ["gateway"], registry=r)
-        self._gaps = Counter(
-            "ehub_ingest_sequence_gaps",
-            "Measurements missing in a gateway's sequence",
+        self._gaps = Gauge(
+            "ehub_ingest_sequence_missing",
+            "Sequence numbers of a gateway's sessions not stored now (a redelivery fills its hole again)",
             ["gateway"],
             registry=r,
         )
@@ -82,9 +82,10 @@ class IngestMetrics:
         self._replayed.labels(gateway).inc()
         self.replayed[gateway] += 1
 
-    def gap(self, gateway: str, missing: int) -> None:
-        self._gaps.labels(gateway).inc(missing)
-        self.gaps[gateway] += missing
+    def set_missing(self, gateway: str, missing: int) -> None:
+        if self.gaps.get(gateway) != missing:
+            self._gaps.labels(gateway).set(missing)
+            self.gaps[gateway] = missing
 
     def lag(self, seconds: float, gateway: str | None = None) -> None:
         self._lag.observe(seconds)

@@ -1,5 +1,11 @@
 """The ingest: every measurement and gateway state from MQTT into InfluxDB, at least once, whatever fails.
 
+Once a batch is written, the ingest confirms to each gateway which of its sequence numbers are stored
+(``gw/<gateway>/confirm``); only then does the gateway delete them from its buffer, so a broker that restarts or
+routes to no one cannot lose a measurement. A measurement the ingest refuses (dead letter) is confirmed too: it
+was handled, and sending it again would not change that. A retained measurement is never confirmed (a gateway
+never retains one) and is cleared from the broker.
+
 A message is acknowledged to the broker only after the write that holds it succeeded (or after it went to the dead
 letters), in the order received. While InfluxDB is away the batch is retried and held, and the worker reads no
 more: with ``max_pending`` messages unacknowledged (MQTT 5 Receive Maximum) the broker keeps the rest in this
@@ -16,16 +22,25 @@ import logging
 import random
 import ssl
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from hub.clock import Clock, clock_from_env
 from hub.community import load_community
 from hub.influx import InfluxClient, InfluxError
 from hub.line_protocol import LineProtocolError, encode_point
-from hub.messages import DeadLetter, GatewayState, Measurement, MessageError, decode, encode
+from hub.messages import (
+    DeadLetter,
+    DeliveryConfirmation,
+    GatewayState,
+    Measurement,
+    MessageError,
+    decode,
+    encode,
+)
 from hub.mqtt_link import IncomingMessage, MqttLink, MqttLinkError
 from hub.topics import TopicError, TopicInfo, TopicKind, Topics
 from ingest.metrics import IngestMetrics
@@ -39,6 +54,8 @@ __all__ = ["IngestService"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVICE = "ingest"
+# A device's clock before this was never set (a gateway without a real-time clock before NTP): not a reading time.
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 
 
 @dataclass(slots=True)
@@ -48,8 +65,19 @@ class _Pending:
     line: str | None = None
     fields: int = 0
     device_ts: float | None = None  # live measurements only: for the lag
+    session: int | None = None  # measurements: what to confirm to the gateway
+    seq: int | None = None
+    retained: bool = False  # a retained measurement: cleared from the broker once dead-lettered
     why: str | None = None  # dead letter: the kind of problem
     reason: str | None = None  # dead letter: the problem in words
+
+
+class _Refused(Exception):
+    """A measurement that parses but cannot be a real reading: a dead letter of kind ``why``."""
+
+    def __init__(self, why: str, reason: str) -> None:
+        super().__init__(reason)
+        self.why = why
 
 
 class IngestService:
@@ -109,7 +137,8 @@ class IngestService:
             link: MqttLink | None = None
             try:
                 link = await self._connect()
-                granted = await link.subscribe(self._filters())
+                # Retain as published: a measurement published with retain is then seen as such, live or stored.
+                granted = await link.subscribe(self._filters(), retain_as_published=True)
                 if any(code >= 0x80 for code in granted):
                     raise MqttLinkError(f"the broker refused the subscriptions (codes {granted})")
                 log.info(
@@ -201,8 +230,17 @@ class IngestService:
                 raise TopicError(f"{message.topic!r} names no gateway")
             pending.gateway = info.gateway
             if info.kind is TopicKind.MEASUREMENT and info.device is not None:
+                if message.retained:
+                    pending.retained = True
+                    raise _Refused(
+                        "retained",
+                        "a retained measurement (a gateway never retains one: it would reach every new "
+                        "subscriber as if it were current); cleared from the broker",
+                    )
                 measurement = decode(Measurement, message.payload)
                 self.metrics.message("measurement")
+                pending.session, pending.seq = measurement.session, measurement.seq
+                self._check_reading(info.gateway, info.device, measurement)
                 pending.line, pending.fields = measurement_point(
                     self.topics.site, info.gateway, info.device, measurement, self.known
                 )
@@ -213,16 +251,17 @@ class IngestService:
                 if self.tracker is not None:
                     missing = self.tracker.see(info.gateway, measurement.session, measurement.seq)
                     if missing:
-                        self.metrics.gap(info.gateway, missing)
                         self._log_gap(info.gateway, measurement.session, missing, measurement.seq)
             elif info.kind is TopicKind.STATE:
                 state = decode(GatewayState, message.payload)
                 self.metrics.message("state")
                 pending.line, pending.fields = state_point(self.topics.site, info.gateway, state)
                 if self.tracker is not None and state.online and not message.retained:
-                    self.tracker.birth(info.gateway, state.session)
+                    self.tracker.state(info.gateway, state.session, state.held_from)
             else:
                 raise TopicError(f"{message.topic!r} is neither a measurement nor a gateway state")
+        except _Refused as exc:
+            pending.why, pending.reason = exc.why, str(exc)
         except TopicError as exc:
             pending.why, pending.reason = "topic", str(exc)
         except MessageError as exc:
@@ -233,6 +272,28 @@ class IngestService:
             self.metrics.message("rejected")
         return pending
 
+    def _check_reading(self, gateway: str, device: str, measurement: Measurement) -> None:
+        """Refuse what cannot be a reading of this estate: a time far ahead or never set, an unknown device."""
+        ts = measurement.ts.timestamp()
+        ahead_s = self.clock.real_s(ts - self.clock.timestamp())
+        if ahead_s > self.settings.max_ahead_s:
+            raise _Refused(
+                "timestamp",
+                f"timestamp {measurement.ts.isoformat()} is {ahead_s:.0f} s ahead of this ingest's clock (at most "
+                f"{self.settings.max_ahead_s:g} s allowed): check the gateway's clock",
+            )
+        if ts < EARLIEST_TS:
+            raise _Refused(
+                "timestamp",
+                f"timestamp {measurement.ts.isoformat()} is before 2000: the gateway's clock was not set",
+            )
+        if self.known and self.settings.known_devices_only and f"{gateway}/{device}" not in self.known:
+            raise _Refused(
+                "device",
+                f"device {device!r} of gateway {gateway!r} is not in the community file "
+                f"{self.settings.community}: add it there, or set known_devices_only: false",
+            )
+
     def _log_gap(self, gateway: str, session: int, missing: int, seq: int) -> None:
         # At most one line per gateway a minute: a gateway that loses messages all the time must not flood the log.
         now = time.monotonic()
@@ -240,13 +301,13 @@ class IngestService:
             return
         self._gap_logged[gateway] = now
         log.warning(
-            "gateway %s session %d: %d measurement(s) missing before seq %d (%d missing so far; logged once a "
+            "gateway %s session %d: %d measurement(s) missing before seq %d (%d missing now; logged once a "
             "minute at most)",
             gateway,
             session,
             missing,
             seq,
-            self.metrics.gaps[gateway],
+            self.tracker.missing(gateway) if self.tracker is not None else 0,
         )
 
     # -- one batch ----------------------------------------------------------------------------------------------
@@ -272,8 +333,41 @@ class IngestService:
         dead = [p for p in batch if p.why is not None]
         if dead:
             await self._dead_letters(link, dead)
+        self._confirm(link, batch)
         # Only now does the broker forget them: a crash before this line gets them all again.
         link.ack([p.message for p in batch])
+
+    def _confirm(self, link: MqttLink, batch: list[_Pending]) -> None:
+        """Tell each gateway which of its sequence numbers are handled (stored, or dead letters), as ranges.
+
+        Not awaited: a confirmation lost on the way only makes the gateway send those measurements again.
+        """
+        handled: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
+        for p in batch:
+            if p.gateway is not None and p.session is not None and p.seq is not None:
+                handled[p.gateway, p.session].append(p.seq)
+        messages = []
+        now = self.clock.now()
+        for (gateway, session), seqs in handled.items():
+            seqs.sort()
+            ranges: list[tuple[int, int]] = []
+            for seq in seqs:
+                if ranges and seq <= ranges[-1][1] + 1:
+                    ranges[-1] = (ranges[-1][0], max(ranges[-1][1], seq))
+                else:
+                    ranges.append((seq, seq))
+            for start in range(0, len(ranges), 10_000):  # the message's bound on ranges
+                confirmation = DeliveryConfirmation(
+                    session=session, ranges=ranges[start : start + 10_000], ts=now
+                )
+                messages.append((self.topics.confirm(gateway), encode(confirmation)))
+            if self.tracker is not None:
+                self.metrics.set_missing(gateway, self.tracker.missing(gateway))
+        cleared = [(p.message.topic, b"") for p in batch if p.retained]
+        if messages:
+            link.publish_batch(messages)
+        if cleared:
+            link.publish_batch(cleared, retain=True)
 
     async def _dead_letters(self, link: MqttLink, dead: list[_Pending]) -> None:
         topic = self.topics.deadletter(SERVICE)

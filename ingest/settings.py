@@ -55,6 +55,14 @@ class IngestSettings(ConnectedSettings):
     community: Path | None = Field(
         None, description="Community file: adds connection and role tags to device points."
     )
+    known_devices_only: bool = Field(
+        True, description="With a community file: a device it does not name goes to the dead letters."
+    )
+    max_ahead_s: float = Field(
+        300.0,
+        gt=0,
+        description="A measurement stamped further ahead of this ingest's clock (real seconds) is a dead letter.",
+    )
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = Field(
         None, ge=0, le=65535, description="Prometheus /metrics port (None: off)."

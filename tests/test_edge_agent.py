@@ -193,13 +193,15 @@ async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outag
     ):
         await observer.wait_for(lambda: len(observer.messages) >= 10)
         birth = observer.states[0]
-        assert (birth.online, birth.session) == (True, 1)
+        assert birth.online
+        assert birth.held_from == 0
+        session = birth.session
         by_device = {d: m for d, m in observer.messages}
         assert by_device["meter"].values["power_w"] == -5_000.0
         assert by_device["meter"].values["voltage_l1_v"] == 230.0
         assert by_device["pv"].values["power_w"] == -20_000.0  # producing: import-positive sign
         assert all(m.quality is Quality.GOOD for _d, m in observer.messages)
-        assert observer.seqs(1) == list(range(len(observer.seqs(1))))
+        assert observer.seqs(session) == list(range(len(observer.seqs(session))))
 
         # A device fault: the meter's values go missing with a quality flag; the inverter keeps flowing.
         meter.faults.offline = True
@@ -218,8 +220,10 @@ async def test_values_arrive_as_the_devices_hold_them_and_survive_a_broker_outag
         buffered_max = agent.seq
         process.start()
         process.wait_ready()
-        await observer.wait_for(lambda: observer.seqs(1) and observer.seqs(1)[-1] >= buffered_max, 30)
-        seqs = observer.seqs(1)
+        await observer.wait_for(
+            lambda: observer.seqs(session) and observer.seqs(session)[-1] >= buffered_max, 30
+        )
+        seqs = observer.seqs(session)
         assert seqs == list(range(seqs[-1] + 1)), "a sequence gap after the broker outage"
         assert any(m.replay for _d, m in observer.messages), "buffered messages are marked as replay"
 
@@ -284,10 +288,12 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
         log = (tmp_path / "agent.log").open("w")
         agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         try:
-            await observer.wait_for(lambda: len(observer.seqs(1)) >= 10)
+            await observer.wait_for(lambda: len(observer.messages) >= 10)
+            s1 = observer.messages[0][1].session
+            await observer.wait_for(lambda: len(observer.seqs(s1)) >= 10)
             process.stop()  # broker away, so the agent holds unsent messages on disk when it dies
             # Polls that only the disk holds: six past what the observer had when the broker went.
-            received = observer.seqs(1)[-1]
+            received = observer.seqs(s1)[-1]
             await observer.wait_for(lambda: newest_buffered_seq(tmp_path / "buffer.db") >= received + 6)
             os.kill(agent.pid, signal.SIGKILL)
             agent.wait()
@@ -295,15 +301,18 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
             process.wait_ready()
             agent = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             try:
-                await observer.wait_for(lambda: len(observer.seqs(2)) >= 5, 30)
+                await observer.wait_for(lambda: len({m.session for _d, m in observer.messages}) == 2, 30)
+                s2 = max(m.session for _d, m in observer.messages)
+                await observer.wait_for(lambda: len(observer.seqs(s2)) >= 5, 30)
             except TimeoutError:
                 raise AssertionError((tmp_path / "agent.log").read_text()[-3000:]) from None
-            first = observer.seqs(1)
+            assert s2 > s1
+            first = observer.seqs(s1)
             assert first == list(range(first[-1] + 1)), "a gap in the killed session"
             # Polls made while the broker was down were replayed by the next session.
             assert first[-1] >= received + 6
-            assert observer.seqs(2)[0] == 0
-            assert any(m.replay and m.session == 1 for _d, m in observer.messages)
+            assert observer.seqs(s2)[0] == 0
+            assert any(m.replay and m.session == s1 for _d, m in observer.messages)
         finally:
             if agent.poll() is None:
                 agent.send_signal(signal.SIGTERM)
@@ -478,3 +487,78 @@ async def test_sunspec_device_without_a_profile(tmp_path, broker, devices):
                     break
         assert (ack.status, ack.readback) == (SetpointStatus.APPLIED, 40.0)
         assert inverter.state.limit_pct == 40.0
+
+
+async def test_failsafe_cannot_be_fooled_by_an_old_heartbeat(tmp_path, broker, devices):
+    """A heartbeat counts by its own timestamp, alive=false counts at once, and a setpoint in failsafe is refused."""
+    settings, accounts, _supervisor, _process = broker
+    server, _meter, inverter = devices
+    path = agent_config(
+        tmp_path,
+        settings,
+        accounts,
+        server.port,
+        heartbeat_timeout_s=10.0,
+        pv={"safe_mode": {"active_power_limit_pct": 30}},
+    )
+    topics = Topics(site=settings.site)
+    creds = accounts.credentials("ehub-control")
+    acks: dict[str, SetpointAck] = {}
+
+    def beat(age_s: float, *, alive: bool = True) -> bytes:
+        ts = datetime.now(UTC) - timedelta(seconds=age_s)
+        return encode(ControllerHeartbeat(alive=alive, ts=ts, cycle=1, period_s=1.0))
+
+    async with (
+        observing(settings, accounts) as observer,
+        aiomqtt.Client(
+            "127.0.0.1",
+            settings.mqtt_port,
+            username=creds.username,
+            password=creds.password,
+            identifier="control-old-beat",
+        ) as control,
+    ):
+        # What a gateway reconnecting to a hung control gets: its last heartbeat, retained, 13 s old.
+        await control.publish(topics.heartbeat(), beat(13.0), qos=1, retain=True)
+        await control.subscribe(topics.all_acks(), qos=1)
+
+        async def collect_acks() -> None:
+            async for message in control.messages:
+                ack = decode(SetpointAck, message.payload)
+                acks[ack.id] = ack
+
+        collector = asyncio.create_task(collect_acks())
+        try:
+            async with running_agent(path) as agent:
+                await asyncio.wait_for(agent.connected.wait(), 10)
+                # Stale heartbeats do not count: silence since start, so failsafe 10 s after start.
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                await observer.wait_for(lambda: loop.time() - started > 5.0, 10)
+                await control.publish(topics.heartbeat(), beat(12.0), qos=1, retain=True)
+                await observer.wait_for(lambda: agent.failsafe, 15)
+                assert 8.0 < loop.time() - started < 11.5
+                await observer.wait_for(lambda: inverter.state.limit_pct == 30.0, 5)
+                # In failsafe a setpoint is refused, and the device stays at its safe value.
+                now = datetime.now(UTC)
+                sp = Setpoint(
+                    id="sp-f", name="active_power_limit_pct", value=80, created=now,
+                    expires=now + timedelta(seconds=30),
+                )  # fmt: skip
+                await control.publish(topics.setpoint(GATEWAY, "pv"), encode(sp), qos=1)
+                await observer.wait_for(lambda: "sp-f" in acks)
+                assert acks["sp-f"].status is SetpointStatus.REJECTED
+                assert "failsafe" in (acks["sp-f"].reason or "")
+                assert inverter.state.limit_pct == 30.0
+                # Another old one changes nothing; a fresh one ends failsafe.
+                await control.publish(topics.heartbeat(), beat(11.0), qos=1, retain=True)
+                await control.publish(topics.heartbeat(), beat(0.0), qos=1, retain=True)
+                await observer.wait_for(lambda: not agent.failsafe, 5)
+                # alive=false (a Last Will, a goodbye): failsafe at once, not after the timeout.
+                gone_at = loop.time()
+                await control.publish(topics.heartbeat(), beat(0.0, alive=False), qos=1, retain=True)
+                await observer.wait_for(lambda: agent.failsafe, 5)
+                assert loop.time() - gone_at < 2.0
+        finally:
+            collector.cancel()

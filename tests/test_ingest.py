@@ -15,6 +15,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import communities
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -538,3 +539,74 @@ def test_the_fuzzed_ingest_still_stores_good_measurements(services, ingest_proce
         return await wait_until(stored, what="the good measurement")
 
     assert asyncio.run(exchange())[0]["device"] == "good"
+
+
+async def test_what_cannot_be_a_reading_is_a_dead_letter_and_confirmed_and_a_retained_one_is_cleared(
+    services, unique_id, gateway, tmp_path
+):
+    """Stored ones and refused ones are confirmed to the gateway by (session, seq); a retained measurement is not,
+    and no later subscriber gets it from the broker."""
+    topics = Topics(site=services.settings.site)
+    community = tmp_path / "c.yaml"
+    doc = communities.base()
+    doc["loops"][0]["connections"][0]["gateways"] = [{"id": gateway}]  # its devices: meter and pv1
+    community.write_text(communities.dump(doc))
+    settings = ingest_settings(services, unique_id, share_group=None, community=community)
+    now = datetime.now(UTC)
+    good = measurement(0, session=7).model_copy(update={"ts": now})
+    ahead = measurement(1, session=7).model_copy(update={"ts": now + timedelta(hours=2)})
+    unset = measurement(2, session=7).model_copy(update={"ts": datetime(1970, 1, 1, 0, 5, tzinfo=UTC)})
+    stranger = measurement(3, session=7).model_copy(update={"ts": now})
+    forged = measurement(4, session=7).model_copy(update={"ts": datetime(2099, 1, 1, tzinfo=UTC)})
+    async with running(settings):
+        letters = await _subscribe(services, topics.deadletter("ingest"))
+        link = await link_as(services, gateway)
+        await link.subscribe([(topics.confirm(gateway), 1)])
+        meter, other = topics.measurement(gateway, "meter"), topics.measurement(gateway, "other")
+        await link.wait(
+            link.publish_batch(
+                [
+                    (meter, encode(good)),
+                    (meter, encode(ahead)),
+                    (meter, encode(unset)),
+                    (other, encode(stranger)),
+                ]
+            ).done
+        )
+        await link.wait(link.publish_batch([(meter, encode(forged))], retain=True).done)
+        confirmed: set[int] = set()
+        why: dict[str, str] = {}
+        async with asyncio.timeout(20):
+            while confirmed != {0, 1, 2, 3} or len(why) < 4:
+                if await link.wait_messages(0.1):
+                    for m in link.take(100):
+                        note = json.loads(m.payload)
+                        assert note["session"] == 7
+                        confirmed |= {s for a, b in note["ranges"] for s in range(a, b + 1)}
+                if await letters.wait_messages(0.1):
+                    for m in letters.take(100):
+                        letter = decode(DeadLetter, m.payload)
+                        why[letter.reason] = letter.topic
+        assert 4 not in confirmed  # the retained one: not a real reading, nothing to delete for it
+        reasons = " | ".join(why)
+        assert "ahead of this ingest's clock" in reasons
+        assert "before 2000" in reasons
+        assert "not in the community file" in reasons
+        assert "a retained measurement" in reasons
+        await link.disconnect()
+        await letters.disconnect()
+        # A subscriber that comes later gets no retained measurement from the broker (once the ingest cleared it).
+
+        async def retained_now() -> bool:
+            late = await _subscribe(services, topics.measurement(gateway, "meter"))
+            try:
+                return await late.wait_messages(0.5) and any(m.retained and m.payload for m in late.take(10))
+            finally:
+                await late.disconnect()
+
+        async with asyncio.timeout(10):
+            while await retained_now():
+                pass
+    rows = await stored_rows(services.settings.influx_url, services.settings.influx_db, gateway)
+    # This worker's points carry the community's tags (another module's ingest may share the broker).
+    assert sorted(r["seq"] for r in rows if r.get("connection")) == [0]
