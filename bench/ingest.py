@@ -82,7 +82,7 @@ async def links(settings: ServiceSettings, accounts_dir: Path) -> list[MqttLink]
             await MqttLink.connect(
                 settings.host,
                 settings.mqtt_port,
-                client_id=f"{gateway}-bench",
+                client_id=f"{gateway}-agent",  # the broker binds a gateway account to this client id
                 username=creds["username"],
                 password=creds["password"],
             )
