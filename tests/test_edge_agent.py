@@ -529,16 +529,17 @@ async def test_failsafe_cannot_be_fooled_by_an_old_heartbeat(tmp_path, broker, d
                 acks[ack.id] = ack
 
         collector = asyncio.create_task(collect_acks())
+        loop = asyncio.get_running_loop()
         try:
+            started = loop.time()  # the agent counts its silence from its start
             async with running_agent(path) as agent:
                 await asyncio.wait_for(agent.connected.wait(), 10)
-                # Stale heartbeats do not count: silence since start, so failsafe 10 s after start.
-                loop = asyncio.get_running_loop()
-                started = loop.time()
+                # Stale heartbeats do not count: silence since start, so failsafe 10 s after start. (Counted as
+                # fresh, the one sent 5 s in would put it at 15 s.)
                 await observer.wait_for(lambda: loop.time() - started > 5.0, 10)
                 await control.publish(topics.heartbeat(), beat(12.0), qos=1, retain=True)
                 await observer.wait_for(lambda: agent.failsafe, 15)
-                assert 8.0 < loop.time() - started < 11.5
+                assert 9.5 < loop.time() - started < 13.0
                 await observer.wait_for(lambda: inverter.state.limit_pct == 30.0, 5)
                 # In failsafe a setpoint is refused, and the device stays at its safe value.
                 now = datetime.now(UTC)
