@@ -1,15 +1,17 @@
-"""Broker accounts: one per gateway plus one per central service, and the files Mosquitto reads.
+"""Broker accounts: one per gateway plus one per central service, and the file Mosquitto reads.
 
 The broker directory holds::
 
-    accounts.json                 username -> role: the source of truth for who exists
-    credentials/<username>.json   the plaintext password (0600), to copy to the gateway or service once
-    passwd                        Mosquitto password file (PBKDF2 hashes), generated
-    acl                           Mosquitto ACL file, generated (see broker/acl.py)
+    accounts.json                       username -> role: the source of truth for who exists
+    credentials/<username>.json         the plaintext password (0600), to copy to the gateway or service once
+    dynsec/dynamic-security.json        the dynamic-security plugin's config (hashes, client ids, ACLs), generated
+    listener.json                       where the broker listens, for ``reload_broker`` (written with mosquitto.conf)
 
-``passwd`` and ``acl`` are derived files: every change rewrites both atomically (temp file + ``os.replace``),
-so a broker reloading at any moment reads either the old or the new version, never half a file. A lock file
-serialises concurrent ``energyhub broker`` commands on the same directory.
+``dynamic-security.json`` is derived (broker/dynsec.py): every change rewrites it atomically (temp file +
+``os.replace``), so a broker starting at any moment reads either the old or the new version, never half a file.
+Its folder is 0700 because the broker saves the file there itself, with its own umask. A lock file serialises
+concurrent ``energyhub broker`` commands and reloads on the same directory. The ``passwd`` and ``acl`` files of
+earlier versions are read once for their hashes and then removed (Mosquitto no longer reads them).
 """
 
 from __future__ import annotations
@@ -19,25 +21,28 @@ import fcntl
 import json
 import os
 import secrets
-import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.acl import DEV_MODE_MARKER, Role, render_acl
-from broker.passwords import hash_password, verify_password
+from broker.dynsec import ClientEntry, DynsecFile, Role, password_id, read_dynsec, render_dynsec
+from broker.dynsec_control import DynsecControl, DynsecControlError, sync
+from broker.passwords import DynsecPassword
 from hub.topics import TopicError, Topics, check_id
 
-__all__ = ["SERVICE_ACCOUNTS", "AccountError", "BrokerAccounts", "Credentials", "Role"]
+__all__ = ["ADMIN_ACCOUNT", "SERVICE_ACCOUNTS", "AccountError", "BrokerAccounts", "Credentials", "Role"]
 
 RESERVED_PREFIX = "ehub-"
+ADMIN_ACCOUNT = "ehub-admin"
 SERVICE_ACCOUNTS: dict[str, Role] = {
     "ehub-control": Role.CONTROL,
     "ehub-ingest": Role.INGEST,
     "ehub-api": Role.API,
+    ADMIN_ACCOUNT: Role.ADMIN,
 }
 _PASSWORD_BYTES = 24  # 32 URL-safe characters: long enough that hashing speed does not matter
+RELOAD_TIMEOUT_S = 10.0
 
 
 class AccountError(ValueError):
@@ -82,12 +87,19 @@ class BrokerAccounts:
         return self.directory / "accounts.json"
 
     @property
-    def passwd_path(self) -> Path:
-        return self.directory / "passwd"
+    def dynsec_path(self) -> Path:
+        """The dynamic-security plugin's config (``plugin_opt_config_file``), in a folder of its own (0700)."""
+        return self.directory / "dynsec" / "dynamic-security.json"
 
     @property
-    def acl_path(self) -> Path:
-        return self.directory / "acl"
+    def listener_path(self) -> Path:
+        """Where the broker listens (written with mosquitto.conf), so ``reload_broker`` can reach it."""
+        return self.directory / "listener.json"
+
+    @property
+    def legacy_paths(self) -> tuple[Path, Path]:
+        """The password and ACL files of the acl_file setup, which Mosquitto no longer reads."""
+        return self.directory / "passwd", self.directory / "acl"
 
     @property
     def credentials_dir(self) -> Path:
@@ -146,7 +158,7 @@ class BrokerAccounts:
 
     # -- changes -------------------------------------------------------------------------------------------
     def ensure_service_accounts(self) -> list[Credentials]:
-        """Create the control, ingest and api accounts that are missing; return only the new ones."""
+        """Create the service accounts (control, ingest, api, admin) that are missing; return only the new ones."""
         created: list[Credentials] = []
         with self._locked():
             accounts = self.accounts()
@@ -186,7 +198,11 @@ class BrokerAccounts:
         return credentials
 
     def remove(self, name: str) -> None:
-        """Delete account ``name``: it can no longer log in once the broker reloads."""
+        """Delete account ``name``: it can no longer log in, and is disconnected, once the broker reloads."""
+        if name == ADMIN_ACCOUNT:
+            raise AccountError(
+                f"{ADMIN_ACCOUNT} cannot be removed: it is how account changes reach the running broker"
+            )
         with self._locked():
             accounts = self.accounts()
             if name not in accounts:
@@ -199,33 +215,57 @@ class BrokerAccounts:
             self.credentials_path(name).unlink(missing_ok=True)
 
     def write_files(self, *, dev_mode: bool | None = None) -> None:
-        """(Re)write ``passwd`` and ``acl`` from the accounts.
+        """(Re)write the dynamic-security config from the accounts.
 
-        ``dev_mode`` adds the ACL's anonymous section; None keeps what the current ACL file has, so adding a
-        gateway to a broker started in dev mode does not take anonymous access away at the next reload.
+        ``dev_mode`` gives anonymous clients the site; None keeps what the current file has, so adding a gateway
+        to a broker started in dev mode does not take anonymous access away at the next reload.
         """
         with self._locked():
             self._write_files(self.accounts(), dev_mode=dev_mode)
 
+    def write_listener(self, host: str, port: int) -> None:
+        """Record where the broker listens (its plain listener), for ``reload_broker``."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.listener_path, json.dumps({"host": host, "port": port}) + "\n")
+
     def reload_broker(self) -> bool:
-        """SIGHUP this directory's running Mosquitto so it re-reads passwd and acl; False if none runs."""
-        try:
-            pid = int(self.pid_path.read_text(encoding="ascii").strip())
-        except FileNotFoundError:
+        """Bring this directory's running Mosquitto in line with the accounts; False if none runs.
+
+        Sent as dynamic-security commands by the admin account (the plugin does not re-read its file): only the
+        differences, so accounts that did not change stay connected, while a removed account or one with a new
+        password is disconnected and its old password refused from then on.
+        """
+        if self._running_pid() is None:
             return False
-        except ValueError:
-            return False  # an empty or half-written pid file: no broker we can name
-        if pid <= 1 or not _is_mosquitto(pid):
-            return False  # a stale pid file whose number now belongs to another process (or none)
-        try:
-            os.kill(pid, signal.SIGHUP)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
+        with self._locked():
+            host, port = self._listener()
+            accounts = self.accounts()
+            dev_mode = self._dev_mode()
+            document = self._document(accounts, dev_mode=dev_mode)
+            plaintexts = self._plaintexts(accounts)
+            admin = plaintexts.get(ADMIN_ACCOUNT)
+            if admin is None:
+                raise AccountError(
+                    f"the credentials of {ADMIN_ACCOUNT} ({self.credentials_path(ADMIN_ACCOUNT)}) are missing, "
+                    "so the running broker cannot be told of changes: restart it (it reads the accounts at start)"
+                )
+            try:
+                unreachable = self._sync(host, port, admin, document, plaintexts)
+            except DynsecControlError as exc:
+                if self._running_pid() is None:
+                    return False  # it stopped meanwhile: the change takes effect when it starts
+                raise AccountError(
+                    f"could not update the running broker ({exc}); if it was started before the accounts moved "
+                    "to the dynamic-security plugin, restart it"
+                ) from None
+            # The broker saved its own copy of the file with each change: write ours (the same accounts) again.
+            self._write_files(accounts, dev_mode=dev_mode)
+        if unreachable:
             raise AccountError(
-                f"Mosquitto (pid {pid}, from {self.pid_path}) runs as another user: reload it as that user "
-                f"with `kill -HUP {pid}`"
-            ) from None
+                f"the running broker does not know {', '.join(unreachable)} and their plaintext passwords are "
+                "lost, so it cannot be told them: restart the broker (it loads the kept hashes) or give them new "
+                "passwords (`energyhub broker add-gateway <name> --rotate`)"
+            )
         return True
 
     # -- internals -----------------------------------------------------------------------------------------
@@ -258,49 +298,103 @@ class BrokerAccounts:
         document = {name: str(role) for name, role in sorted(accounts.items())}
         write_atomic(self.accounts_path, json.dumps(document, indent=2) + "\n")
 
-    def _read_passwd(self) -> dict[str, str]:
+    def _running_pid(self) -> int | None:
         try:
-            text = self.passwd_path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return {}
-        entries: dict[str, str] = {}
-        for line in text.splitlines():
-            username, sep, hashed = line.partition(":")
-            if sep:
-                entries[username] = hashed
-        return entries
+            pid = int(self.pid_path.read_text(encoding="ascii").strip())
+        except (FileNotFoundError, ValueError):
+            return None  # no pid file, or an empty or half-written one: no broker we can name
+        if pid <= 1 or not _is_mosquitto(pid):
+            return None  # a stale pid file whose number now belongs to another process (or none)
+        return pid
 
-    def _acl_dev_mode(self) -> bool:
+    def _listener(self) -> tuple[str, int]:
         try:
-            return DEV_MODE_MARKER in self.acl_path.read_text(encoding="utf-8").splitlines()
+            raw = json.loads(self.listener_path.read_text(encoding="utf-8"))
+            host, port = str(raw["host"]), int(raw["port"])
+        except FileNotFoundError:
+            raise AccountError(
+                f"a broker runs from {self.directory} but {self.listener_path} is missing: restart it with "
+                "`energyhub services` (or rewrite its config with `energyhub broker write-config`)"
+            ) from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise AccountError(
+                f"{self.listener_path} is not valid ({exc!r}): rewrite it with write-config"
+            ) from None
+        # A broker listening on every address is reached on loopback.
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host), port
+
+    def _sync(
+        self, host: str, port: int, admin: str, document: dict[str, object], plaintexts: dict[str, str]
+    ) -> list[str]:
+        with DynsecControl(
+            host, port, username=ADMIN_ACCOUNT, password=admin, timeout_s=RELOAD_TIMEOUT_S
+        ) as control:
+            _, unreachable = sync(control, document, plaintexts, keep=ADMIN_ACCOUNT)
+        return unreachable
+
+    def _plaintexts(self, accounts: dict[str, Role]) -> dict[str, str]:
+        return {u: self.credentials(u).password for u in accounts if self.credentials_path(u).exists()}
+
+    def _previous(self) -> DynsecFile:
+        """Hashes and password ids of the current file; hashes of a legacy passwd file where it has none."""
+        current = read_dynsec(self.dynsec_path) or DynsecFile(passwords={}, password_ids={}, dev_mode=False)
+        passwd, _ = self.legacy_paths
+        try:
+            lines = passwd.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            lines = []
+        for line in lines:
+            username, _, hashed = line.partition(":")
+            legacy = DynsecPassword.from_hash(hashed)
+            if legacy is not None:
+                current.passwords.setdefault(username, legacy)
+        return current
+
+    def _dev_mode(self) -> bool:
+        if self.dynsec_path.exists():
+            previous = read_dynsec(self.dynsec_path)
+            return previous is not None and previous.dev_mode
+        _, acl = self.legacy_paths  # the acl_file setup marked dev mode with a comment line
+        try:
+            return "# dev mode: anonymous clients may use the whole site." in acl.read_text(encoding="utf-8")
         except FileNotFoundError:
             return False
 
-    def _write_files(self, accounts: dict[str, Role], *, dev_mode: bool | None = None) -> None:
-        # Keep a user's hash while it still matches the stored password: the file then changes only for the
+    def _document(self, accounts: dict[str, Role], *, dev_mode: bool) -> dict[str, object]:
+        # Keep an account's hash while it still matches the stored password: the file then changes only for the
         # accounts that changed, and a lost credentials file does not lock out a gateway that still knows it.
-        previous = self._read_passwd()
-        lines: list[str] = []
+        previous = self._previous()
+        clients: list[ClientEntry] = []
         for username in sorted(accounts):
             path = self.credentials_path(username)
-            old_hash = previous.get(username)
+            old_hash = previous.passwords.get(username)
             if path.exists():
                 password = self.credentials(username).password
-                hashed = (
-                    old_hash if old_hash and verify_password(password, old_hash) else hash_password(password)
-                )
+                hashed = old_hash if old_hash and old_hash.verify(password) else DynsecPassword.make(password)
+                fingerprint = password_id(password)
             elif old_hash:
-                hashed = old_hash
+                hashed, fingerprint = old_hash, previous.password_ids.get(username, "")
             else:
                 raise AccountError(
                     f"account {username!r} has neither a credentials file ({path}) nor a hash in "
-                    f"{self.passwd_path}: {_renew_hint(username)}"
+                    f"{self.dynsec_path}: {_renew_hint(username)}"
                 )
-            lines.append(f"{username}:{hashed}\n")
-        write_atomic(self.passwd_path, "".join(lines), mode=0o600)
+            clients.append(
+                ClientEntry(
+                    username=username, role=accounts[username], password=hashed, password_id=fingerprint
+                )
+            )
+        return render_dynsec(clients, accounts, self.topics, dev_mode=dev_mode)
+
+    def _write_files(self, accounts: dict[str, Role], *, dev_mode: bool | None = None) -> None:
         if dev_mode is None:
-            dev_mode = self._acl_dev_mode()
-        write_atomic(self.acl_path, render_acl(accounts, self.topics, dev_mode=dev_mode), mode=0o600)
+            dev_mode = self._dev_mode()
+        document = self._document(accounts, dev_mode=dev_mode)
+        self.dynsec_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.dynsec_path.parent, 0o700)
+        write_atomic(self.dynsec_path, json.dumps(document, indent=2) + "\n", mode=0o600)
+        for legacy in self.legacy_paths:
+            legacy.unlink(missing_ok=True)  # no longer read by Mosquitto: leave nothing that looks in force
 
 
 def _renew_hint(username: str) -> str:

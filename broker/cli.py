@@ -19,7 +19,7 @@ from hub.topics import DEFAULT_ROOT, TopicError, Topics
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Broker accounts (one per gateway, isolated by ACL), service accounts and TLS certificates.",
+    help="Broker accounts (one per gateway, isolated by ACLs and client id), service accounts and TLS certificates.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -59,7 +59,7 @@ def _reload_note(accounts: BrokerAccounts) -> str:
 def init(
     state_dir: StateDir = Path("var"), site: Site = "de-koumen", topic_root: TopicRoot = DEFAULT_ROOT
 ) -> None:
-    """Create the service accounts (ehub-control, ehub-ingest, ehub-api) that are missing."""
+    """Create the service accounts (ehub-control, ehub-ingest, ehub-api, ehub-admin) that are missing."""
     accounts = _accounts(state_dir, site, topic_root)
     try:
         created = accounts.ensure_service_accounts()
@@ -71,7 +71,7 @@ def init(
     if not created:
         typer.echo("the service accounts exist already")
     typer.echo(f"credentials: {accounts.credentials_dir}/<username>.json (mode 0600)")
-    typer.echo(f"password file: {accounts.passwd_path}, ACL: {accounts.acl_path}")
+    typer.echo(f"accounts and ACLs for the broker's dynamic-security plugin: {accounts.dynsec_path}")
     if note:
         typer.echo(note)
 
@@ -85,16 +85,28 @@ def write_config(
         str, typer.Option(help="Address Mosquitto listens on (0.0.0.0 inside a container).")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 1883,
+    plugin: Annotated[
+        Path | None,
+        typer.Option(
+            help="Path of mosquitto_dynamic_security.so where the broker runs (default: the one installed here, "
+            "else the eclipse-mosquitto image's /usr/lib/mosquitto_dynamic_security.so)."
+        ),
+    ] = None,
 ) -> None:
-    """Write mosquitto.conf, passwd and acl under STATE_DIR/broker, for a Mosquitto started by something else
-    (a container, systemd); `energyhub services` does this itself."""
-    from broker.config import BrokerConfig, BrokerConfigError, write_mosquitto_conf
+    """Write mosquitto.conf and the dynamic-security config under STATE_DIR/broker, for a Mosquitto started by
+    something else (a container, systemd); `energyhub services` does this itself."""
+    from broker.config import BrokerConfig, BrokerConfigError, find_dynsec_plugin, write_mosquitto_conf
 
     accounts = _accounts(state_dir, site, topic_root)
     try:
         accounts.ensure_service_accounts()
         config = BrokerConfig(
-            directory=accounts.directory, host=host, port=port, tls_port=None, certificates=None
+            directory=accounts.directory,
+            host=host,
+            port=port,
+            tls_port=None,
+            certificates=None,
+            dynsec_plugin=plugin or find_dynsec_plugin(),
         )
         path = write_mosquitto_conf(config, accounts)
     except (AccountError, BrokerConfigError, OSError) as exc:

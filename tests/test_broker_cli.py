@@ -95,3 +95,24 @@ def test_certs_prints_the_three_paths(run: Run, tmp_path: Path) -> None:
 
 def test_bad_site_gets_a_clear_message(run: Run) -> None:
     assert_clean_error(run("list", "--site", "De Koumen"), "site")
+
+
+def test_write_config_names_the_plugin_and_where_the_broker_listens(run: Run, tmp_path: Path) -> None:
+    result = run(
+        "write-config", "--host", "0.0.0.0", "--port", "1883", "--plugin", "/opt/mosquitto/dynsec.so"
+    )
+    assert result.exit_code == 0, result.output
+    broker = tmp_path / "broker"
+    conf = (broker / "mosquitto.conf").read_text().splitlines()
+    assert "plugin /opt/mosquitto/dynsec.so" in conf
+    assert f"plugin_opt_config_file {(broker / 'dynsec' / 'dynamic-security.json').resolve()}" in conf
+    assert not any(line.startswith(("password_file", "acl_file")) for line in conf)
+    assert "listener 1883 0.0.0.0" in conf
+    assert json.loads((broker / "listener.json").read_text()) == {"host": "0.0.0.0", "port": 1883}
+    document = json.loads((broker / "dynsec" / "dynamic-security.json").read_text())
+    assert {c["username"] for c in document["clients"]} == {
+        "ehub-control",
+        "ehub-ingest",
+        "ehub-api",
+        "ehub-admin",
+    }

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.passwords import SALT_BYTES, hash_password, verify_password
+from broker.passwords import SALT_BYTES, DynsecPassword, hash_password, verify_password
 from hub.supervisor import find_binary
 
 PBKDF2_FORMAT = re.compile(r"^\$7\$101\$[A-Za-z0-9+/]{16}\$[A-Za-z0-9+/]{86}==$")
@@ -82,3 +82,28 @@ def test_bad_salt_and_iterations_are_refused() -> None:
         hash_password("pw", salt=b"short")
     with pytest.raises(ValueError, match="at least 1"):
         hash_password("pw", iterations=0)
+
+
+def test_dynsec_fields_are_the_same_hash_split(tmp_path: Path) -> None:
+    hashed = mosquitto_passwd(tmp_path, "one-hash-two-forms")
+    entry = DynsecPassword.from_hash(hashed)
+    assert entry is not None
+    _, _, iterations, salt, derived = hashed.split("$")
+    assert entry.to_json() == {"password": derived, "salt": salt, "iterations": int(iterations)}
+    assert entry.to_hash() == hashed
+    assert entry.verify("one-hash-two-forms")
+    assert not entry.verify("another")
+    assert DynsecPassword.from_json(entry.to_json()) == entry
+
+
+def test_dynsec_entries_the_plugin_would_skip_are_refused() -> None:
+    good = DynsecPassword.make("pw")
+    assert good.is_loadable()
+    assert (
+        len(base64.b64decode(good.salt)) == SALT_BYTES
+    )  # the plugin skips a client with another salt length
+    assert DynsecPassword.from_json({**good.to_json(), "salt": base64.b64encode(b"x" * 16).decode()}) is None
+    assert DynsecPassword.from_json({**good.to_json(), "password": "AAAA"}) is None
+    assert DynsecPassword.from_json({**good.to_json(), "iterations": 0}) is None
+    assert DynsecPassword.from_json({"password": good.password}) is None
+    assert DynsecPassword.from_hash("$6$c2FsdA==$aGFzaA==") is None  # no dynsec form of the old SHA-512 hash
