@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,12 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import aiomqtt
-from fastapi import Depends, FastAPI, Header, HTTPException, Query
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import HTMLResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 from sse_starlette.sse import EventSourceResponse
 
+from api.guard import RequestGuard, token_refusal
 from api.live import LiveView
 from hub.community import load_community
 from hub.contracts import DayAheadProfile
@@ -28,11 +29,14 @@ from hub.influx import InfluxClient, InfluxError
 from hub.isp import isps_in_local_day
 from hub.layered_settings import ConnectedSettings, load_layered
 from hub.messages import Setpoint, encode
+from hub.readings import MAX_AHEAD_S
 from hub.topics import DEFAULT_ROOT, TopicError, Topics, check_id
 
 __all__ = ["ApiSettings", "create_app", "load_api_settings"]
 
 PAGE = Path(__file__).with_name("page.html")
+# For the OpenAPI page's "Authorize"; the token itself is checked by api/guard.py.
+BEARER = HTTPBearer(auto_error=False, description="The API's token (EHUB_API_TOKEN): every write needs it.")
 
 
 class ApiSettings(ConnectedSettings):
@@ -46,6 +50,20 @@ class ApiSettings(ConnectedSettings):
     token: str | None = Field(None, description="Bearer token for the write endpoints; none: writes refused.")
     state_dir: Path = Field(Path("var/api"), description="Where uploaded day-ahead profiles are kept.")
     push_interval_s: float = Field(0.5, gt=0, le=10, description="Live page: at most one update this often.")
+    max_body_bytes: int = Field(
+        1024 * 1024,
+        ge=16 * 1024,
+        le=64 * 1024 * 1024,
+        description="The largest request body taken, in bytes; a larger one gets 413 before it is read. The "
+        "largest the API takes is a day-ahead upload: 2 x 100 values, a few kB.",
+    )
+    max_ahead_s: float = Field(
+        MAX_AHEAD_S,
+        gt=0,
+        le=3600,
+        description="Live view: a measurement dated more than this many real seconds ahead of the data clock is "
+        "ignored (and counted); at 60x that is 60 minutes of data.",
+    )
 
 
 def load_api_settings(file: Path | None = None, **flags: object) -> ApiSettings:
@@ -82,7 +100,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     community = load_community(settings.community)
     day_ahead_store = DayAheadStore(settings.state_dir / "day_ahead")
     topics = Topics(site=settings.site or community.community.id, root=settings.topic_root)
-    live = LiveView(community, topics)
+    live = LiveView(community, topics, max_ahead_s=settings.max_ahead_s)
     devices = {(community.gateway_of(c, d), d.id): (c.id, d) for c, d in community.devices()}
 
     @asynccontextmanager
@@ -99,13 +117,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.live = live
+    # The token of a write and the size of a body, before the body is read (FastAPI reads it before it runs a
+    # route's dependencies).
+    app.add_middleware(RequestGuard, token=settings.token, max_body_bytes=settings.max_body_bytes)
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if settings.token is None:
-            raise HTTPException(403, "writes are off: this API has no token configured (EHUB_API_TOKEN)")
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not secrets.compare_digest(given, settings.token):
-            raise HTTPException(401, "a valid token is needed: Authorization: Bearer <token>")
+    def require_token(
+        request: Request, _credentials: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+    ) -> None:
+        """The guard has checked the token already; checked here too, so no write route is open on its own."""
+        given = (value for name, value in request.scope["headers"] if name == b"authorization")
+        refusal = token_refusal(given, settings.token)
+        if refusal is not None:
+            raise HTTPException(refusal.status, refusal.detail, refusal.headers or None)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:

@@ -3,6 +3,9 @@
 One MQTT subscriber (the ``ehub-api`` account reads the whole site) keeps the newest measurement per device and
 the newest state per gateway; node flows are the sums of the grid meters under each node, limits are the
 contracts' for this quarter hour. A node whose meters are all silent has no flow (shown as unknown, not zero).
+
+What is not a reading (a retained measurement, one dated well ahead of the data clock or before 2000) is ignored
+and counted by ``hub.readings.MeasurementGate``, as control does.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Any
 
 import aiomqtt
 import numpy as np
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from control.network import Network
 from hub.clock import Clock, clock_from_env
 from hub.limits import LimitBook
 from hub.messages import GatewayState, Measurement, MessageError, decode
+from hub.readings import MAX_AHEAD_S, MeasurementGate
 from hub.topics import TopicError, TopicKind, Topics
 from hub.topology import Community, DeviceRole
 
@@ -40,8 +45,10 @@ class LiveView:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     received: int = 0
     clock: Clock = field(default_factory=clock_from_env)  # the limits in force are the data clock's
+    max_ahead_s: float = MAX_AHEAD_S  # real seconds; on the data clock this times its speed
 
     def __post_init__(self) -> None:
+        self.gate = MeasurementGate(self.clock, self.max_ahead_s)
         self.network = Network.from_community(self.community)
         self.book = LimitBook(self.community)
         index = {c: i for i, c in enumerate(self.network.connection_ids)}
@@ -49,11 +56,15 @@ class LiveView:
             if device.role is DeviceRole.METER:
                 self.meters[(self.community.gateway_of(connection, device), device.id)] = index[connection.id]
 
-    def take(self, topic: str, payload: bytes) -> None:
+    def take(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """One message off the broker; ``retained``: it came from the broker's store (MQTT's retain flag)."""
         try:
             info = self.topics.parse(topic)
             if info.kind is TopicKind.MEASUREMENT and info.gateway and info.device:
-                self.latest[(info.gateway, info.device)] = (time.monotonic(), decode(Measurement, payload))
+                measurement = self.gate.admit(topic, payload, retained=retained)
+                if measurement is None:
+                    return
+                self.latest[(info.gateway, info.device)] = (time.monotonic(), measurement)
             elif info.kind is TopicKind.STATE and info.gateway:
                 self.states[info.gateway] = decode(GatewayState, payload)
             else:
@@ -128,11 +139,17 @@ class LiveView:
                     username=username,
                     password=password,
                     identifier=None,
+                    protocol=aiomqtt.ProtocolVersion.V5,
                 ) as client:
-                    await client.subscribe(self.topics.all_measurements(), qos=0)
+                    # Retain as published: a measurement published retained shows as such live too, not only
+                    # when the broker hands it out from its store.
+                    await client.subscribe(
+                        self.topics.all_measurements(),
+                        options=SubscribeOptions(qos=0, retainAsPublished=True),
+                    )
                     await client.subscribe(self.topics.all_states(), qos=0)
                     async for message in client.messages:
-                        self.take(str(message.topic), bytes(message.payload))
+                        self.take(str(message.topic), bytes(message.payload), retained=message.retain)
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost (%s); retrying", exc)
                 await asyncio.sleep(1.0)

@@ -152,6 +152,14 @@ def control_command(
     mqtt_host: Annotated[str | None, typer.Option()] = None,
     mqtt_port: Annotated[int | None, typer.Option()] = None,
     mqtt_credentials_file: Annotated[Path | None, typer.Option(help="From `energyhub broker`.")] = None,
+    mqtt_keepalive_s: Annotated[
+        int | None,
+        typer.Option(
+            help="MQTT keepalive (2 s): the broker sends a hung control's Last Will after 1.5 x this of "
+            "silence, at its next check (every 6 s in Mosquitto 2.0); that must be within the gateways' failsafe "
+            "timeout (10 s)."
+        ),
+    ] = None,
     influx_url: Annotated[str | None, typer.Option()] = None,
     influx_db: Annotated[str | None, typer.Option()] = None,
     site: Annotated[str | None, typer.Option(help="Site id (default: the community id).")] = None,
@@ -178,6 +186,7 @@ def control_command(
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,
             mqtt_credentials_file=mqtt_credentials_file,
+            mqtt_keepalive_s=mqtt_keepalive_s,
             influx_url=influx_url,
             influx_db=influx_db,
             site=site,

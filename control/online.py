@@ -6,6 +6,12 @@ average: energy so far plus the plan for the rest), runs the same policy as the 
 the setpoints that changed (or are about to expire). The heartbeat is retained, and its Last Will (alive=false)
 tells every gateway at once that control is gone; setpoints expire on their own, so the edge falls back to its safe
 mode when this process stops. Node flows, limits, decisions and the cycle time go to InfluxDB.
+
+A hung control (stopped, not dead: its connection stays open) is noticed by the broker through the MQTT keepalive:
+after 1.5 x ``mqtt_keepalive_s`` of silence, at its next keepalive check (every 6 s in Mosquitto 2.0), it sends the
+Last Will; so the keepalive is short (2 s: the Will within 10 s) and checked against the gateways' failsafe
+timeout. A measurement is never retained, so a retained one (which the broker hands every new subscriber) is not a
+reading, nor is one dated well ahead of the data clock (``MeasurementGate``).
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Self
 
 import aiomqtt
 import numpy as np
 import numpy.typing as npt
-from pydantic import Field
+from paho.mqtt.subscribeoptions import SubscribeOptions
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from control.dispatch import DispatchInput, DispatchResult
@@ -40,11 +47,12 @@ from hub.isp import isp_start
 from hub.layered_settings import ConnectedSettings, SettingsError, load_layered
 from hub.limits import LimitBook
 from hub.line_protocol import encode_point
-from hub.messages import ControllerHeartbeat, Measurement, MessageError, Setpoint, decode, encode
+from hub.messages import ControllerHeartbeat, MessageError, Setpoint, encode
+from hub.readings import MAX_AHEAD_S, MeasurementGate
 from hub.topics import DEFAULT_ROOT, TopicError, TopicKind, Topics
 from hub.topology import DeviceRole
 
-__all__ = ["ControlSettings", "OnlineController", "load_control_settings"]
+__all__ = ["ControlSettings", "OnlineController", "load_control_settings", "will_after_s"]
 
 log = logging.getLogger(__name__)
 Array = npt.NDArray[np.float64]
@@ -53,6 +61,9 @@ ISP_H = 0.25
 HISTORY = 672 + 96  # a week and a day of quarter-hour averages: what the MPC's forecasts look back on
 DAY_AHEAD_CHECK_S = 5.0  # how often the uploaded day-ahead folder is looked at
 SEND_THRESHOLD_KW = 0.1  # a changed setpoint goes out at once when it moves this much power
+# Mosquitto 2.0 looks at its clients' keepalives every 6 s (src/keepalive.c: last_keepalive_check + 5 < now), so a
+# Will comes up to 6 s after the 1.5 x keepalive of silence (measured here with 2.0.11: keepalive 4 s, 7.6-11.4 s).
+BROKER_KEEPALIVE_CHECK_S = 6
 
 
 class ControlSettings(ConnectedSettings):
@@ -87,6 +98,51 @@ class ControlSettings(ConnectedSettings):
         description="Day-ahead profiles uploaded through the API (its state_dir/day_ahead); read every few "
         "seconds and merged into the contracts. None: only the community file's.",
     )
+    mqtt_keepalive_s: int = Field(
+        2,
+        ge=2,
+        le=600,
+        description="MQTT keepalive, seconds. The broker sends a hung control's Last Will (heartbeat "
+        "alive=false) once it has heard nothing for more than 1.5 x this, checking every 6 s (Mosquitto 2.0): "
+        "so within 1.5 x keepalive + 1 + 6 s, which must not pass failsafe_timeout_s. cycle_s may not be longer: "
+        "the heartbeat of every cycle keeps the connection alive.",
+    )
+    failsafe_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="The gateways' heartbeat_timeout_s (edge config, 10 s by default): a hung control's Last "
+        "Will must come within it.",
+    )
+    max_ahead_s: float = Field(
+        MAX_AHEAD_S,
+        gt=0,
+        le=3600,
+        description="A measurement dated more than this many real seconds ahead of the data clock is ignored "
+        "(and counted); at 60x that is 60 minutes of data.",
+    )
+
+    @model_validator(mode="after")
+    def _will_within_the_failsafe_timeout(self) -> Self:
+        will_s = will_after_s(self.mqtt_keepalive_s)
+        if will_s > self.failsafe_timeout_s:
+            fits = [k for k in range(2, self.mqtt_keepalive_s) if will_after_s(k) <= self.failsafe_timeout_s]
+            fix = f"take at most {fits[-1]} s" if fits else "no keepalive can: raise failsafe_timeout_s"
+            raise ValueError(
+                f"mqtt_keepalive_s {self.mqtt_keepalive_s}: a hung control's Last Will could come after "
+                f"{will_s} s, not within failsafe_timeout_s {self.failsafe_timeout_s:g}; {fix}"
+            )
+        if self.cycle_s > self.mqtt_keepalive_s:
+            raise ValueError(
+                f"cycle_s {self.cycle_s:g} is longer than mqtt_keepalive_s {self.mqtt_keepalive_s}: the heartbeat "
+                "of each cycle keeps control's connection alive; take a shorter cycle or a longer keepalive"
+            )
+        return self
+
+
+def will_after_s(keepalive_s: int) -> int:
+    """At most how long after control's last packet the broker sends its Last Will: once it has heard nothing for
+    more than 1.5 x keepalive (counted in whole seconds: up to one more), at its next keepalive check."""
+    return (3 * keepalive_s) // 2 + 1 + BROKER_KEEPALIVE_CHECK_S
 
 
 def load_control_settings(file: Path | None = None, **flags: object) -> ControlSettings:
@@ -123,6 +179,7 @@ class OnlineController:
         self.day_ahead_problems: list[str] = []
         self.refresh_day_ahead()
         self.state = LiveState(self.community, self.network, stale_after_s=settings.stale_after_s)
+        self.gate = MeasurementGate(self.clock, settings.max_ahead_s)
         self.policy: Policy = Mpc(self.network) if settings.policy == "mpc" else Greedy(self.network)
         try:
             self.keys = share_key(self.network, settings.share_key, settings.priority)
@@ -349,7 +406,10 @@ class OnlineController:
             try:
                 info = self.topics.parse(str(message.topic))
                 if info.kind is TopicKind.MEASUREMENT and info.gateway and info.device:
-                    self.state.update(info.gateway, info.device, decode(Measurement, bytes(message.payload)))
+                    topic, payload = str(message.topic), bytes(message.payload)
+                    measurement = self.gate.admit(topic, payload, retained=message.retain)
+                    if measurement is not None:
+                        self.state.update(info.gateway, info.device, measurement)
             except (TopicError, MessageError) as exc:
                 log.debug("ignoring %s: %s", message.topic, exc)  # the ingest dead-letters these
 
@@ -451,9 +511,16 @@ class OnlineController:
                     password=password,
                     identifier=f"ehub-control-{uuid.uuid4().hex[:6]}",
                     protocol=aiomqtt.ProtocolVersion.V5,
+                    # Short: the broker sends the Will after 1.5 x keepalive of silence (a hung process).
+                    keepalive=s.mqtt_keepalive_s,
                     will=aiomqtt.Will(self.topics.heartbeat(), encode(will), qos=1, retain=True),
                 ) as client:
-                    await client.subscribe(self.topics.all_measurements(), qos=0)
+                    # Retain as published: a measurement published retained shows as such live too, not only
+                    # when the broker hands it out from its store.
+                    await client.subscribe(
+                        self.topics.all_measurements(),
+                        options=SubscribeOptions(qos=0, retainAsPublished=True),
+                    )
                     receiver = asyncio.create_task(self._receive(client))
                     try:
                         await self._cycles(client, stop)
@@ -497,11 +564,13 @@ class OnlineController:
                         self.infeasible_cycles,
                         ", ".join(over) or "the rest-of-quarter-hour budget",
                     )
-            sent = await self._publish(client, decision, snap)
+            # The heartbeat before the setpoints: a gateway in failsafe refuses setpoints until a fresh heartbeat,
+            # and the broker keeps one publisher's messages in order, so this cycle's setpoints are taken.
             beat = ControllerHeartbeat(
                 alive=True, ts=now, cycle=self.cycles, period_s=s.cycle_s, policy=self.policy.name
             )
             await client.publish(self.topics.heartbeat(), encode(beat), qos=1, retain=True)
+            sent = await self._publish(client, decision, snap)
             ms = (time.perf_counter() - started) * 1000
             self.cycle_ms.append(ms)
             self.cycles += 1

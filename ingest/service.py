@@ -25,7 +25,6 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from hub.clock import Clock, clock_from_env
@@ -42,6 +41,7 @@ from hub.messages import (
     encode,
 )
 from hub.mqtt_link import IncomingMessage, MqttLink, MqttLinkError
+from hub.readings import not_a_reading
 from hub.topics import TopicError, TopicInfo, TopicKind, Topics
 from ingest.metrics import IngestMetrics
 from ingest.points import DeviceTags, measurement_point, state_point
@@ -54,8 +54,6 @@ __all__ = ["IngestService"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVICE = "ingest"
-# A device's clock before this was never set (a gateway without a real-time clock before NTP): not a reading time.
-EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 
 
 @dataclass(slots=True)
@@ -274,19 +272,9 @@ class IngestService:
 
     def _check_reading(self, gateway: str, device: str, measurement: Measurement) -> None:
         """Refuse what cannot be a reading of this estate: a time far ahead or never set, an unknown device."""
-        ts = measurement.ts.timestamp()
-        ahead_s = self.clock.real_s(ts - self.clock.timestamp())
-        if ahead_s > self.settings.max_ahead_s:
-            raise _Refused(
-                "timestamp",
-                f"timestamp {measurement.ts.isoformat()} is {ahead_s:.0f} s ahead of this ingest's clock (at most "
-                f"{self.settings.max_ahead_s:g} s allowed): check the gateway's clock",
-            )
-        if ts < EARLIEST_TS:
-            raise _Refused(
-                "timestamp",
-                f"timestamp {measurement.ts.isoformat()} is before 2000: the gateway's clock was not set",
-            )
+        why = not_a_reading(measurement, self.clock, self.settings.max_ahead_s)
+        if why is not None:
+            raise _Refused("timestamp", why)
         if self.known and self.settings.known_devices_only and f"{gateway}/{device}" not in self.known:
             raise _Refused(
                 "device",

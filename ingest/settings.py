@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from hub.layered_settings import ConnectedSettings, SettingsError, load_layered
+from hub.readings import MAX_AHEAD_S
 from hub.topics import DEFAULT_ROOT, check_id
 
 __all__ = ["IngestSettings", "SettingsError", "load_settings"]
@@ -59,7 +60,7 @@ class IngestSettings(ConnectedSettings):
         True, description="With a community file: a device it does not name goes to the dead letters."
     )
     max_ahead_s: float = Field(
-        300.0,
+        MAX_AHEAD_S,
         gt=0,
         description="A measurement stamped further ahead of this ingest's clock (real seconds) is a dead letter.",
     )

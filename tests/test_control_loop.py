@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
@@ -12,11 +16,20 @@ import pytest
 import yaml
 from chain import Estate
 from communities import ean
+from mqtt_helpers import can_log_in, link_as, mqtt_client
 
-from control.online import ControlSettings, OnlineController
+from control.online import (
+    ControlSettings,
+    OnlineController,
+    load_control_settings,
+    will_after_s,
+)
+from hub.clock import Clock
 from hub.community import load_community
 from hub.influx import InfluxClient
-from hub.messages import Measurement, decode
+from hub.layered_settings import SettingsError
+from hub.messages import ControllerHeartbeat, Measurement, Quality, decode, encode
+from hub.readings import MeasurementGate
 from hub.services import free_port
 from hub.topics import Topics
 
@@ -261,3 +274,209 @@ async def test_control_keeps_the_hub_at_zero_feed_in_and_setpoints_expire_into_f
                 await watcher
     finally:
         estate.stop()
+
+
+# -- a hung control, and measurements that are not readings (issue 14) ------------------------------------------
+
+FAILSAFE_S = 10.0  # the gateways' heartbeat_timeout_s by default (edge/gateway_config.py)
+
+
+@pytest.mark.timeout(120)
+async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(services, tmp_path):
+    """Control stopped with SIGSTOP keeps its connection open: only the keepalive tells the broker it is gone."""
+    settings = services.settings
+    path = tmp_path / "community.yaml"
+    path.write_text(yaml.safe_dump(community_doc(settings.site, [free_port(), free_port()], "gw-hung")))
+    topics = Topics(site=settings.site)
+    cycle_s = 0.7  # its heartbeats' period_s: tells this control's apart from any other's
+    log = (tmp_path / "control.log").open("w")
+    control = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "control",
+            "--community",
+            str(path),
+            "--site",
+            settings.site,
+            "--cycle-s",
+            str(cycle_s),
+            "--mqtt-port",
+            str(settings.mqtt_port),
+            "--mqtt-credentials-file",
+            str(services.accounts.credentials_path("ehub-control")),
+            "--influx-url",
+            settings.influx_url,
+            "--influx-db",
+            settings.influx_db,
+            "--day-ahead-dir",
+            str(tmp_path / "day_ahead"),
+        ],  # the keepalive as it comes by default
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    beats: list[tuple[float, ControllerHeartbeat]] = []
+
+    async def listen(client) -> None:
+        async for message in client.messages:
+            beat = decode(ControllerHeartbeat, bytes(message.payload))
+            if not message.retain and beat.period_s == cycle_s:  # live, from this control
+                beats.append((time.monotonic(), beat))
+
+    def output() -> str:
+        log.flush()
+        return (tmp_path / "control.log").read_text()[-3000:]
+
+    try:
+        async with mqtt_client(services, "ehub-ingest") as client:
+            await client.subscribe(topics.heartbeat(), qos=1)
+            listener = asyncio.create_task(listen(client))
+            try:
+                await until(lambda: any(b.alive for _, b in beats), 30, "control's heartbeat", output)
+                control.send_signal(signal.SIGSTOP)
+                hung = time.monotonic()
+                await until(
+                    lambda: any(not b.alive for _, b in beats), 3 * FAILSAFE_S, "control's Last Will", output
+                )
+                will_at = next(t for t, b in beats if not b.alive)
+                print(f"Last Will {will_at - hung:.1f} s after SIGSTOP")
+                assert will_at - hung < FAILSAFE_S
+                # The last heartbeat before the Will said alive; the Will is the broker's, not control's own.
+                assert [b.alive for _, b in beats][-2:] == [True, False]
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+    finally:
+        control.send_signal(signal.SIGCONT)
+        control.kill()
+        control.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.parametrize(
+    ("speed", "ahead_s", "retained", "admitted"),
+    [
+        (1, 0, False, True),
+        (1, 0, True, False),
+        (1, -3600, False, True),  # old is fine (a replayed buffer)
+        (1, 30, False, True),  # clocks differ by seconds
+        (1, 120, False, False),
+        # At 60x a real minute is an hour of data: the tolerance is in real seconds.
+        (60, 30 * 60, False, True),
+        (60, 2 * 3600, False, False),
+        (1, 75 * 365 * 86400, False, False),  # dated 2099
+    ],
+)
+def test_the_gate_refuses_retained_and_future_measurements(speed, ahead_s, retained, admitted):
+    clock = Clock.simulated(datetime(2026, 6, 1, 10, tzinfo=UTC), speed)
+    gate = MeasurementGate(clock, 60.0)
+    m = Measurement(
+        ts=clock.now() + timedelta(seconds=ahead_s),
+        session=1,
+        seq=0,
+        quality=Quality.GOOD,
+        values={"power_w": 1},
+    )
+    assert (gate.admit("t", encode(m), retained=retained) is not None) is admitted
+    assert (gate.retained, gate.misdated) == (int(retained), int(not admitted and not retained))
+
+
+async def test_control_ignores_retained_and_future_measurements(services, tmp_path, unique_id):
+    settings = services.settings
+    prefix = f"gw-{unique_id}"
+    path = tmp_path / "community.yaml"
+    path.write_text(yaml.safe_dump(community_doc(settings.site, [free_port(), free_port()], prefix)))
+    topics = Topics(site=settings.site)
+    gw1, gw2 = f"{prefix}-1", f"{prefix}-2"
+    for gateway in (gw1, gw2):
+        services.accounts.add_gateway(gateway)
+    services.accounts.reload_broker()
+    for gateway in (gw1, gw2):
+        await can_log_in(services, gateway)
+
+    async def publish(gateway: str, device: str, watts: float, *, ts=None, retain=False) -> None:
+        link = await link_as(services, gateway)
+        m = Measurement(
+            ts=ts or datetime.now(UTC), session=1, seq=0, quality=Quality.GOOD, values={"power_w": watts}
+        )
+        await link.wait(
+            link.publish_batch([(topics.measurement(gateway, device), encode(m))], retain=retain).done
+        )
+        await link.disconnect()
+
+    # A gateway's bug: a retained reading (dated now: only its retain flag gives it away), -9.9 MW.
+    await publish(gw1, "meter1", -9_900_000.0, retain=True)
+    control = OnlineController(
+        ControlSettings(
+            community=path,
+            site=settings.site,
+            cycle_s=0.5,
+            mqtt_port=settings.mqtt_port,
+            mqtt_credentials_file=services.accounts.credentials_path("ehub-control"),
+            influx_url=settings.influx_url,
+            influx_db=settings.influx_db,
+            day_ahead_dir=None,
+        )
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(control.run(stop))
+    latest = control.state.latest
+    try:
+        # Subscribed (and handed the retained reading) once a live one of the other meter is in: sent until then,
+        # as control subscribes in its own time.
+        async with asyncio.timeout(20):
+            while (gw2, "meter2") not in latest:
+                await publish(gw2, "meter2", 8_000.0)
+                await asyncio.sleep(0.2)  # poll interval of a condition wait
+        assert (gw1, "meter1") not in latest
+        # Live, but dated 2099; and live but retained (seen as such: control subscribes retain-as-published).
+        await publish(gw1, "meter1", -9_900_000.0, ts=datetime(2099, 1, 1, tzinfo=UTC))
+        await publish(gw1, "meter1", -9_800_000.0, retain=True)
+        await publish(gw2, "meter2", 9_000.0)
+        await until(
+            lambda: latest[(gw2, "meter2")][1].values["power_w"] == 9_000.0, 10, "meter2's next reading"
+        )
+        assert (gw1, "meter1") not in latest
+        assert (control.gate.retained, control.gate.misdated) == (2, 1)
+        # A good reading of meter1, a few seconds ahead (clocks differ that much), counts.
+        await publish(gw1, "meter1", -5_000.0, ts=datetime.now(UTC) + timedelta(seconds=5))
+        await until(lambda: (gw1, "meter1") in latest, 10, "meter1's good reading")
+        assert latest[(gw1, "meter1")][1].values["power_w"] == -5_000.0
+    finally:
+        stop.set()
+        await running
+        link = await link_as(services, gw1)  # clear the retained reading
+        await link.wait(link.publish_batch([(topics.measurement(gw1, "meter1"), b"")], retain=True).done)
+        await link.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("given", "words"),
+    [
+        (
+            {"mqtt_keepalive_s": 3},
+            "Will could come after 11 s, not within failsafe_timeout_s 10; take at most 2 s",
+        ),
+        ({"mqtt_keepalive_s": 30, "failsafe_timeout_s": 30}, "take at most 15 s"),
+        ({"mqtt_keepalive_s": 4, "failsafe_timeout_s": 5}, "no keepalive can: raise failsafe_timeout_s"),
+        ({"cycle_s": 3}, "cycle_s 3 is longer than mqtt_keepalive_s 2"),
+        ({"mqtt_keepalive_s": 1}, "mqtt_keepalive_s: Input should be greater than or equal to 2"),
+    ],
+)
+def test_the_keepalive_must_bring_the_will_within_the_failsafe_timeout(given, words):
+    with pytest.raises(SettingsError) as caught:
+        load_control_settings(**given)
+    assert words in str(caught.value)
+
+
+def test_the_default_keepalive_brings_the_will_within_the_gateways_default_failsafe():
+    from edge.config import AgentConfig
+
+    control = ControlSettings()
+    assert will_after_s(control.mqtt_keepalive_s) <= control.failsafe_timeout_s
+    assert control.failsafe_timeout_s == AgentConfig.model_fields["heartbeat_timeout_s"].default
+    slower = ControlSettings(mqtt_keepalive_s=12, failsafe_timeout_s=25, cycle_s=5)
+    assert slower.mqtt_keepalive_s == 12

@@ -589,7 +589,7 @@ async def test_what_cannot_be_a_reading_is_a_dead_letter_and_confirmed_and_a_ret
                         why[letter.reason] = letter.topic
         assert 4 not in confirmed  # the retained one: not a real reading, nothing to delete for it
         reasons = " | ".join(why)
-        assert "ahead of this ingest's clock" in reasons
+        assert "ahead of this service's clock" in reasons
         assert "before 2000" in reasons
         assert "not in the community file" in reasons
         assert "a retained measurement" in reasons
