@@ -28,7 +28,7 @@ from hub.clock import Clock
 from hub.community import load_community
 from hub.influx import InfluxClient
 from hub.layered_settings import SettingsError
-from hub.messages import ControllerHeartbeat, Measurement, Quality, decode, encode
+from hub.messages import ControllerHeartbeat, GatewayState, Measurement, Quality, decode, encode
 from hub.readings import MeasurementGate
 from hub.services import free_port
 from hub.topics import Topics
@@ -353,6 +353,140 @@ async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(serv
         control.send_signal(signal.SIGCONT)
         control.kill()
         control.wait(timeout=10)
+        log.close()
+
+
+def control_argv(path: Path, services, cycle_s: float, day_ahead: Path) -> list[str]:
+    settings = services.settings
+    return [
+        sys.executable,
+        "-m",
+        "hub.cli",
+        "control",
+        "--community",
+        str(path),
+        "--site",
+        settings.site,
+        "--cycle-s",
+        str(cycle_s),
+        "--mqtt-port",
+        str(settings.mqtt_port),
+        "--mqtt-credentials-file",
+        str(services.accounts.credentials_path("ehub-control")),
+        "--influx-url",
+        settings.influx_url,
+        "--influx-db",
+        settings.influx_db,
+        "--day-ahead-dir",
+        str(day_ahead),
+    ]
+
+
+@pytest.mark.timeout(150)
+async def test_a_hung_control_puts_every_gateway_in_failsafe_until_it_beats_again(services, tmp_path):
+    """Real agents and a real control; control SIGSTOPped. Read from the gateways' own states on the broker: each
+    is in failsafe within its timeout, an agent restarted meanwhile (the broker hands it control's last
+    heartbeat, retained) is in failsafe too, and none leaves it before control beats again."""
+    settings = services.settings
+    ports = [free_port(), free_port()]
+    path = tmp_path / "community.yaml"
+    path.write_text(yaml.safe_dump(community_doc(settings.site, ports, "gw-stop")))
+    community = load_community(path)
+    topics = Topics(site=settings.site)
+    gateways = ["gw-stop-1", "gw-stop-2"]
+    states: list[tuple[float, str, GatewayState]] = []
+
+    async def listen(client) -> None:
+        async for message in client.messages:
+            info = topics.parse(str(message.topic))
+            if info.gateway in gateways and not message.retain:
+                states.append((time.monotonic(), info.gateway, decode(GatewayState, bytes(message.payload))))
+
+    def failsafe(gateway: str, since: float) -> bool | None:
+        """The newest failsafe flag ``gateway`` reported after ``since`` (None: no state since)."""
+        flags = [st.health.failsafe for t, g, st in states if g == gateway and t > since and st.health]
+        return flags[-1] if flags else None
+
+    estate = Estate(services, community, path, tmp_path)
+    log = (tmp_path / "control.log").open("w")
+    control: subprocess.Popen[bytes] | None = None
+    try:
+        async with mqtt_client(services, "ehub-api") as client:
+            await client.subscribe(topics.all_states(), qos=1)
+            listener = asyncio.create_task(listen(client))
+            try:
+                estate.start(speed=1, start="2026-06-15T10:30:00Z", seed=5, interval_s=0.5, timeout_s=0.2)
+                control = subprocess.Popen(
+                    control_argv(path, services, 0.5, tmp_path / "day_ahead"),
+                    cwd=REPO,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                start = time.monotonic()
+                await until(
+                    lambda: (
+                        all(failsafe(g, start) is False for g in gateways) and time.monotonic() - start > 12
+                    ),
+                    60,
+                    "both gateways live under control",
+                    estate.logs,
+                )
+                control.send_signal(signal.SIGSTOP)
+                hung = time.monotonic()
+                await until(
+                    lambda: all(failsafe(g, hung) for g in gateways), 3 * FAILSAFE_S, "failsafe", estate.logs
+                )
+                engaged = {
+                    g: min(
+                        t for t, gw, st in states if gw == g and t > hung and st.health and st.health.failsafe
+                    )
+                    for g in gateways
+                }
+                print("failsafe after SIGSTOP:", {g: round(t - hung, 1) for g, t in engaged.items()})
+                assert max(engaged.values()) - hung < FAILSAFE_S + 1.5, (
+                    engaged
+                )  # the timeout, a watchdog tick
+                # One agent restarted while control hangs: killed, started again with its config.
+                victim = estate.processes[1]
+                victim.kill()
+                victim.wait()
+                restarted = time.monotonic()
+                estate.processes[1] = subprocess.Popen(
+                    victim.args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                )
+                await until(
+                    lambda: failsafe(gateways[0], restarted) is True, 15, "the restarted one in failsafe"
+                )
+                stays = time.monotonic()
+                await until(lambda: time.monotonic() - stays > 12, 15, "a while of hung control")
+                # Nobody left failsafe while control hung: every state since each engaged says so (but the
+                # restarted agent's birth, sent before it has heard anything).
+                reborn = [t for t, g, st in states if g == gateways[0] and t > restarted and st.health]
+                after = [
+                    (g, st.health.failsafe)
+                    for t, g, st in states
+                    if st.health and t > engaged[g] and (g != gateways[0] or t < restarted or t > reborn[0])
+                ]
+                assert len(after) >= 4, after  # states every 10 s and on each change: some to judge by
+                assert all(flag for _g, flag in after), after
+                control.send_signal(signal.SIGCONT)
+                back = time.monotonic()
+                await until(
+                    lambda: all(failsafe(g, back) is False for g in gateways),
+                    30,
+                    "failsafe left",
+                    estate.logs,
+                )
+            finally:
+                listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listener
+    finally:
+        if control is not None:
+            control.send_signal(signal.SIGCONT)
+            control.kill()
+            control.wait(timeout=10)
+        estate.stop()
         log.close()
 
 
