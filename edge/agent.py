@@ -58,6 +58,9 @@ __all__ = ["Agent"]
 
 log = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
+# Sent this long ago and not confirmed though the ingest confirms again: it was away, and missed those. In steady
+# state a confirmation comes within a batch (0.2 s) and deletes are flushed every second.
+INGEST_AWAY_S = 5.0
 
 
 class Agent:
@@ -361,17 +364,22 @@ class Agent:
                 reported, reported_at = safety, now
             if now - self._flushed_at > 1.0 or len(self._confirmed) + len(self._refused) >= 5000:
                 self._flush_deletes()
+            ingest_back = False
             if self._ingest_heard:
-                # The ingest stores again: what is still unconfirmed goes out again soon, not after a back-off.
+                # The ingest stores again. If it was away (what was sent seconds ago is still unconfirmed), what
+                # it missed went nowhere: send it again now, not after the timeout.
                 self._ingest_heard, resend_after = False, self.config.confirm_timeout_s
-            if now - checked_at > 1.0 and sent_at:
+                ingest_back = bool(sent_at) and now - sent_at[0][1] > INGEST_AWAY_S
+                if ingest_back:
+                    self._flush_deletes()  # so the oldest row left is one really not confirmed
+            if (now - checked_at > 1.0 or ingest_back) and sent_at:
                 checked_at = now
                 oldest = self.buffer.peek(1)
                 while sent_at and (not oldest or sent_at[0][0] < oldest[0].id):
                     sent_at.popleft()  # those batches are confirmed to their last message
                 if not sent_at:
                     resend_after = self.config.confirm_timeout_s
-                elif now - sent_at[0][1] > resend_after:
+                elif now - sent_at[0][1] > (INGEST_AWAY_S if ingest_back else resend_after):
                     # Sent, acknowledged by the broker, and yet not stored: the broker lost it or routed it to
                     # no one. Send everything unconfirmed again, backing off while the ingest stays silent.
                     log.warning(
