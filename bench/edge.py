@@ -68,7 +68,7 @@ def confirm(port: int, credentials: Path, site: str) -> None:
     """Stand in for the ingest: confirm every measurement received, in batches of 0.2 s, as the ingest does."""
     from datetime import UTC, datetime
 
-    from hub.messages import DeliveryConfirmation, encode
+    from hub.messages import confirmations, encode
     from hub.mqtt_link import MqttLink
     from hub.topics import Topics
 
@@ -94,15 +94,8 @@ def confirm(port: int, credentials: Path, site: str) -> None:
                 seen.setdefault((str(info.gateway), body["session"]), []).append(body["seq"])
             out = []
             for (gateway, session), seqs in seen.items():
-                seqs.sort()
-                ranges: list[tuple[int, int]] = []
-                for seq in seqs:
-                    if ranges and seq <= ranges[-1][1] + 1:
-                        ranges[-1] = (ranges[-1][0], max(ranges[-1][1], seq))
-                    else:
-                        ranges.append((seq, seq))
-                note = DeliveryConfirmation(session=session, ranges=ranges, ts=datetime.now(UTC))
-                out.append((topics.confirm(gateway), encode(note)))
+                for note in confirmations(session, seqs, datetime.now(UTC)):
+                    out.append((topics.confirm(gateway), encode(note)))
             link.publish_batch(out)
 
     asyncio.run(main())

@@ -55,8 +55,11 @@ def hold(run: FaultRun, seconds: float) -> None:
         time.sleep(min(0.5, max(0.0, end - time.monotonic())))
 
 
-def _kill(run: FaultRun, down_s: float, ingest_last: bool) -> None:
-    run.kill_broker()
+def _broker_away(run: FaultRun, down_s: float, ingest_last: bool, *, kill: bool) -> None:
+    if kill:
+        run.kill_broker()
+    else:
+        run.stop_broker()
     hold(run, down_s)
     if ingest_last:
         run.hold_ingest()
@@ -64,17 +67,14 @@ def _kill(run: FaultRun, down_s: float, ingest_last: bool) -> None:
     if ingest_last:
         run.wait_agents_connected(timeout_s=120)
         run.release_ingest()
+
+
+def _kill(run: FaultRun, down_s: float, ingest_last: bool) -> None:
+    _broker_away(run, down_s, ingest_last, kill=True)
 
 
 def _stop(run: FaultRun, down_s: float, ingest_last: bool) -> None:
-    run.stop_broker()
-    hold(run, down_s)
-    if ingest_last:
-        run.hold_ingest()
-    run.start_broker()
-    if ingest_last:
-        run.wait_agents_connected(timeout_s=120)
-        run.release_ingest()
+    _broker_away(run, down_s, ingest_last, kill=False)
 
 
 def _both(run: FaultRun, down_s: float, ingest_last: bool) -> None:

@@ -7,7 +7,7 @@ message (site, gateway, device) is in its topic, which the broker's ACL vouches 
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Self, TypeVar
 
@@ -32,6 +32,7 @@ __all__ = [
     "Setpoint",
     "SetpointAck",
     "SetpointStatus",
+    "confirmations",
     "decode",
     "encode",
 ]
@@ -181,6 +182,9 @@ class ControllerHeartbeat(Message):
     policy: str | None = None
 
 
+MAX_RANGES = 10_000  # per confirmation: a worker's batch of 5,000 points never needs more
+
+
 class DeliveryConfirmation(Message):
     """The ingest to one gateway: these sequence numbers of this session are stored in the database.
 
@@ -191,7 +195,7 @@ class DeliveryConfirmation(Message):
 
     session: int = Field(ge=0)
     ranges: list[tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]]] = Field(
-        max_length=10_000, description="Inclusive [first, last] sequence numbers stored, first <= last."
+        max_length=MAX_RANGES, description="Inclusive [first, last] sequence numbers stored, first <= last."
     )
     ts: UtcDatetime
 
@@ -201,6 +205,20 @@ class DeliveryConfirmation(Message):
             if first > last:
                 raise ValueError(f"range [{first}, {last}] ends before it starts")
         return self
+
+
+def confirmations(session: int, seqs: list[int], ts: datetime) -> list[DeliveryConfirmation]:
+    """``seqs`` (any order, repeats allowed) as inclusive ranges, in as many confirmations as their bound needs."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq <= ranges[-1][1] + 1:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], seq))
+        else:
+            ranges.append((seq, seq))
+    return [
+        DeliveryConfirmation(session=session, ranges=ranges[start : start + MAX_RANGES], ts=ts)
+        for start in range(0, len(ranges), MAX_RANGES)
+    ]
 
 
 class DeadLetter(Message):

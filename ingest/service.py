@@ -33,10 +33,10 @@ from hub.influx import InfluxClient, InfluxError
 from hub.line_protocol import LineProtocolError, encode_point
 from hub.messages import (
     DeadLetter,
-    DeliveryConfirmation,
     GatewayState,
     Measurement,
     MessageError,
+    confirmations,
     decode,
     encode,
 )
@@ -337,17 +337,7 @@ class IngestService:
         messages = []
         now = self.clock.now()
         for (gateway, session), seqs in handled.items():
-            seqs.sort()
-            ranges: list[tuple[int, int]] = []
-            for seq in seqs:
-                if ranges and seq <= ranges[-1][1] + 1:
-                    ranges[-1] = (ranges[-1][0], max(ranges[-1][1], seq))
-                else:
-                    ranges.append((seq, seq))
-            for start in range(0, len(ranges), 10_000):  # the message's bound on ranges
-                confirmation = DeliveryConfirmation(
-                    session=session, ranges=ranges[start : start + 10_000], ts=now
-                )
+            for confirmation in confirmations(session, seqs, now):
                 messages.append((self.topics.confirm(gateway), encode(confirmation)))
             if self.tracker is not None:
                 self.metrics.set_missing(gateway, self.tracker.missing(gateway))

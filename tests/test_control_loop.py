@@ -278,6 +278,33 @@ async def test_control_keeps_the_hub_at_zero_feed_in_and_setpoints_expire_into_f
 
 # -- a hung control, and measurements that are not readings (issue 14) ------------------------------------------
 
+
+def control_argv(path: Path, services, cycle_s: float, day_ahead: Path) -> list[str]:
+    settings = services.settings
+    return [
+        sys.executable,
+        "-m",
+        "hub.cli",
+        "control",
+        "--community",
+        str(path),
+        "--site",
+        settings.site,
+        "--cycle-s",
+        str(cycle_s),
+        "--mqtt-port",
+        str(settings.mqtt_port),
+        "--mqtt-credentials-file",
+        str(services.accounts.credentials_path("ehub-control")),
+        "--influx-url",
+        settings.influx_url,
+        "--influx-db",
+        settings.influx_db,
+        "--day-ahead-dir",
+        str(day_ahead),
+    ]
+
+
 FAILSAFE_S = 10.0  # the gateways' heartbeat_timeout_s by default (edge/gateway_config.py)
 
 
@@ -291,28 +318,7 @@ async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(serv
     cycle_s = 0.7  # its heartbeats' period_s: tells this control's apart from any other's
     log = (tmp_path / "control.log").open("w")
     control = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "control",
-            "--community",
-            str(path),
-            "--site",
-            settings.site,
-            "--cycle-s",
-            str(cycle_s),
-            "--mqtt-port",
-            str(settings.mqtt_port),
-            "--mqtt-credentials-file",
-            str(services.accounts.credentials_path("ehub-control")),
-            "--influx-url",
-            settings.influx_url,
-            "--influx-db",
-            settings.influx_db,
-            "--day-ahead-dir",
-            str(tmp_path / "day_ahead"),
-        ],  # the keepalive as it comes by default
+        control_argv(path, services, cycle_s, tmp_path / "day_ahead"),  # the keepalive as it comes by default
         cwd=REPO,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -354,32 +360,6 @@ async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(serv
         control.kill()
         control.wait(timeout=10)
         log.close()
-
-
-def control_argv(path: Path, services, cycle_s: float, day_ahead: Path) -> list[str]:
-    settings = services.settings
-    return [
-        sys.executable,
-        "-m",
-        "hub.cli",
-        "control",
-        "--community",
-        str(path),
-        "--site",
-        settings.site,
-        "--cycle-s",
-        str(cycle_s),
-        "--mqtt-port",
-        str(settings.mqtt_port),
-        "--mqtt-credentials-file",
-        str(services.accounts.credentials_path("ehub-control")),
-        "--influx-url",
-        settings.influx_url,
-        "--influx-db",
-        settings.influx_db,
-        "--day-ahead-dir",
-        str(day_ahead),
-    ]
 
 
 @pytest.mark.timeout(150)

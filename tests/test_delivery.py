@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 import yaml
+from test_edge_agent import running_agent
 from test_ingest import ingest_settings, running
 
-from edge.agent import Agent
-from edge.config import load_agent_config
 from hub.influx import InfluxClient
 from hub.services import RunningServices, free_port
 from simulators.devices import InverterDevice, InverterState, MeterDevice
@@ -63,19 +62,6 @@ def agent_config(services: RunningServices, gateway: str, buffer: Path, port: in
     path = buffer.parent / f"{gateway}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-@contextlib.asynccontextmanager
-async def running_agent(path: Path) -> AsyncIterator[Agent]:
-    agent = Agent(load_agent_config(path))
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield agent
-    finally:
-        stop.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

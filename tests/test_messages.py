@@ -116,3 +116,20 @@ def test_arbitrary_bytes_never_crash(data):
 def test_measurement_round_trip_property(values, seq):
     m = Measurement(ts=NOW, session=1, seq=seq, quality=Quality.GOOD, values=values)
     assert decode(Measurement, encode(m)) == m
+
+
+def test_confirmations_are_exact_inclusive_ranges_within_their_bound():
+    from datetime import UTC, datetime
+
+    from hub.messages import MAX_RANGES, DeliveryConfirmation, confirmations
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    (one,) = confirmations(3, [5, 1, 2, 3, 3, 9, 8], now)
+    assert (one.session, one.ranges) == (3, [(1, 3), (5, 5), (8, 9)])
+    many = confirmations(3, list(range(0, 4 * MAX_RANGES + 2, 2)), now)  # every other: no two join
+    assert [len(c.ranges) for c in many] == [MAX_RANGES, MAX_RANGES, 1]
+    assert {s for c in many for a, b in c.ranges for s in range(a, b + 1)} == set(
+        range(0, 4 * MAX_RANGES + 2, 2)
+    )
+    with pytest.raises(MessageError, match="ends before it starts"):
+        decode(DeliveryConfirmation, b'{"session": 1, "ranges": [[5, 4]], "ts": "2026-06-01T00:00:00Z"}')
