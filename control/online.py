@@ -47,7 +47,7 @@ from hub.isp import isp_start
 from hub.layered_settings import ConnectedSettings, SettingsError, load_layered
 from hub.limits import LimitBook
 from hub.line_protocol import encode_point
-from hub.messages import ControllerHeartbeat, MessageError, Setpoint, encode
+from hub.messages import HEARTBEAT_TIMEOUT_S, ControllerHeartbeat, MessageError, Setpoint, encode
 from hub.readings import MAX_AHEAD_S, MeasurementGate
 from hub.topics import DEFAULT_ROOT, TopicError, TopicKind, Topics
 from hub.topology import DeviceRole
@@ -108,7 +108,7 @@ class ControlSettings(ConnectedSettings):
         "the heartbeat of every cycle keeps the connection alive.",
     )
     failsafe_timeout_s: float = Field(
-        10.0,
+        HEARTBEAT_TIMEOUT_S,
         gt=0,
         description="The gateways' heartbeat_timeout_s (edge config, 10 s by default): a hung control's Last "
         "Will must come within it.",

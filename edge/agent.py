@@ -103,9 +103,8 @@ class Agent:
         self.last_publish: datetime | None = None
         self.connected = asyncio.Event()
         self._refused: list[int] = []  # refused by the broker for good: deleted at the next flush
-        self._confirmed: list[
-            tuple[int, int, int]
-        ] = []  # (session, first, last) stored: deleted at the flush
+        # (session, first seq, last seq) confirmed stored: deleted at the next flush.
+        self._confirmed: list[tuple[int, int, int]] = []
         self._flushed_at = time.monotonic()
         self._ingest_heard = False  # a confirmation since the publish loop last looked: the ingest is there
         self._wake = asyncio.Event()
@@ -125,7 +124,6 @@ class Agent:
         for poller in self.pollers if due is None else due:
             by_bus.setdefault(poller.bus, []).append(poller)
         per_bus = await asyncio.gather(*(self._poll_bus(group) for group in by_bus.values()))
-        await asyncio.to_thread(self._check_buffer_file)
         batch: list[tuple[str, bytes, int]] = []
         for poller, result in itertools.chain.from_iterable(per_bus):
             # Built from values this agent decoded itself: validation would only cost CPU on the hot path.
@@ -146,6 +144,7 @@ class Agent:
 
     def _store(self, batch: list[tuple[str, bytes, int]], session: int) -> None:
         """Write the batch (and what memory holds) to disk; on a full disk hold the newest in memory instead."""
+        self._check_buffer_file()  # in this worker thread, with the write: one stat, no extra hop per poll
         rows = [*self._held, *((topic, payload, seq, session) for topic, payload, seq in batch)]
         try:
             self.buffer.append_rows(rows)
@@ -174,7 +173,8 @@ class Agent:
         self._held.clear()
 
     def _check_buffer_file(self) -> None:
-        """A buffer file deleted or replaced under the agent: move what it held to a new file, new session."""
+        """A buffer file deleted or replaced under the agent: move what it held to a new file, new session (from
+        the next poll: the batch being stored still belongs to the old one)."""
         if not self.buffer.replaced():
             return
         try:
@@ -438,10 +438,7 @@ class Agent:
             return
         if not beat.alive:
             # The controller's Last Will or its goodbye: control is gone now, not after the timeout.
-            if not self.failsafe:
-                log.warning("the controller says it is gone (alive=false): devices go to safe mode")
-                self.failsafe = True
-                self._wake.set()
+            self._lose_control("the controller says it is gone (alive=false)")
             return
         # Judged by its own timestamp: a retained heartbeat the broker hands over on reconnecting may be old, from
         # a control that hangs since. A heartbeat counts from when it was sent.
@@ -508,15 +505,20 @@ class Agent:
             self._add_control(device, profile, bus)
         return profile
 
+    def _lose_control(self, why: str) -> None:
+        """Failsafe: the watchdog puts every device in its safe mode and setpoints are refused."""
+        if not self.failsafe:
+            log.warning("%s: devices go to safe mode", why)
+            self.failsafe = True
+            self._wake.set()
+
     async def watchdog(self) -> None:
         """Safe mode when a setpoint expires or the controller's heartbeat has been missing too long."""
         while True:
             await asyncio.sleep(0.2)
             silent = time.monotonic() - self.last_heartbeat
-            if silent > self.config.heartbeat_timeout_s and not self.failsafe:
-                log.warning("no controller heartbeat for %.0f s: devices go to safe mode", silent)
-                self.failsafe = True
-                self._wake.set()
+            if silent > self.config.heartbeat_timeout_s:
+                self._lose_control(f"no controller heartbeat for {silent:.0f} s")
             for control in list(self.controls.values()):
                 if self.failsafe:
                     await control.enter_safe_mode("controller heartbeat missing")

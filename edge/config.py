@@ -8,6 +8,7 @@ from typing import Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hub.messages import HEARTBEAT_TIMEOUT_S
 from hub.topics import DEFAULT_ROOT, TopicError, check_id
 
 __all__ = ["AgentConfig", "ConfigError", "DeviceConfig", "MqttConfig", "SerialLine", "load_agent_config"]
@@ -101,7 +102,7 @@ class AgentConfig(_Strict):
     timeout_s: float = Field(0.5, gt=0)
     retries: int = Field(1, ge=0, le=5)
     heartbeat_timeout_s: float = Field(
-        10.0, gt=0, description="Control silent this long: devices go to safe mode."
+        HEARTBEAT_TIMEOUT_S, gt=0, description="Control silent this long: devices go to safe mode."
     )
     devices: list[DeviceConfig] = Field(min_length=1)
 

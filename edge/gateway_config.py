@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hub.messages import HEARTBEAT_TIMEOUT_S
 from hub.topology import Community, DeviceRole
 
 __all__ = ["SAFE_MODES", "gateway_config"]
@@ -55,6 +56,6 @@ def gateway_config(
         "interval_s": 1.0,
         "timeout_s": 0.4,
         "retries": 1,
-        "heartbeat_timeout_s": 10.0,
+        "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
         "devices": devices,
     }

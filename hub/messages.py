@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "HEARTBEAT_TIMEOUT_S",
     "ControllerHeartbeat",
     "DeliveryConfirmation",
     "GatewayHealth",
@@ -170,6 +171,11 @@ class SetpointAck(Message):
         if self.status is SetpointStatus.REJECTED and not self.reason:
             raise ValueError("a rejected setpoint needs a reason")
         return self
+
+
+# How long a gateway waits without a live heartbeat before its failsafe, by default: the edge's
+# heartbeat_timeout_s, and what control's Last Will must come within.
+HEARTBEAT_TIMEOUT_S = 10.0
 
 
 class ControllerHeartbeat(Message):

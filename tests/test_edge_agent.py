@@ -320,6 +320,13 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
             log.close()
 
 
+async def collect_acks(control: aiomqtt.Client, acks: dict[str, SetpointAck]) -> None:
+    """Every acknowledgement control's client receives, by setpoint id."""
+    async for message in control.messages:
+        ack = decode(SetpointAck, message.payload)
+        acks[ack.id] = ack
+
+
 async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
     settings, accounts, _supervisor, _process = broker
     server, _meter, inverter = devices
@@ -362,11 +369,6 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
                 cycle += 1
                 await asyncio.sleep(0.2)  # the heartbeat's own period
 
-        async def collect_acks() -> None:
-            async for message in control.messages:
-                ack = decode(SetpointAck, message.payload)
-                acks[ack.id] = ack
-
         async def send(
             sp_id: str, device: str, name: str, value: float, *, expires_in: float = 30
         ) -> SetpointAck:
@@ -379,7 +381,7 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
             await observer.wait_for(lambda: sp_id in acks)
             return acks[sp_id]
 
-        tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(collect_acks())]
+        tasks = [asyncio.create_task(heartbeat()), asyncio.create_task(collect_acks(control, acks))]
         try:
             await asyncio.wait_for(agent.connected.wait(), 10)
             ack = await send("sp-1", "pv", "active_power_limit_pct", 25)
@@ -523,12 +525,7 @@ async def test_failsafe_cannot_be_fooled_by_an_old_heartbeat(tmp_path, broker, d
         await control.publish(topics.heartbeat(), beat(13.0), qos=1, retain=True)
         await control.subscribe(topics.all_acks(), qos=1)
 
-        async def collect_acks() -> None:
-            async for message in control.messages:
-                ack = decode(SetpointAck, message.payload)
-                acks[ack.id] = ack
-
-        collector = asyncio.create_task(collect_acks())
+        collector = asyncio.create_task(collect_acks(control, acks))
         loop = asyncio.get_running_loop()
         try:
             started = loop.time()  # the agent counts its silence from its start
