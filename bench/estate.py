@@ -1,6 +1,6 @@
 """The whole estate live: every company of a community file as `energyhub demo --all` runs it, measured from outside.
 
-Runs the 2026 reference community (453 devices, 100 gateways) through simulators, edge agents, Mosquitto, the
+Runs the 2026 reference community (455 devices, 100 gateways) through simulators, edge agents, Mosquitto, the
 ingest, influxd, control and the API for a sunny midday, then prints:
 
 - per node level, the quarter hours over a limit as the grid meters' own energy registers stored in InfluxDB count

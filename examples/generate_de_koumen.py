@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Generate the reference community files of De Koumen (Heerlen, NL): today and the 2026 scenario.
+"""Generate the reference community files of De Koumen (Heerlen, NL): today, the 2026 scenario, and 2026 with
+sharing in the estate.
 
-    python examples/generate_de_koumen.py            # write examples/de-koumen.yaml and de-koumen-2026.yaml
+    python examples/generate_de_koumen.py            # write examples/de-koumen.yaml, de-koumen-2026.yaml and
+                                                     # de-koumen-2026-sharing.yaml
     python examples/generate_de_koumen.py --check    # exit 1 naming each file that differs from a fresh run
     python examples/generate_de_koumen.py --seed 7 --out-dir /tmp/other-estate
 
 The published figures are fixed (about 100 companies, 6 DSO cable loops behind the Huskensweg substation, 2,700 kWp
 of PV on 20 companies, 8,000 kWp planned on 40 more, no feed-in at the substation). Everything per company is
 invented from the seed: names, EANs, connection sizes, contracts, yearly use and devices. The same seed gives the
-same bytes on every run; both files come from one draw, so the 2026 file is today's file plus the planned PV.
+same bytes on every run; the three files come from one draw, so the 2026 file is today's file plus the planned PV,
+and the sharing file is the 2026 file with the estate as one group agreement whose members may feed in.
 
 Standard library and PyYAML only, so it runs without the project installed.
 """
@@ -32,6 +35,8 @@ import yaml
 HERE = Path(__file__).resolve().parent
 TODAY_FILE = "de-koumen.yaml"
 SCENARIO_FILE = "de-koumen-2026.yaml"
+SHARING_FILE = "de-koumen-2026-sharing.yaml"
+ESTATE_GROUP = "de-koumen"  # the group agreement of the estate in SHARING_FILE
 DEFAULT_SEED = 2026
 TZ = ZoneInfo("Europe/Amsterdam")
 WIDTH = 150  # YAML lines: every device on one line, day-ahead profiles wrapped
@@ -48,7 +53,15 @@ LOOPS = 6
 SIZE_MIX = {111: 30, 173: 38, 630: 24, 1750: 6}  # kVA: 3x160 A, 3x250 A, 630 kVA, 1,750 kVA
 SIZE_NAME = {111: "3x160 A", 173: "3x250 A", 630: "630 kVA", 1750: "1,750 kVA"}
 ANNUAL_USE_MWH = {111: (40, 150), 173: (100, 350), 630: (600, 2000), 1750: (2000, 5000)}
-CONTRACT_SHARE = (0.50, 0.90)  # contracted offtake (GTV) as a share of the connection capacity
+# Contracted offtake (GTV): the company's estimated own peak (below) times a drawn headroom, at least half the
+# connection, at most all of it. The estimate is a planning figure, deliberately on the safe side: the simulated loads
+# (simulators/loads.py) reach their 99.9th-percentile quarter hour at yearly use / 3,500-5,900 h, not the 2,500-4,500
+# h of FULL_LOAD_HOURS (measured over 2026, seed 0), so a contract is at least about 1.35 x the simulated normal peak.
+# Where the capacity caps it, the yearly-use ranges keep that peak x 1.1 inside the connection (worst: a 630 kVA
+# business using 2 GWh, about 560 kW). So a company's load alone stays inside its own contract; the special contracts
+# are the ones that bind.
+CONTRACT_SHARE = (0.50, 1.00)  # of the connection capacity
+CONTRACT_HEADROOM = (1.1, 1.5)  # times the estimated own peak
 FULL_LOAD_HOURS = {  # yearly use / peak ("benuttingsduur") per load profile, for the peak estimate
     "business": 2500,
     "business_evening": 3200,
@@ -58,6 +71,11 @@ FULL_LOAD_HOURS = {  # yearly use / peak ("benuttingsduur") per load profile, fo
     "ev_plaza": 1800,
     "none": math.inf,
 }
+# The special contracts bind on purpose: the day-ahead company's estimated peak is this share of its firm + non-firm
+# offtake, the CBC window's cap this share of the company's estimated peak; both restrictions last up to 3 hours.
+DAY_AHEAD_PEAK_SHARE = 0.75
+CBC_PEAK_SHARE = 0.65
+WINDOW_HOURS = 3
 DIVERSITY = 0.8  # simultaneity of the companies' own peaks
 HUB_MARGIN = 1.05  # the substation's offtake limit sits about 5 % above the estimated simultaneous peak
 LOOP_MARGIN = 1.25
@@ -245,12 +263,11 @@ def draw_estate(seed: int) -> Estate:
     for key, (size, sector, name) in enumerate(zip(sizes, sectors, names, strict=True)):
         low, high = ANNUAL_USE_MWH[size]
         annual = _round_to(rng.uniform(low, high) * 1000, 1000)
-        # The contract covers the company's own peak with some room, within 50-90 % of the connection.
+        # The contract covers the company's own peak with headroom (see CONTRACT_SHARE), within the connection.
         own_peak = annual / FULL_LOAD_HOURS[sector[1]]
         low_share, high_share = CONTRACT_SHARE
-        import_kw = _round_to(
-            min(max(own_peak * rng.uniform(1.1, 1.5), size * low_share), size * high_share), 5
-        )
+        wanted = _ceil_to(own_peak * rng.uniform(*CONTRACT_HEADROOM), 5)
+        import_kw = min(max(wanted, _round_to(size * low_share, 5)), int(size * high_share))
         lo_sub, hi_sub = SUBMETERS[size]
         n_loads = rng.randint(lo_sub, hi_sub)
         pool = list(dict.fromkeys(sector[3] + GENERIC_LOADS))
@@ -308,6 +325,8 @@ def draw_estate(seed: int) -> Estate:
         Flow(days=["sun"], start=Clock("00:00"), end=Clock("24:00"), **night),
         Flow(days=["mon"], start=Clock("00:00"), end=Clock("06:00"), **night),
     ]
+    # Its load runs at a quarter of the night level by day (the night_weekend shape), about 55-85 kW for this yearly
+    # use: inside the firm 100 kW, as the night peak (about 210-330 kW) is inside the 500 kW of a block.
     blocks.comment = (
         "blokstroom: firm 100 kW, plus 400 kW in the working-day nights (22:00-06:00) and from Friday 22:00 "
         "to Monday 06:00"
@@ -327,15 +346,27 @@ def draw_estate(seed: int) -> Estate:
             {"date": date(2026, 10, 25), "import_kw": evening_restriction(date(2026, 10, 25), 300)},
         ],
     }
+    # The restriction is meant to bind: the yearly use is set so that the estimated peak needs the non-firm part
+    # (DAY_AHEAD_PEAK_SHARE of firm + non-firm), so a working-day evening runs above the firm 200 kW. Its own battery,
+    # sized on that estimate, can carry a restricted evening if it is charged in time.
+    nonfirm.annual_use_kwh = _round_to(
+        DAY_AHEAD_PEAK_SHARE * 500 * FULL_LOAD_HOURS[nonfirm.load_profile], 1000
+    )
+    nonfirm.battery = battery_to_keep(nonfirm.peak_kw, nonfirm.import_kw, WINDOW_HOURS)
     nonfirm.comment = (
         "non-firm: firm 200 kW plus up to 300 kW that the DSO may restrict day-ahead; two announced days, "
-        "restricted in the evening peak (2026-10-25 has 100 quarter hours: daylight saving ends)"
+        "restricted in the evening peak (2026-10-25 has 100 quarter hours: daylight saving ends); its evening "
+        f"load needs the non-firm part, and its own battery ({nonfirm.battery[0]} kW / {nonfirm.battery[1]} kWh) "
+        "can carry a restricted evening"
     )
 
     free = [c for c in free if c is not nonfirm]
     cbc = rng.choice([c for c in free if c.size_kva == 1750])
     cbc.role = "capacity_limitation"
-    cbc_cap = _round_to(cbc.import_kw * 0.6, 50)
+    # The window is meant to bind: its cap is below the company's estimated peak (CBC_PEAK_SHARE of it), so winter
+    # evenings run above it; its own battery, sized on that estimate, can carry the window if it is charged in time.
+    cbc_cap = _round_to(cbc.peak_kw * CBC_PEAK_SHARE, 50)
+    cbc.battery = battery_to_keep(cbc.peak_kw, cbc_cap, WINDOW_HOURS)
     cbc.limits_extra["capacity_limitation"] = {
         "windows": [
             Flow(
@@ -348,7 +379,9 @@ def draw_estate(seed: int) -> Estate:
         ]
     }
     cbc.comment = (
-        f"CBC: paid to stay below {cbc_cap} kW on winter working days 17:00-20:00, the substation's peak"
+        f"CBC: paid to stay below {cbc_cap} kW on winter working days 17:00-20:00, the substation's peak; its "
+        f"winter evenings run above that, and its own battery ({cbc.battery[0]} kW / {cbc.battery[1]} kWh) can "
+        "carry the window"
     )
 
     # A few companies run their own battery.
@@ -390,6 +423,13 @@ def draw_estate(seed: int) -> Estate:
     everyone = [*companies, battery, plaza]
 
     return _lay_out(rng, everyone, battery, plaza)
+
+
+def battery_to_keep(peak_kw: float, cap_kw: float, hours: int) -> tuple[int, int]:
+    """A battery (kW, kWh) that can hold a company's load at ``cap_kw`` for ``hours``: power for three quarters of
+    the estimated excess ``peak_kw - cap_kw``, since the estimate runs about 30 % above the simulated peak."""
+    kw = _ceil_to((peak_kw - cap_kw) * 0.75, 50)
+    return kw, kw * hours
 
 
 def evening_restriction(day: date, full_kw: int) -> list[int]:
@@ -551,9 +591,11 @@ def _devices(c: Company, port: int, *, planned: bool) -> list[Flow]:
     return devices
 
 
-def _connection(c: Company, *, planned: bool) -> dict[str, Any]:
+def _connection(c: Company, *, planned: bool, sharing: set[str]) -> dict[str, Any]:
+    """One connection's document; a member of the estate's agreement (``sharing``) may feed in up to its size."""
     number = int(c.id.removeprefix("c-"))
-    limits: dict[str, Any] = {"import_kw": c.import_kw, "export_kw": c.export_kw, **c.limits_extra}
+    export_kw = c.size_kva if c.id in sharing else c.export_kw
+    limits: dict[str, Any] = {"import_kw": c.import_kw, "export_kw": export_kw, **c.limits_extra}
     doc: dict[str, Any] = {
         "id": c.id,
         "ean": c.ean,
@@ -577,7 +619,14 @@ def _dump(doc: dict[str, Any]) -> str:
 
 def _comment(text: str, indent: int = 0) -> str:
     pad = " " * indent + "# "
-    return "\n".join(textwrap.wrap(text, 118 - len(pad), initial_indent=pad, subsequent_indent=pad)) + "\n"
+    return (
+        "\n".join(
+            textwrap.wrap(
+                text, 118 - len(pad), initial_indent=pad, subsequent_indent=pad, break_on_hyphens=False
+            )
+        )
+        + "\n"
+    )
 
 
 def _annotate(text: str, notes: dict[str, str]) -> str:
@@ -594,7 +643,34 @@ def _annotate(text: str, notes: dict[str, str]) -> str:
     return "".join(out)
 
 
-def render(estate: Estate, *, planned: bool, seed: int) -> str:
+def sharing_members(estate: Estate) -> list[str]:
+    """The connections in the estate's group agreement: all but those in a group agreement of their own (a
+    connection can be in one agreement only)."""
+    grouped = {m for g in estate.groups for m in g["connections"]}
+    return [c.id for c in estate.companies if c.id not in grouped]
+
+
+def _sharing_header(estate: Estate, members: list[str]) -> str:
+    grouped = ", ".join(f"{g['id']} ({', '.join(g['connections'])})" for g in estate.groups)
+    return "#\n" + _comment(
+        f"What differs from {SCENARIO_FILE}: the estate is one group agreement ({ESTATE_GROUP}, at the end) whose "
+        f"members may exchange energy within it. Each of its {len(members)} connections may feed in up to its "
+        "capacity_kva (export_kw raised from 0 or a small old right), so a company's surplus can reach its "
+        "neighbours, the collective battery and the charging plaza instead of being curtailed at its own meter. "
+        f"The agreement states the group's contract: offtake as the substation's ({estate.hub_import_kw:,} kW), "
+        "feed-in 0. Unchanged: the substation still takes no feed-in (hub export_kw 0), the loops keep their "
+        "offtake and export caps, and the time blocks, day-ahead right, CBC window, micro group and the "
+        f"neighbours' group agreements stay as they are. {grouped} keep their own agreements and feed-in "
+        "rights, since a connection is in one group agreement at most. Why: in "
+        f"{SCENARIO_FILE} every connection but a few has a feed-in contract of 0, so each company's surplus is "
+        "curtailed where it arises and no policy can do better than another; here sharing decides the outcome."
+    )
+
+
+def render(estate: Estate, *, planned: bool, seed: int, sharing: bool = False) -> str:
+    """One community file: today, the 2026 scenario (``planned``), or 2026 with sharing in the estate."""
+    in_estate = sharing_members(estate) if sharing else []
+    shared = set(in_estate)
     pv_kwp = sum(sum(c.pv_today) + (sum(c.pv_planned) if planned else 0) for c in estate.companies)
     pv_companies = sum(1 for c in estate.companies if c.pv_today or (planned and c.pv_planned))
     scenario = (
@@ -604,6 +680,11 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
         if planned
         else f"De Koumen today: {pv_companies} companies with {pv_kwp:,} kWp of PV. See {SCENARIO_FILE} for 2026."
     )
+    if sharing:
+        scenario = (
+            f"The 2026 scenario with sharing in the estate: the companies, devices and PV of {SCENARIO_FILE} "
+            f"({pv_companies} companies with {pv_kwp:,} kWp), the estate one group agreement."
+        )
     header = (
         f"# GENERATED by examples/generate_de_koumen.py (seed {seed}): do not edit by hand; change the script and\n"
         "# regenerate with `python examples/generate_de_koumen.py` (`--check` tells whether this file is current).\n"
@@ -621,12 +702,13 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
         "# group, the group agreements and the special contracts (time blocks, day-ahead, CBC); the collective\n"
         "# battery and the charging plaza; how the PV is split over inverters (DC/AC ratio 1.15).\n"
         "# Modbus addresses point at the simulators: 127.0.0.1, port 20000 + gateway number, unit ids 1..n.\n"
-    )
+    ) + (_sharing_header(estate, in_estate) if sharing else "")
     head = {
         "version": 1,
         "community": {
             "id": "de-koumen",
-            "name": "Bedrijventerrein De Koumen" + (" (scenario 2026)" if planned else ""),
+            "name": "Bedrijventerrein De Koumen"
+            + (" (scenario 2026, sharing)" if sharing else " (scenario 2026)" if planned else ""),
             "timezone": "Europe/Amsterdam",
         },
     }
@@ -645,6 +727,11 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
         f"simultaneous peak of {estate.peak_kw:,} kW (each company's yearly use over its profile's full-load hours, "
         f"times {DIVERSITY} for simultaneity); offtake has a waiting list, so there is no room beyond it. "
         f"capacity_kva: estimate of the transformer capacity that serves the estate."
+        + (
+            f" The estate's group agreement {ESTATE_GROUP} records the same offtake for its members."
+            if sharing
+            else ""
+        )
     )
     loops = []
     notes: dict[str, str] = {}
@@ -670,19 +757,21 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
                     "name": "Gedeelde privékabel " + ", ".join(c.id for c in members),
                     "capacity_kva": cap,
                     "limits": {"import_kw": round(cap * 0.9), "export_kw": round(cap * 0.9)},
-                    "connections": [_connection(c, planned=planned) for c in members],
+                    "connections": [_connection(c, planned=planned, sharing=shared) for c in members],
                 }
             ]
             notes["micro-1"] = (
                 f"micro group: three neighbours behind one private cable ({cap} kVA), less than their "
                 "connections together; each keeps its own EAN"
             )
-        doc["connections"] = [_connection(c, planned=planned) for c in loop["connections"]]
+        doc["connections"] = [_connection(c, planned=planned, sharing=shared) for c in loop["connections"]]
         loops.append(doc)
     for c in estate.companies:
         size = SIZE_NAME.get(c.size_kva, f"{c.size_kva:,} kVA")
         if c.comment:
             notes[c.id] = f"{c.id} ({size}): {c.comment}"
+            if c.id in shared and 0 < c.export_kw < c.size_kva:
+                notes[c.id] += f" ({c.export_kw} kW; here, as every member of {ESTATE_GROUP}, up to its size)"
     groups = [{k: v for k, v in g.items() if not k.startswith("_")} for g in estate.groups]
     group_note = "".join(
         _comment(
@@ -690,6 +779,25 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
             f"below the {g['_sum']} kW of their own contracts"
         )
         for g in estate.groups
+    )
+    if sharing:
+        groups.append(
+            {
+                "id": ESTATE_GROUP,
+                "name": "Groepscontract Bedrijventerrein De Koumen",
+                "connections": in_estate,
+                "limits": {"import_kw": estate.hub_import_kw, "export_kw": 0},
+            }
+        )
+        group_note += _comment(
+            f"{ESTATE_GROUP}: the estate's own agreement over every connection that is not in one of the above; "
+            f"its members may exchange energy within the estate, together they take at most "
+            f"{estate.hub_import_kw:,} kW (the substation's offtake) and feed in nothing past the substation."
+        )
+    feed_in = (
+        "feed-in up to the size for the members of the estate's agreement, else 0 but for a few old rights"
+        if sharing
+        else "feed-in 0 but for a few old rights"
     )
     return (
         header
@@ -702,7 +810,8 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
         + _comment(
             "DSO medium-voltage cable loops. Connections: capacity_kva is the physical size (3x160 A = 111 kVA, "
             "3x250 A = 173 kVA, 630 kVA, 1,750 kVA); limits.import_kw / export_kw the contracted transport "
-            "capacity (GTV), offtake 50-90 % of the size, feed-in 0 but for a few old rights."
+            "capacity (GTV), offtake covering the company's estimated peak with headroom (at least half the "
+            f"size, at most all of it), {feed_in}."
         )
         + _annotate(_dump({"loops": loops}), notes)
         + "\n"
@@ -713,11 +822,12 @@ def render(estate: Estate, *, planned: bool, seed: int) -> str:
 
 
 def generate(seed: int) -> dict[str, str]:
-    """The two files' text by file name."""
+    """The three files' text by file name, from one draw."""
     estate = draw_estate(seed)
     return {
         TODAY_FILE: render(estate, planned=False, seed=seed),
         SCENARIO_FILE: render(estate, planned=True, seed=seed),
+        SHARING_FILE: render(estate, planned=True, seed=seed, sharing=True),
     }
 
 
@@ -727,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--seed", type=int, default=DEFAULT_SEED, help=f"random seed (default {DEFAULT_SEED})"
     )
     parser.add_argument(
-        "--out-dir", type=Path, default=HERE, help="folder of the two files (default: this script's folder)"
+        "--out-dir", type=Path, default=HERE, help="folder of the three files (default: this script's folder)"
     )
     parser.add_argument(
         "--check",

@@ -1,6 +1,11 @@
 """Business load profiles: hourly shapes per day type, a season, Dutch public holidays, seeded noise, scaled so a
 year sums to the connection's annual use.
 
+Each hour of a shape has one level. A change of level takes half an hour and lies inside the hour with the higher
+level (a rise over the first half hour of the higher hour, a fall over its last half hour), so a load never rises
+before its hours begin nor stays high after they end: a company whose time-block right opens at 22:00 starts
+ramping up at 22:00, not before.
+
 Written here rather than taken from demandlib: demandlib 0.2.2 (the BDEW profiles) fails on pandas 3. The shapes
 follow the BDEW/NEDU business profiles qualitatively (working hours, Saturday half day, Sunday and holiday base
 load, a winter peak) and are named as the community file names them.
@@ -16,7 +21,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PROFILES", "dutch_holidays", "load_power_w"]
+__all__ = ["PROFILES", "WEEKLY_CALENDAR", "dutch_holidays", "load_power_w"]
 
 FloatArray = npt.NDArray[np.float64]
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
@@ -61,6 +66,11 @@ PROFILES: dict[str, tuple[list[float], list[float], list[float]]] = {
     "none": ([0.0] * 24,) * 3,
 }
 
+# Profiles whose days follow the week alone: a public holiday on a working day runs as a working day. The
+# time-block company runs when its contract allows, and time blocks are weekly (hub.limits): a holiday opens no
+# block, so running as on a Sunday would take it over its firm contract all day.
+WEEKLY_CALENDAR = frozenset({"night_weekend"})
+
 
 def _easter(year: int) -> date:
     # Anonymous Gregorian algorithm (Meeus/Jones/Butcher).
@@ -97,36 +107,53 @@ def dutch_holidays(year: int) -> frozenset[date]:
     )
 
 
+def _day_kinds(profile: str, local_days: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """Day type (0 working day, 1 Saturday, 2 Sunday or public holiday) of each local day number."""
+    kinds = np.empty(len(local_days), dtype=np.int64)
+    for i, d in enumerate(local_days):
+        dd = date(1970, 1, 1) + timedelta(days=int(d))
+        holiday = profile not in WEEKLY_CALENDAR and dd in dutch_holidays(dd.year)
+        kinds[i] = 2 if holiday or dd.weekday() == 6 else (1 if dd.weekday() == 5 else 0)
+    return kinds
+
+
 def _shape_values(profile: str, epoch_s: npt.NDArray[np.int64]) -> FloatArray:
-    """Relative power at each UTC epoch second, from the local hour and day type (piecewise linear in time)."""
+    """Relative power at each UTC epoch second, from the local hour and day type.
+
+    Each hour has its level; a change of level takes half an hour and lies inside the hour with the higher level: a
+    rise ramps up over the first half hour of the higher hour, a fall ramps down over its last half hour. So a load
+    never rises before the hour its level starts (a time block that opens at 22:00) nor stays high after the hour
+    it ends, and never exceeds the higher of the two levels.
+    """
     try:
         shapes = PROFILES[profile]
     except KeyError:
         raise ValueError(f"unknown load profile {profile!r}; known: {', '.join(sorted(PROFILES))}") from None
     table = np.array(shapes, dtype=np.float64)  # (3 day types, 24 hours)
-    out = np.empty(len(epoch_s))
-    # Local offsets change only at DST: compute per distinct UTC day, cheap for a year.
-    days = epoch_s // 86_400
-    for day in np.unique(days):
-        mask = days == day
-        utc_noon = int(day) * 86_400 + 43_200
-        local_noon = datetime.fromtimestamp(utc_noon, UTC).astimezone(AMSTERDAM)
-        offset = int(local_noon.utcoffset().total_seconds())  # type: ignore[union-attr]
-        local = epoch_s[mask] + offset
-        local_day = local // 86_400
-        hours = (local % 86_400) / 3600.0
-        kinds = np.empty(len(local), dtype=np.int64)
-        for d in np.unique(local_day):
-            dd = date(1970, 1, 1) + timedelta(days=int(d))
-            kind = (
-                2 if dd in dutch_holidays(dd.year) or dd.weekday() == 6 else (1 if dd.weekday() == 5 else 0)
-            )
-            kinds[local_day == d] = kind
-        h0 = np.floor(hours).astype(np.int64) % 24
-        frac = hours - np.floor(hours)
-        h1 = (h0 + 1) % 24
-        # Smooth hour-to-hour steps over the half hour around each boundary.
-        out[mask] = table[kinds, h0] * (1 - frac) + table[kinds, h1] * frac
+    if len(epoch_s) == 0:
+        return np.zeros(0)
+    # Local offsets change only at DST: one offset per distinct UTC day (its noon), cheap for a year.
+    utc_days, day_index = np.unique(epoch_s // 86_400, return_inverse=True)
+    noons = (datetime.fromtimestamp(int(d) * 86_400 + 43_200, UTC).astimezone(AMSTERDAM) for d in utc_days)
+    offsets = np.array([int(n.utcoffset().total_seconds()) for n in noons], dtype=np.int64)  # type: ignore[union-attr]
+    local = epoch_s + offsets[day_index]
+    hour = local // 3600  # local hours since 1970; the neighbours' day types are their own days'
+    first_day = int(hour.min() - 1) // 24
+    kinds = _day_kinds(profile, np.arange(first_day, int(hour.max() + 1) // 24 + 1, dtype=np.int64))
+
+    def level(h: npt.NDArray[np.int64]) -> FloatArray:
+        values: FloatArray = table[kinds[h // 24 - first_day], h % 24]
+        return values
+
+    here, before, after = level(hour), level(hour - 1), level(hour + 1)
+    frac = (local % 3600) / 3600.0
+    rising = np.clip(frac / 0.5, 0.0, 1.0)  # 0 -> 1 over the first half hour
+    falling = np.clip((frac - 0.5) / 0.5, 0.0, 1.0)  # 0 -> 1 over the last half hour
+    out = here.copy()
+    up = before < here
+    out[up] = before[up] + (here[up] - before[up]) * rising[up]
+    down = after < here
+    out[down] = out[down] - (here[down] - after[down]) * falling[down]
     return out
 
 

@@ -1,5 +1,5 @@
-"""The reference community De Koumen: both generated files load, carry the published figures exactly, and stay in
-step with their generator (examples/generate_de_koumen.py)."""
+"""The reference community De Koumen: the three generated files load, carry the published figures exactly, stay in
+step with their generator (examples/generate_de_koumen.py), and have contracts that cover the simulated loads."""
 
 from __future__ import annotations
 
@@ -7,24 +7,28 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
+from control.limits import LimitTable
 from hub.community import load_community, summarize
 from hub.ean import validate_ean
 from hub.isp import isps_in_local_day
 from hub.limits import LimitBook
 from hub.topology import Community, Connection, DeviceRole
+from simulators.loads import load_power_w
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 GENERATOR = EXAMPLES / "generate_de_koumen.py"
 TODAY = EXAMPLES / "de-koumen.yaml"
 SCENARIO = EXAMPLES / "de-koumen-2026.yaml"
-FILES = (TODAY.name, SCENARIO.name)
+SHARING = EXAMPLES / "de-koumen-2026-sharing.yaml"
+FILES = (TODAY.name, SCENARIO.name, SHARING.name)
 AMS = ZoneInfo("Europe/Amsterdam")
 
 
@@ -36,6 +40,11 @@ def today() -> Community:
 @pytest.fixture(scope="module")
 def scenario() -> Community:
     return load_community(SCENARIO)
+
+
+@pytest.fixture(scope="module")
+def sharing() -> Community:
+    return load_community(SHARING)
 
 
 def connections(community: Community) -> list[Connection]:
@@ -55,7 +64,9 @@ def the_one(community: Community, has: str) -> Connection:
 
 
 @pytest.mark.parametrize(
-    ("path", "pv_kwp", "pv_companies"), [(TODAY, 2700.0, 20), (SCENARIO, 10700.0, 60)], ids=FILES
+    ("path", "pv_kwp", "pv_companies"),
+    [(TODAY, 2700.0, 20), (SCENARIO, 10700.0, 60), (SHARING, 10700.0, 60)],
+    ids=FILES,
 )
 def test_published_figures(path: Path, pv_kwp: float, pv_companies: int) -> None:
     community = load_community(path)
@@ -81,7 +92,7 @@ def test_published_figures(path: Path, pv_kwp: float, pv_companies: int) -> None
         assert loop.limits.export_kw < loop.limits.import_kw
 
 
-@pytest.mark.parametrize("path", [TODAY, SCENARIO], ids=FILES)
+@pytest.mark.parametrize("path", [TODAY, SCENARIO, SHARING], ids=FILES)
 def test_every_company_has_a_gateway_and_a_grid_meter(path: Path) -> None:
     community = load_community(path)
     for n, connection in enumerate(connections(community), start=1):
@@ -104,7 +115,7 @@ def test_every_company_has_a_gateway_and_a_grid_meter(path: Path) -> None:
                 assert device.ac_kw < device.kwp
 
 
-@pytest.mark.parametrize("path", [TODAY, SCENARIO], ids=FILES)
+@pytest.mark.parametrize("path", [TODAY, SCENARIO, SHARING], ids=FILES)
 def test_eans_are_valid_and_unique(path: Path) -> None:
     eans = [c.ean for c in connections(load_community(path))]
     assert all(validate_ean(ean) == ean and ean.startswith("8716") for ean in eans)
@@ -134,6 +145,87 @@ def test_scenario_is_today_plus_planned_pv(today: Community, scenario: Community
     assert sum(grown) == 8000.0
     assert today.hub == scenario.hub
     assert today.group_agreements == scenario.group_agreements
+
+
+def test_sharing_is_the_scenario_with_feed_in_inside_the_estate(
+    scenario: Community, sharing: Community
+) -> None:
+    before = {c.id: c for c in connections(scenario)}
+    after = {c.id: c for c in connections(sharing)}
+    assert before.keys() == after.keys()
+    # The substation, the loops and the micro group keep their limits: no feed-in past the substation.
+    assert sharing.hub == scenario.hub
+    assert sharing.hub.limits.export_kw == 0
+    for old_loop, new_loop in zip(scenario.loops, sharing.loops, strict=True):
+        assert (new_loop.id, new_loop.capacity_kva, new_loop.limits) == (
+            old_loop.id,
+            old_loop.capacity_kva,
+            old_loop.limits,
+        )
+        assert [(m.id, m.limits) for m in new_loop.micro_groups] == [
+            (m.id, m.limits) for m in old_loop.micro_groups
+        ]
+    # The neighbours' group agreements stay; the estate's own covers every other connection.
+    *kept, estate = sharing.group_agreements
+    assert kept == scenario.group_agreements
+    grouped = {m for g in kept for m in g.connections}
+    assert estate.id == "de-koumen"
+    assert set(estate.connections) == before.keys() - grouped
+    assert (estate.limits.import_kw, estate.limits.export_kw) == (sharing.hub.limits.import_kw, 0)
+    for cid, old in before.items():
+        new = after[cid]
+        assert (new.ean, new.company, new.devices, new.annual_use_kwh) == (
+            old.ean,
+            old.company,
+            old.devices,
+            old.annual_use_kwh,
+        )
+        # Only the feed-in changes: up to the connection's size for the members of the estate's agreement.
+        assert new.limits.model_dump(exclude={"export_kw"}) == old.limits.model_dump(exclude={"export_kw"})
+        expected = new.capacity_kva if cid in estate.connections else old.limits.export_kw
+        assert new.limits.export_kw == expected, cid
+
+
+@pytest.fixture(scope="module")
+def year_of_load(scenario: Community) -> tuple[list[str], list[datetime], np.ndarray]:
+    """Every connection's load alone (before PV, batteries and EVs) per quarter hour of 2026, kW, as the export."""
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    samples = (
+        np.arange(start.timestamp(), datetime(2027, 1, 1, tzinfo=UTC).timestamp(), 60, dtype=np.int64) + 30
+    )
+    ids, rows = [], []
+    for c in connections(scenario):
+        power_w = load_power_w(
+            samples, profile=c.load_profile, annual_kwh=c.annual_use_kwh or 0.0, seed=0, key=c.id
+        )
+        ids.append(c.id)
+        rows.append(power_w.reshape(-1, 15).mean(axis=1) / 1000.0)
+    isps = [start + timedelta(minutes=15 * i) for i in range(len(rows[0]))]
+    return ids, isps, np.array(rows)
+
+
+def test_load_alone_stays_inside_firm_contracts_and_time_blocks(scenario: Community, year_of_load) -> None:
+    """A company's own contract covers its normal peak; only the CBC window and an announced day-ahead restriction
+    are meant to bind, and they do."""
+    ids, isps, load_kw = year_of_load
+    limits = LimitTable.build(scenario, ids, isps)
+    by_id = {c.id: c for c in connections(scenario)}
+    bound: Counter[str] = Counter()
+    for n, t in zip(*np.nonzero(load_kw > limits.import_kw + 1e-9), strict=True):
+        connection = by_id[ids[n]]
+        announced = (
+            {p.date for p in connection.limits.day_ahead.profiles} if connection.limits.day_ahead else set()
+        )
+        if limits.source(n, t, "import").startswith("capacity_limitation"):
+            bound["capacity_limitation"] += 1
+        elif isps[t].astimezone(AMS).date() in announced:
+            bound["day_ahead"] += 1
+        else:
+            raise AssertionError(
+                f"{ids[n]} loads {load_kw[n, t]:.1f} kW over its {limits.import_kw[n, t]:.1f} kW at {isps[t]}"
+            )
+    assert bound["capacity_limitation"] > 0, "the CBC window binds on purpose"
+    assert bound["day_ahead"] > 0, "the announced day-ahead restriction binds on purpose"
 
 
 def test_group_agreement_caps_neighbours_below_their_contracts(today: Community) -> None:
