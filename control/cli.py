@@ -56,14 +56,22 @@ def simulate_command(
             help="YAML, connection id: weight on its kWp (2 = curtailed twice as hard), for --key priority."
         ),
     ] = None,
+    weather: Annotated[
+        Path | None,
+        typer.Option(
+            help="A weather forecast for mpc's PV: CSV isp_start,clear_sky_index (UTC; 1 is a clear sky)."
+        ),
+    ] = None,
 ) -> None:
     """Run a policy over quarter-hour data and write DIR/nodes.csv and DIR/summary.json."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from control.forecast import read_clearness
     from control.inputs import InputError, Inputs
     from control.limits import LimitTable
     from control.network import Network
     from control.oracle import oracle
+    from control.shortfall import explain
     from control.simulate import SHARE_KEYS, ShareKeyError, make_policy, share_key, simulate, write_outputs
     from hub.community import CommunityError, load_community
 
@@ -96,6 +104,14 @@ def simulate_command(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
     limits = LimitTable.build(parsed, network.node_ids, data.isp_starts)
+    if weather is not None:
+        try:
+            read_clearness(
+                weather, data.isp_starts
+            )  # refused here, with its line, not in the middle of a run
+        except ValueError as exc:
+            typer.echo(f"error: --weather: {exc}", err=True)
+            raise typer.Exit(1) from None
     columns = (
         TextColumn(f"{policy}"),
         BarColumn(),
@@ -112,7 +128,7 @@ def simulate_command(
                 network,
                 data,
                 limits,
-                make_policy(policy, network),
+                make_policy(policy, network, weather=weather),
                 margin=margin,
                 key=key,
                 priority=weights,
@@ -139,6 +155,11 @@ def simulate_command(
             indent=2,
         )
     )
+    episodes = explain(result.shortfalls, network.node_ids, data.isp_starts)
+    for episode in episodes[:5]:
+        typer.echo(f"could not keep: {episode.text()}")
+    if len(episodes) > 5:
+        typer.echo(f"... and {len(episodes) - 5} more in summary.json (shortfalls)")
     typer.echo(f"wrote {out / 'nodes.csv'} and {out / 'summary.json'}")
 
 

@@ -21,6 +21,14 @@ import numpy as np
 import numpy.typing as npt
 from scipy.sparse import csc_matrix  # type: ignore[import-untyped]
 
+from control.costs import (
+    COST_CURTAIL,
+    COST_DEVIATION,
+    COST_EV,
+    COST_EV_EXTRA,
+    COST_FAIRNESS,
+    COST_VIOLATION,
+)
 from control.lp import solve_once
 
 __all__ = ["DispatchInput", "DispatchResult", "dispatch", "preferred", "session_urgency"]
@@ -29,12 +37,6 @@ Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 ISP_H = 0.25
 TOL = 1e-6
-
-COST_VIOLATION = 1e5  # per kW over a limit
-COST_CURTAIL = 100.0  # per kWh
-COST_FAIRNESS = 1.0  # per unit of the largest curtailed share
-COST_EV = 10.0  # per kWh undelivered, times the session's urgency (1..5)
-COST_DEVIATION = 1.0  # per kW away from the battery plan
 
 
 def session_urgency(remaining_kwh: Array, max_kw: Array, hours_left: Array) -> Array:
@@ -60,6 +62,10 @@ class DispatchInput:
     battery_discharge_max_kw: Array
     battery_target_kw: Array  # + charge, - discharge: the policy's plan
     share_key: Array  # per connection: curtailment is shared in proportion to this
+    # The policy's plan per present session (kWh this quarter hour); None: every car at what it can take. Above
+    # the plan a car charges only where that saves curtailment.
+    session_target_kwh: Array | None = None
+    battery_wear: Array | None = None  # per battery: the weight of a kWh moved in or out (control.costs)
 
 
 @dataclass
@@ -72,6 +78,9 @@ class DispatchResult:
     binding: list[tuple[int, str]] = field(default_factory=list)  # (node, "import"/"export")
     infeasible: bool = False
     solved: bool = False  # an LP was needed
+    shortfall: list[tuple[int, str, float]] = field(
+        default_factory=list
+    )  # (node, direction, kW over) kept off
 
 
 def _flows(d: DispatchInput, pv_used: Array, session_kwh: Array, battery_kw: Array) -> tuple[Array, Array]:
@@ -88,10 +97,18 @@ def _binding(d: DispatchInput, node_kw: Array) -> list[tuple[int, str]]:
     return out
 
 
+def _session_target(d: DispatchInput) -> Array:
+    if d.session_target_kwh is None:
+        return d.session_max_kwh.copy()
+    target: Array = np.clip(d.session_target_kwh, 0, d.session_max_kwh)
+    return target
+
+
 def preferred(d: DispatchInput) -> DispatchResult:
     battery = np.clip(d.battery_target_kw, -d.battery_discharge_max_kw, d.battery_charge_max_kw)
-    connection, node = _flows(d, d.pv_kw.copy(), d.session_max_kwh.copy(), battery)
-    return DispatchResult(d.pv_kw.copy(), d.session_max_kwh.copy(), battery, connection, node)
+    sessions = _session_target(d)
+    connection, node = _flows(d, d.pv_kw.copy(), sessions, battery)
+    return DispatchResult(d.pv_kw.copy(), sessions.copy(), battery, connection, node)
 
 
 def dispatch(d: DispatchInput) -> DispatchResult:
@@ -104,10 +121,13 @@ def dispatch(d: DispatchInput) -> DispatchResult:
 
 def _solve(d: DispatchInput) -> DispatchResult:
     pv_idx = np.flatnonzero(d.pv_kw > TOL)
-    n_u, n_s, n_b = len(pv_idx), len(d.session_max_kwh), len(d.battery_target_kw)
-    # Columns: u (PV used where there is PV) | e (session kWh) | ch | dis | dev+ | dev- | slacks | z.
+    n_u, n_b = len(pv_idx), len(d.battery_target_kw)
+    n_s = 2 * len(d.session_max_kwh)  # each session's kWh up to the plan, and above it
+    # Columns: u (PV used where there is PV) | e (session kWh: planned, extra) | ch | dis | dev+ | dev- | slacks | z.
     # Every action moves one connection's flow: which one, and by how much per unit.
-    conn = np.concatenate([pv_idx, d.session_connection, d.battery_connection, d.battery_connection])
+    conn = np.concatenate(
+        [pv_idx, d.session_connection, d.session_connection, d.battery_connection, d.battery_connection]
+    )
     coef = np.concatenate([-np.ones(n_u), np.full(n_s, 1 / ISP_H), np.ones(n_b), -np.ones(n_b)])
     upper = _upper(d, pv_idx)[: len(conn)]
     node_effect = d.incidence[:, conn] * coef  # nodes x actions
@@ -142,12 +162,16 @@ def _solve(d: DispatchInput) -> DispatchResult:
     matrix = csc_matrix(np.vstack([limit_rows, fair_rows, plan_rows]))
     row_lower = np.concatenate([np.full(n_slack + n_u, -np.inf), d.battery_target_kw])
     row_upper = np.concatenate([limit_upper, fair_upper, d.battery_target_kw])
+    # Wear per kW over the quarter hour: a battery takes surplus beyond its plan only where that is worth it.
+    wear = ISP_H * (np.zeros(n_b) if d.battery_wear is None else d.battery_wear)
     cost = np.concatenate(
         [
             np.full(n_u, -COST_CURTAIL * ISP_H),
             -COST_EV * d.session_urgency,
-            np.zeros(2 * n_b),
-            np.full(2 * n_b, COST_DEVIATION),
+            np.full(len(d.session_urgency), COST_EV_EXTRA),
+            np.tile(wear, 2),
+            # Away from the plan costs more than the wear it saves, so the plan is followed where it can be.
+            np.tile(wear + COST_DEVIATION, 2),
             np.full(n_slack, COST_VIOLATION),
             [COST_FAIRNESS],
         ]
@@ -156,11 +180,15 @@ def _solve(d: DispatchInput) -> DispatchResult:
     x = solve_once(cost, matrix, row_lower, row_upper, np.zeros(n_var), col_upper)
     pv_used = d.pv_kw.copy()
     pv_used[pv_idx] = x[:n_u]
-    session_kwh = x[n_u : n_u + n_s]
+    session_kwh = x[n_u : n_u + n_s // 2] + x[n_u + n_s // 2 : n_u + n_s]
     battery = x[start : start + n_b] - x[start + n_b : start + 2 * n_b]
     connection, node = _flows(d, pv_used, session_kwh, battery)
     res = DispatchResult(pv_used, session_kwh, battery, connection, node, solved=True)
-    res.infeasible = bool(np.any(x[n_core : n_core + n_slack] > 1e-4))
+    slack = x[n_core : n_core + n_slack]
+    res.infeasible = bool(np.any(slack > 1e-4))
+    rows = np.concatenate([imp_rows, exp_rows])
+    directions = ["import"] * len(imp_rows) + ["export"] * len(exp_rows)
+    res.shortfall = [(int(rows[i]), directions[i], float(slack[i])) for i in np.flatnonzero(slack > 1e-4)]
     res.binding = _binding(d, node)
     return res
 
@@ -168,10 +196,12 @@ def _solve(d: DispatchInput) -> DispatchResult:
 def _upper(d: DispatchInput, pv_idx: IntArray) -> Array:
     """Upper bound of every core action (lower bounds are all 0)."""
     n_b = len(d.battery_target_kw)
+    target = _session_target(d)
     return np.concatenate(
         [
             d.pv_kw[pv_idx],
-            d.session_max_kwh,
+            target,
+            d.session_max_kwh - target,
             d.battery_charge_max_kw,
             d.battery_discharge_max_kw,
             np.zeros(2 * n_b),

@@ -74,6 +74,9 @@ class LinearProgram:
         col_upper: Array,
         *,
         highs: highspy.Highs | None = None,
+        integer: npt.NDArray[np.bool_] | None = None,
+        time_limit_s: float | None = None,
+        mip_rel_gap: float = 1e-6,
     ) -> None:
         self._highs = highs if highs is not None else _quiet()
         lp = highspy.HighsLp()
@@ -86,8 +89,19 @@ class LinearProgram:
         lp.a_matrix_.start_ = a.indptr.astype(np.int32)
         lp.a_matrix_.index_ = a.indices.astype(np.int32)
         lp.a_matrix_.value_ = a.data.astype(float)
+        self._mip = integer is not None and bool(integer.any())
+        if integer is not None and self._mip:
+            lp.integrality_ = [
+                highspy.HighsVarType.kInteger if flag else highspy.HighsVarType.kContinuous
+                for flag in integer
+            ]
+            self._highs.setOptionValue("mip_rel_gap", mip_rel_gap)
+        if time_limit_s is not None:
+            self._highs.setOptionValue("time_limit", float(time_limit_s))
         self._highs.passModel(lp)
         self.num_row, self.num_col = a.shape
+        self._row_lower, self._row_upper = _finite(row_lower), _finite(row_upper)
+        self._col_lower, self._col_upper = _finite(col_lower), _finite(col_upper)
 
     def solve(
         self,
@@ -95,20 +109,42 @@ class LinearProgram:
         row_lower: Array | None = None,
         row_upper: Array | None = None,
         col_upper: Array | None = None,
+        cols: npt.NDArray[np.int32] | None = None,
     ) -> Array:
+        """``col_upper`` holds new upper bounds of every column, or with ``cols`` of those columns only (lower
+        bounds stay as built)."""
+        # Only bounds that differ from the last solve are passed: a plan's next quarter hour changes few.
         if row_lower is not None or row_upper is not None:
             lower = _finite(row_lower) if row_lower is not None else np.full(self.num_row, -INF)
             upper = _finite(row_upper) if row_upper is not None else np.full(self.num_row, INF)
-            self._highs.changeRowsBounds(self.num_row, np.arange(self.num_row, dtype=np.int32), lower, upper)  # type: ignore[attr-defined]
+            changed = np.flatnonzero((lower != self._row_lower) | (upper != self._row_upper)).astype(np.int32)
+            if len(changed):
+                self._highs.changeRowsBounds(len(changed), changed, lower[changed], upper[changed])  # type: ignore[attr-defined]
+                self._row_lower[changed], self._row_upper[changed] = lower[changed], upper[changed]
         if col_upper is not None:
-            self._highs.changeColsBounds(
-                self.num_col,
-                np.arange(self.num_col, dtype=np.int32),
-                np.zeros(self.num_col),
-                _finite(col_upper),
-            )
+            index = cols if cols is not None else np.arange(self.num_col, dtype=np.int32)
+            values = _finite(col_upper)
+            moved = values != self._col_upper[index]
+            if moved.any():
+                index, values = index[moved], values[moved]
+                self._highs.changeColsBounds(len(index), index, self._col_lower[index], values)
+                self._col_upper[index] = values
         self._highs.run()
         status = self._highs.getModelStatus()
-        if status != highspy.HighsModelStatus.kOptimal:
+        # A MIP stopped by its time limit with a solution in hand is still an answer: ``gap`` says how good.
+        timed_out = (
+            status == highspy.HighsModelStatus.kTimeLimit and self._highs.getInfo().primal_solution_status
+        )
+        if status != highspy.HighsModelStatus.kOptimal and not timed_out:
             raise LpError(f"HiGHS: {self._highs.modelStatusToString(status)}")
         return np.array(self._highs.getSolution().col_value)
+
+    @property
+    def objective(self) -> float:
+        return float(self._highs.getInfo().objective_function_value)
+
+    @property
+    def bound(self) -> float:
+        """The best proven lower bound of the objective: the objective itself for an LP solved to optimality."""
+        info = self._highs.getInfo()
+        return float(info.mip_dual_bound if self._mip else info.objective_function_value)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from control.costs import WEAR_EUR_PER_KWH, WEIGHT_PER_EUR
 from hub.topology import Community, DeviceRole, Level
 
 __all__ = ["Battery", "Charger", "Network"]
@@ -26,6 +27,7 @@ class Battery:
     power_kw: float
     capacity_kwh: float
     efficiency: float = 0.95  # one way: charge and discharge each lose this much
+    wear_eur_per_kwh: float = WEAR_EUR_PER_KWH  # per kWh moved in or out
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +74,14 @@ class Network:
                     kwp[c] += device.kwp or 0.0
                 elif device.role is DeviceRole.BATTERY and device.power_kw and device.capacity_kwh:
                     batteries.append(
-                        Battery(f"{connection.id}/{device.id}", c, device.power_kw, device.capacity_kwh)
+                        Battery(
+                            f"{connection.id}/{device.id}",
+                            c,
+                            device.power_kw,
+                            device.capacity_kwh,
+                            device.efficiency if device.efficiency is not None else 0.95,
+                            WEAR_EUR_PER_KWH if device.wear_eur_per_kwh is None else device.wear_eur_per_kwh,
+                        )
                     )
                 elif device.role is DeviceRole.EV and device.power_kw:
                     chargers.append(Charger(f"{connection.id}/{device.id}", c, device.power_kw))
@@ -87,6 +96,12 @@ class Network:
             batteries=batteries,
             chargers=chargers,
         )
+
+    @property
+    def battery_wear(self) -> Array:
+        """Per battery, the weight of a kWh moved in or out (``control.costs``); a trace where wear is free, so a
+        battery never moves for nothing at all."""
+        return np.maximum([b.wear_eur_per_kwh * WEIGHT_PER_EUR for b in self.batteries], 1e-3).astype(float)
 
     def node_index(self, node_id: str) -> int:
         return self.node_ids.index(node_id)

@@ -331,18 +331,17 @@ class OnlineController:
             battery_discharge_max_kw=np.minimum(power, snap.battery_soc_kwh * eff / ISP_H),
             battery_target_kw=np.zeros(len(batteries)),
             share_key=self.keys,
+            battery_wear=net.battery_wear,
         )
         history_t = HISTORY - 1
         load_hist, pv_hist = self.load_history.copy(), self.pv_history.copy()
         load_hist[:, history_t], pv_hist[:, history_t] = snap.load_kw, snap.pv_available_kw
-        horizon = getattr(self.policy, "horizon", 96)
         step = Step(
             t=history_t,
             d=d,
             soc_kwh=snap.battery_soc_kwh,
             load_history=load_hist,
             pv_history=pv_hist,
-            ev_forecast_kw=np.zeros((len(net.connection_ids), horizon)),
             imp_plan=np.repeat(imp[:, None], HISTORY, axis=1),
             exp_plan=np.repeat(exp[:, None], HISTORY, axis=1),
         )

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,14 @@ from control.dispatch import DispatchInput, DispatchResult, session_urgency
 from control.inputs import Inputs
 from control.limits import LimitTable
 from control.network import Network
-from control.policies import Greedy, Mpc, Policy, Step
+from control.policies import Greedy, Mpc, PlannedSessions, Policy, Step
+from control.shortfall import explain
 
 __all__ = ["SHARE_KEYS", "ShareKeyError", "SimulationResult", "share_key", "simulate", "write_outputs"]
 
 Array = npt.NDArray[np.float64]
 ISP_H = 0.25
+ISP = timedelta(minutes=15)
 LISTED_LEVELS = ("connection", "micro", "loop", "hub")
 SHARE_KEYS = ("kwp", "contracted", "priority")
 
@@ -54,23 +56,57 @@ class SimulationResult:
     lp_isps: int = 0
     runtime_s: float = 0.0
     binding: Counter[str] = field(default_factory=Counter)
+    battery_moved_kwh: dict[str, float] = field(default_factory=dict)  # per battery: charged + discharged
+    battery_capacity_kwh: dict[str, float] = field(default_factory=dict)
+    shortfalls: list[tuple[int, int, str, float]] = field(default_factory=list)  # (node, isp, direction, kW)
+    optimality_gap_kwh: float = 0.0  # oracle: how far from proven optimal, in kWh of curtailment
+    simultaneous_isps: int = 0  # battery quarter hours charging and discharging at once (oracle, not exact)
+    exact_rounds: int = 0
+    exact_binaries: int = 0
     node_kw: Array = field(default_factory=lambda: np.zeros((0, 0)), repr=False)  # nodes x ISPs
     curtailed_kw: Array = field(default_factory=lambda: np.zeros(0), repr=False)  # per ISP, all connections
     ev_delivered_kwh: Array = field(default_factory=lambda: np.zeros(0), repr=False)  # per connection
+    battery_kw: Array = field(
+        default_factory=lambda: np.zeros((0, 0)), repr=False
+    )  # batteries x ISPs, + charge
 
     def summary(self) -> dict[str, object]:
-        arrays = ("node_kw", "curtailed_kw", "ev_delivered_kwh", "binding")
+        arrays = (
+            "node_kw",
+            "curtailed_kw",
+            "ev_delivered_kwh",
+            "binding",
+            "battery_moved_kwh",
+            "battery_kw",
+            "battery_capacity_kwh",
+            "shortfalls",
+        )
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in arrays}
         out["start"], out["end"] = self.start.isoformat(), self.end.isoformat()
         out["binding_top"] = dict(self.binding.most_common(20))
+        out["batteries"] = self.battery_summary()
+        return out
+
+    def battery_summary(self) -> dict[str, dict[str, float]]:
+        """Per battery: kWh moved (in and out), equivalent full cycles (moved / twice the capacity), and the same
+        per year (scaled from the period simulated)."""
+        years = self.isps * ISP_H / 8766.0
+        out = {}
+        for battery, moved in self.battery_moved_kwh.items():
+            cycles = moved / (2 * self.battery_capacity_kwh[battery])
+            out[battery] = {
+                "throughput_kwh": round(moved, 1),
+                "full_cycles": round(cycles, 2),
+                "full_cycles_per_year": round(cycles / years, 1) if years else 0.0,
+            }
         return out
 
 
-def make_policy(name: str, network: Network) -> Policy:
+def make_policy(name: str, network: Network, *, weather: Path | None = None) -> Policy:
     if name == "greedy":
         return Greedy(network)
     if name == "mpc":
-        return Mpc(network)
+        return Mpc(network, weather=weather)
     raise ValueError(f"unknown policy {name!r}: greedy, mpc or oracle")
 
 
@@ -109,7 +145,10 @@ def simulate(
     priority: dict[str, float] | None = None,
     soc_start: float = 0.5,
     progress: Callable[[int], None] | None = None,
+    history: Inputs | None = None,
 ) -> SimulationResult:
+    """Run ``policy`` over every quarter hour of ``inputs``. ``history``: the quarter hours just before them, which
+    the policy's forecasts may look back on (as a controller that has been running would), never simulated."""
     started = time.perf_counter()
     imp, exp = limits.with_margin(margin)
     T = inputs.isps
@@ -120,6 +159,11 @@ def simulate(
     bounds = np.searchsorted(t_idx, np.arange(T + 1))
     session_connection = np.array([s.connection for s in inputs.sessions], dtype=np.int64)
     session_max = np.array([s.max_kw for s in inputs.sessions])
+    charger_index = {c.id: i for i, c in enumerate(network.chargers)}
+    unknown = sorted({s.charger for s in inputs.sessions} - set(charger_index))
+    if unknown:
+        raise ValueError(f"sessions at chargers the network does not have: {', '.join(unknown)}")
+    session_charger = np.array([charger_index[s.charger] for s in inputs.sessions], dtype=np.int64)
     remaining = np.array([s.energy_kwh for s in inputs.sessions])
     last_isp = np.full(n_s, -1)
     for s, t in zip(s_idx, t_idx, strict=True):
@@ -134,14 +178,33 @@ def simulate(
     efficiency = np.array([b.efficiency for b in batteries])
     soc = capacity * soc_start
     keys = share_key(network, key, priority)
+    wear = network.battery_wear
     listed = [i for i, level in enumerate(network.levels) if level in LISTED_LEVELS]
     result = SimulationResult(policy.name, inputs.isp_starts[0], inputs.isp_starts[-1], T)
+    result.battery_capacity_kwh = {b.id: b.capacity_kwh for b in batteries}
+    moved = np.zeros(len(batteries))
+    battery_kw = np.zeros((len(batteries), T))
     result.ev_requested_kwh = float(remaining.sum())
     node_kw = np.zeros((len(network.node_ids), T))
     curtailed_kw = np.zeros(T)
     ev_delivered = np.zeros(len(network.connection_ids))
     hub = network.levels.index("hub")  # type: ignore[arg-type]
     n_c = len(network.connection_ids)
+    load_history, pv_history, imp_plan, exp_plan = inputs.load_kw, inputs.pv_kw, imp, exp
+    isp_starts, before = inputs.isp_starts, 0
+    if history is not None and history.isps:
+        if history.isp_starts[-1] + ISP != inputs.isp_starts[0]:
+            raise ValueError(
+                f"history ends {history.isp_starts[-1] + ISP:%Y-%m-%d %H:%M}, not where the period starts "
+                f"({inputs.isp_starts[0]:%Y-%m-%d %H:%M})"
+            )
+        before = history.isps
+        load_history = np.concatenate([history.load_kw, inputs.load_kw], axis=1)
+        pv_history = np.concatenate([history.pv_kw, inputs.pv_kw], axis=1)
+        # Limits are only looked at ahead, so the history's columns are never read: any values do.
+        imp_plan = np.concatenate([np.repeat(imp[:, :1], before, axis=1), imp], axis=1)
+        exp_plan = np.concatenate([np.repeat(exp[:, :1], before, axis=1), exp], axis=1)
+        isp_starts = history.isp_starts + inputs.isp_starts
     for t in range(T):
         present = s_idx[bounds[t] : bounds[t + 1]]
         present_h = hours[bounds[t] : bounds[t + 1]]
@@ -162,16 +225,20 @@ def simulate(
             battery_discharge_max_kw=np.minimum(power, soc * efficiency / ISP_H),
             battery_target_kw=np.zeros(len(batteries)),
             share_key=keys,
+            battery_wear=wear,
         )
         step = Step(
-            t=t,
+            t=before + t,
             d=d,
             soc_kwh=soc,
-            load_history=inputs.load_kw,
-            pv_history=inputs.pv_kw,
-            ev_forecast_kw=_ev_forecast(inputs, s_idx, t_idx, hours, bounds, remaining, session_max, t, n_c),
-            imp_plan=imp,
-            exp_plan=exp,
+            load_history=load_history,
+            pv_history=pv_history,
+            imp_plan=imp_plan,
+            exp_plan=exp_plan,
+            sessions=_planned_sessions(
+                s_idx, t_idx, hours, bounds, present, remaining, session_max, session_charger, t
+            ),
+            isp_starts=isp_starts,
         )
         decision: DispatchResult = policy.decide(step)
         _book(result, decision, d, limits, t, network, hub, listed)
@@ -182,7 +249,9 @@ def simulate(
         charge = np.maximum(decision.battery_kw, 0)
         discharge = np.maximum(-decision.battery_kw, 0)
         soc = np.clip(soc + (charge * efficiency - discharge / efficiency) * ISP_H, 0, capacity)
-        result.battery_throughput_kwh += float((charge + discharge).sum() * ISP_H)
+        moved += (charge + discharge) * ISP_H
+        battery_kw[:, t] = decision.battery_kw
+        result.shortfalls += [(n, t, direction, kw) for n, direction, kw in decision.shortfall]
         remaining[present] = np.maximum(remaining[present] - decision.session_kwh, 0)
         leaving = present[last_isp[present] == t]
         result.ev_undelivered_kwh += float(remaining[leaving].sum())
@@ -192,6 +261,9 @@ def simulate(
     result.node_kw = node_kw
     result.curtailed_kw = curtailed_kw
     result.ev_delivered_kwh = ev_delivered
+    result.battery_throughput_kwh = float(moved.sum())
+    result.battery_kw = battery_kw
+    result.battery_moved_kwh = {b.id: float(m) for b, m in zip(batteries, moved, strict=True)}
     used = result.pv_available_kwh - result.curtailed_kwh
     result.self_consumption_pct = (
         100.0 * (used - result.hub_export_kwh) / result.pv_available_kwh if result.pv_available_kwh else 100.0
@@ -200,35 +272,32 @@ def simulate(
     return result
 
 
-def _ev_forecast(
-    inputs: Inputs,
+def _planned_sessions(
     s_idx: npt.NDArray[np.int64],
     t_idx: npt.NDArray[np.int64],
     hours: Array,
     bounds: npt.NDArray[np.int64],
+    present: npt.NDArray[np.int64],
     remaining: Array,
     session_max: Array,
+    charger: npt.NDArray[np.int64],
     t: int,
-    n_c: int,
     horizon: int = 96,
-) -> Array:
-    """Charging of the sessions plugged in now, as soon as they can: what the planner can know of EVs.
+) -> PlannedSessions:
+    """What a planner knows of the sessions plugged in now: energy still wanted, and what each can take in each
+    quarter hour until it leaves (its departure, as the driver gave it). Future arrivals are not known.
 
     ``s_idx``/``t_idx``/``hours`` are sorted by quarter hour and ``bounds[t]`` is where quarter hour ``t`` starts,
     so only the horizon's entries are looked at."""
-    out = np.zeros((n_c, horizon))
-    plugged_in = set(s_idx[bounds[t] : bounds[t + 1]].tolist())
-    if not plugged_in:
-        return out
-    end = bounds[min(t + horizon, len(bounds) - 1)]
-    left = {s: remaining[s] for s in plugged_in}
-    for s, k, h in zip(s_idx[bounds[t] : end], t_idx[bounds[t] : end], hours[bounds[t] : end], strict=True):
-        if s not in left:
-            continue
-        kwh = min(session_max[s] * h, left[s])
-        left[s] -= kwh
-        out[inputs.sessions[s].connection, k - t] += kwh / ISP_H
-    return out
+    available = np.zeros((len(present), horizon))
+    if len(present):
+        row = np.full(int(s_idx.max()) + 1, -1)
+        row[present] = np.arange(len(present))
+        end = bounds[min(t + horizon, len(bounds) - 1)]
+        s, k, h = s_idx[bounds[t] : end], t_idx[bounds[t] : end], hours[bounds[t] : end]
+        mine = row[s] >= 0
+        available[row[s[mine]], k[mine] - t] = session_max[s[mine]] * h[mine]
+    return PlannedSessions(charger[present], remaining[present].copy(), available)
 
 
 def _book(
@@ -283,4 +352,8 @@ def write_outputs(
     for column in ("limit_import_kw", "limit_export_kw"):
         frame[column] = frame[column].where(np.isfinite(frame[column]), None)
     frame.to_csv(out / "nodes.csv", index=False)
-    (out / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    summary = result.summary()
+    summary["shortfalls"] = [
+        s.as_dict() for s in explain(result.shortfalls, network.node_ids, inputs.isp_starts)
+    ]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -66,6 +66,9 @@ __all__ = [
 ]
 
 ISP_H = 0.25
+# Days simulated before each period only as history for the policy's forecasts, as a controller that has been
+# running has them; without, a plan's first day is blind and batteries start it unprepared.
+WARMUP = timedelta(days=7)
 PLAZA_PROFILE = "ev_plaza"
 
 Progress = Callable[[str, int], None]  # ("inputs" | "quarter hours", how many more done)
@@ -131,7 +134,16 @@ def simulate_community(
     community: Community, data: QuarterHours, scenario: Scenario, tick: Callable[[int], None]
 ) -> tuple[Network, Inputs, SimulationResult]:
     network = Network.from_community(community)
-    inputs = inputs_from(data, network)
+    everything = inputs_from(data, network)
+    k = data.history_isps
+    history = Inputs(everything.isp_starts[:k], everything.load_kw[:, :k], everything.pv_kw[:, :k], [])
+    start = everything.isp_starts[k]
+    inputs = Inputs(
+        everything.isp_starts[k:],
+        everything.load_kw[:, k:],
+        everything.pv_kw[:, k:],
+        [s for s in everything.sessions if s.departure > start],
+    )
     limits = LimitTable.build(community, network.node_ids, inputs.isp_starts)
     if scenario.policy == "oracle":
         result = oracle(
@@ -156,6 +168,7 @@ def simulate_community(
             key=scenario.key,
             priority=scenario.priority,
             progress=progress,
+            history=history,
         )
         tick(pending[0])
     return network, inputs, result
@@ -233,9 +246,10 @@ def generate_quarter_hours(
     community: Community, scenario: Scenario, year: int, tick: Callable[[int], None]
 ) -> QuarterHours:
     start, end = period(scenario, year, community.community.timezone)
-    return quarter_hour_series(
-        community, start=start, end=end, seed=scenario.seed, progress=lambda *_: tick(1)
+    data = quarter_hour_series(
+        community, start=start - WARMUP, end=end, seed=scenario.seed, progress=lambda *_: tick(1)
     )
+    return dataclasses.replace(data, history_isps=int(WARMUP / timedelta(minutes=15)))
 
 
 def _year_job(
@@ -408,7 +422,9 @@ def run_plan(
                 )
             start, end = period(scenario, scenario.sweep_year, timezone)
             one_kwp = (
-                roof_quarter_hours(start=start, end=end, kwp=1.0, ac_kw=1.0 / DC_AC_RATIO, seed=scenario.seed)
+                roof_quarter_hours(
+                    start=start - WARMUP, end=end, kwp=1.0, ac_kw=1.0 / DC_AC_RATIO, seed=scenario.seed
+                )
                 if sweep.kind == "pv"
                 else np.zeros(0)
             )

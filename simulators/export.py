@@ -109,6 +109,7 @@ class QuarterHours:
     isps: int
     connections: list[ConnectionSeries]
     sessions: list[SessionRow]
+    history_isps: int = 0  # the first quarter hours are history for forecasts only, not simulated
 
 
 def _pv_kwh(

@@ -14,13 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from control.costs import COST_CURTAIL, COST_EV
 from control.dispatch import DispatchInput, dispatch
 from control.inputs import InputError, Inputs, Session
 from control.limits import LimitTable
 from control.network import Battery, Charger, Network
 from control.oracle import oracle
-from control.policies import Greedy, Mpc
-from control.simulate import simulate
+from control.policies import Greedy, Mpc, Step
+from control.simulate import SimulationResult, simulate
 from hub.community import load_community
 from hub.topology import DeviceRole, Level
 
@@ -94,10 +95,10 @@ def test_limit_table_of_the_reference_community_has_margins_and_sources():
     isps = [T0 + timedelta(minutes=15 * t) for t in range(96)]
     limits = LimitTable.build(community, network.node_ids, isps)
     hub = network.node_index("huskensweg")
-    assert limits.import_kw[hub, 0] == 16_900
+    assert limits.import_kw[hub, 0] == 17_300
     assert limits.export_kw[hub, 0] == 0
     imp, exp = limits.with_margin(0.05)
-    assert imp[hub, 0] == pytest.approx(16_900 * 0.95)
+    assert imp[hub, 0] == pytest.approx(17_300 * 0.95)
     assert exp[hub, 0] == 0
     assert np.all(imp <= limits.physical_kw[:, None] + 1e-9)  # never above the physical capacity
     assert limits.source(hub, 0, "import") == "firm"
@@ -229,11 +230,29 @@ def test_mpc_and_oracle_keep_every_limit_when_a_plan_exists(case):
     results = {
         "greedy": simulate(network, inputs, limits, Greedy(network)),
         "mpc": simulate(network, inputs, limits, Mpc(network, horizon=48)),
+        "mpc-perfect": simulate(network, inputs, limits, Mpc(network, horizon=48, forecasts="perfect")),
         "oracle": oracle(network, inputs, limits),
     }
-    assert results["mpc"].violations == 0
-    assert results["oracle"].violations == 0
-    assert results["mpc"].infeasible_isps == 0
+    for name in ("mpc", "mpc-perfect", "oracle"):
+        assert results[name].violations == 0, name
+        assert results[name].infeasible_isps == 0, name
+        # Every battery schedule, replayed by a battery from its booked power alone, stays inside its capacity.
+        if network.batteries:
+            soc = replay_soc(network, results[name], 0.5)
+            capacity = np.array([b.capacity_kwh for b in network.batteries])[:, None]
+            assert soc.min() >= -1e-6, name
+            assert (soc <= capacity + 1e-6).all(), name
+    assert results["oracle"].simultaneous_isps == 0
+
+    # The plan itself, given the load and sun to come, is within 5 % of the exact optimum: a gap left with real
+    # forecasts is the forecasts' (a one-day case has no history to forecast from), not the plan's. Cars that have
+    # not arrived yet it cannot know, so it may leave more undelivered where that saved curtailment: compared in
+    # what both cost.
+    def cost(r: SimulationResult) -> float:
+        return COST_CURTAIL * r.curtailed_kwh + 5 * COST_EV * r.ev_undelivered_kwh
+
+    assert results["mpc-perfect"].curtailed_kwh <= 1.05 * results["oracle"].curtailed_kwh + 1e-3
+    assert cost(results["mpc-perfect"]) <= 1.05 * cost(results["oracle"]) + 1e-3
     # The oracle is optimal: no policy that keeps the limits curtails less (greedy may, by breaking them).
     assert results["oracle"].curtailed_kwh <= results["mpc"].curtailed_kwh + 1e-3
     if results["greedy"].violations == 0:
@@ -371,6 +390,14 @@ def test_energyhub_simulate_writes_nodes_and_summary(tmp_path):
 
     assert sum(over(r) for r in rows) <= summary["violations"]
     assert summary["violations"] <= summary["infeasible_isps"] * len(listed)
+    # Per battery what it moved and its cycles, and what would have kept each limit that could not be kept.
+    batteries = {b.id for b in Network.from_community(community).batteries}
+    assert set(summary["batteries"]) == batteries
+    moved = sum(b["throughput_kwh"] for b in summary["batteries"].values())
+    assert moved == pytest.approx(summary["battery_throughput_kwh"], abs=0.5)
+    assert isinstance(summary["shortfalls"], list)
+    for episode in summary["shortfalls"]:
+        assert episode["text"].startswith(f"{episode['node']} needs ")
 
 
 def test_a_community_cut_to_some_gateways_keeps_their_structure():
@@ -435,3 +462,189 @@ def test_an_inverter_held_at_zero_percent_still_offers_its_sun():
         pv.gateway, pv.device, reading(power_w=-7_000.0, power_limit_pct=0.0, power_limit_enabled=0.0)
     )
     assert state.snapshot().pv_available_kw[pv.connection] == pytest.approx(7.0 + others)
+
+
+# -- the exact oracle -------------------------------------------------------------------------------------------
+
+
+def replay_soc(network: Network, result, soc_start: float) -> np.ndarray:
+    """State of charge (batteries x ISPs) from the booked battery power alone, as a battery would follow it."""
+    soc = np.array([b.capacity_kwh * soc_start for b in network.batteries])
+    eff = np.array([b.efficiency for b in network.batteries])
+    out = np.zeros(result.battery_kw.shape)
+    for t in range(result.battery_kw.shape[1]):
+        p = result.battery_kw[:, t]
+        soc = soc + (np.maximum(p, 0) * eff - np.maximum(-p, 0) / eff) * 0.25
+        out[:, t] = soc
+    return out
+
+
+def test_the_oracle_does_not_burn_surplus_by_charging_and_discharging_at_once():
+    """A full battery, 50 kW of PV that may go nowhere: only curtailing helps. A linear program with separate charge
+    and discharge columns burns about 10 kW of it in conversion losses (charging and discharging at full power at
+    once) and claims to curtail less; the exact oracle does not."""
+    network = small_network(1, batteries=[Battery("c0/bat", 0, 100.0, 200.0, wear_eur_per_kwh=0.0)])
+    T = 8
+    load = np.zeros((1, T))
+    pv = np.full((1, T), 50.0)
+    limits = table(network, T, np.array([1e3, 1e3, 1e3]), np.array([0.0, 1e3, 0.0]))
+    inputs = Inputs([T0 + timedelta(minutes=15 * t) for t in range(T)], load, pv, [])
+    plain = oracle(network, inputs, limits, soc_start=1.0, exclusive=False)
+    exact = oracle(network, inputs, limits, soc_start=1.0)
+    assert plain.simultaneous_isps == T  # the relaxation does profit: the test can fail
+    assert plain.curtailed_kwh < exact.curtailed_kwh - 0.9 * 9.75 * 0.25 * T
+    assert exact.simultaneous_isps == 0
+    assert exact.curtailed_kwh == pytest.approx(50 * 0.25 * T, abs=1e-4)  # all of it: the battery is full
+    assert exact.violations == 0
+    assert exact.exact_rounds >= 2
+    assert exact.exact_binaries > 0
+    assert exact.optimality_gap_kwh < 0.01
+    # The booked power replayed by a battery stays inside its capacity; the plain LP's booked net power does not
+    # (its discharge at full power is real, the charge beside it was not).
+    assert replay_soc(network, exact, 1.0).max() <= 200.0 + 1e-6
+    assert replay_soc(network, plain, 1.0).max() > 200.0 + 10
+    assert exact.battery_throughput_kwh == pytest.approx(0.0, abs=1e-3)
+    assert plain.battery_throughput_kwh > 100 * 0.25 * T  # charge and discharge both counted
+
+
+def test_an_impossible_limit_is_explained_with_the_offtake_or_storage_that_would_have_kept_it(tmp_path):
+    """The load alone is over the connection's contract for an hour: no action keeps it. The oracle and mpc both
+    say by how much (the peak kW) and what a battery charged before would have needed (the energy over)."""
+    network = small_network(1)
+    T = 12
+    load = np.full((1, T), 50.0)
+    load[0, 4:8] = [70.0, 90.0, 90.0, 70.0]  # 20, 40, 40 and 20 kW over a 50 kW contract
+    limits = table(network, T, np.array([1e3, 1e3, 50.0]), np.array([1e3, 1e3, 1e3]))
+    inputs = Inputs([T0 + timedelta(minutes=15 * t) for t in range(T)], load, np.zeros((1, T)), [])
+    from control.shortfall import explain
+
+    for result in (
+        oracle(network, inputs, limits, margin=0),
+        simulate(network, inputs, limits, Mpc(network), margin=0),
+    ):
+        episodes = explain(result.shortfalls, network.node_ids, inputs.isp_starts)
+        assert len(episodes) == 1, result.policy
+        (episode,) = episodes
+        assert episode.node == "c0"
+        assert episode.direction == "import"
+        assert episode.peak_kw == pytest.approx(40.0, abs=1e-3)
+        assert episode.energy_kwh == pytest.approx((20 + 40 + 40 + 20) * 0.25, abs=1e-3)
+        assert episode.quarter_hours == 4
+        assert episode.text() == (
+            "c0 needs 40 kW more offtake at 2026-06-01 01:00-02:00 UTC, or 30.0 kWh of storage charged before"
+        )
+
+
+def test_a_cbc_window_after_a_quiet_sunday_is_kept_where_a_persistence_forecast_breaks_it():
+    """A factory's CBC window (17:00-20:00 local on working days) caps its offtake at 120 kW, and its evening load
+    on working days is 200 kW: 240 kWh must come from its battery, charged for 2.7 hours beforehand under the firm
+    200 kW. On Monday, "load as a day ago" sees Sunday's quiet evening and does not charge; the forecast by day
+    type sees Thursday's and Friday's, and does."""
+    network = small_network(1, batteries=[Battery("c0/bat", 0, 100.0, 400.0)])
+    start = datetime(2026, 1, 8, tzinfo=UTC)  # a Thursday
+    T = 5 * 96
+    isps = [start + timedelta(minutes=15 * t) for t in range(T)]
+    hour = np.array([t.hour + t.minute / 60 for t in isps])  # UTC; local is UTC + 1 in January
+    working = np.array([t.weekday() < 5 for t in isps])
+    window = working & (hour >= 16) & (hour < 19)
+    load = np.where((hour >= 7) & (hour < 16), 100.0, 50.0)
+    load = np.where((hour >= 16) & (hour < 19), np.where(working, 200.0, 60.0), load)[None, :]
+    imp = np.full((3, T), 1e3)
+    imp[2] = np.where(window, 120.0, 200.0)
+    limits = LimitTable(network.node_ids, isps, imp, np.full((3, T), 1e3), np.full(3, np.inf), None)  # type: ignore[arg-type]
+    inputs = Inputs(isps, load, np.zeros((1, T)), [])
+    monday = np.array([t.weekday() == 0 for t in isps])
+    results = {}
+    for forecasts in ("persistence", "blend"):
+        result = simulate(network, inputs, limits, Mpc(network, forecasts=forecasts), margin=0, soc_start=0.0)
+        results[forecasts] = result.node_kw[2, monday & window].max()
+    assert results["persistence"] > 120.0 + 20, (
+        results
+    )  # the test can fail: persistence breaks Monday's window
+    assert results["blend"] <= 120.0 + 1e-6, results
+
+
+def test_battery_wear_keeps_a_battery_still_when_moving_it_saves_nothing_and_is_configurable():
+    """No limit binds and no PV is curtailed: a plan that empties the battery into the estate's own use (as the
+    old plan did, to save grid energy) wears it for nothing. With wear priced above what curtailing a kWh loses,
+    the battery leaves surplus PV to be curtailed, and the oracle agrees."""
+    T = 96
+    hours = np.arange(T) / 4
+    load = np.full((1, T), 40.0)
+    sun = np.clip(np.sin((hours - 6) / 12 * np.pi), 0, None)
+    limits = table(small_network(1), T, np.array([1e3, 1e3, 1e3]), np.array([0.0, 1e3, 1e3]))
+    isps = [T0 + timedelta(minutes=15 * t) for t in range(T)]
+    quiet = Inputs(isps, load, np.zeros((1, T)), [])
+    sunny = Inputs(isps, load, (100.0 * sun)[None, :], [])
+    cheap = small_network(1, batteries=[Battery("c0/bat", 0, 50.0, 200.0)])
+    dear = small_network(1, batteries=[Battery("c0/bat", 0, 50.0, 200.0, wear_eur_per_kwh=0.2)])
+    for policy in ("mpc", "oracle"):
+        run = (
+            (lambda n, i: oracle(n, i, limits))
+            if policy == "oracle"
+            else (lambda n, i: simulate(n, i, limits, Mpc(n, forecasts="perfect")))
+        )
+        assert run(cheap, quiet).battery_throughput_kwh == pytest.approx(0.0, abs=1e-3), policy
+        takes = run(cheap, sunny)
+        assert takes.battery_throughput_kwh > 50, policy  # it does take the surplus: the test can fail
+        assert run(dear, sunny).battery_throughput_kwh == pytest.approx(0.0, abs=1e-3), policy
+        assert run(dear, sunny).curtailed_kwh > takes.curtailed_kwh + 40, policy
+    summary = simulate(cheap, sunny, limits, Mpc(cheap, forecasts="perfect")).summary()
+    figures = summary["batteries"]["c0/bat"]  # type: ignore[index]
+    assert figures["full_cycles"] == pytest.approx(figures["throughput_kwh"] / 400, abs=0.01)
+    assert figures["full_cycles_per_year"] == pytest.approx(figures["full_cycles"] * 365.25, rel=0.01)
+
+
+def test_a_weather_forecast_steers_the_plans_pv_and_a_bad_one_is_refused_with_its_line(tmp_path):
+    network = small_network(1, batteries=[Battery("c0/bat", 0, 50.0, 100.0)])
+    T = 3 * 96
+    isps = [T0 + timedelta(minutes=15 * t) for t in range(T)]
+    hours = np.arange(T) % 96 / 4
+    pv = (100.0 * np.clip(np.sin((hours - 6) / 12 * np.pi), 0, None))[None, :]
+    overcast = tmp_path / "overcast.csv"
+    overcast.write_text(
+        "isp_start,clear_sky_index\n" + "".join(f"{t:%Y-%m-%dT%H:%M:%SZ},0.0\n" for t in isps)
+    )
+    now = 2 * 96 + 24  # 06:00 on the third day
+    step = Step(
+        t=now,
+        d=one_step(network, load=[10.0], pv=[pv[0, now]], imp=[1e3] * 3, exp=[1e3] * 3),
+        soc_kwh=np.array([50.0]),
+        load_history=np.full((1, T), 10.0),
+        pv_history=pv,
+        imp_plan=np.full((3, T), 1e3),
+        exp_plan=np.full((3, T), 1e3),
+        isp_starts=isps,
+    )
+    sunny = Mpc(network)._forecast(step)[2]
+    dull = Mpc(network, weather=overcast)._forecast(step)[2]
+    noon = 24  # six hours ahead
+    assert sunny[0, noon] > 90  # the days before were clear: the test can fail
+    assert dull[0, noon] < 0.2 * sunny[0, noon]  # the forecast says overcast, and the plan believes it
+    bad = tmp_path / "bad.csv"
+    bad.write_text("isp_start,clear_sky_index\n2026-06-01T00:00:00Z,0.8\n2026-06-01T00:15:00Z,7\n")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hub.cli",
+            "simulate",
+            "--community",
+            str(REPO / "examples" / "de-koumen.yaml"),
+            "--from",
+            "2026-06-01",
+            "--to",
+            "2026-06-02",
+            "--out",
+            str(tmp_path / "out"),
+            "--weather",
+            str(bad),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1
+    assert f"{bad}:3: a clear-sky index lies in 0..1.5, got 7.0" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from control.policies import Mpc
 from control.simulate import simulate
 from hub.community import parse_community
 from hub.topology import Community, DeviceRole
-from planning.plan import period, sweep_community
+from planning.plan import WARMUP, period, sweep_community
 from planning.scenario import (
     ScenarioError,
     community_for_year,
@@ -287,6 +287,24 @@ def test_energyhub_plan_writes_a_row_per_year_headroom_and_pictures(planned: Pat
         parse_community((out / str(year) / "community.yaml").read_text())
 
 
+def exported_with_history(
+    community: Community, network: Network, start: datetime, end: datetime, folder: Path
+) -> tuple[Inputs, Inputs]:
+    """The period's inputs through the simulators' CSV export, and the week before it as the planner gives mpc's
+    forecasts (``planning.plan.WARMUP``)."""
+    export_quarter_hours(community, start=start - WARMUP, end=end, seed=3, out_dir=folder)
+    everything = Inputs.from_folder(folder, network, start - WARMUP, end)
+    k = int(WARMUP / timedelta(minutes=15))
+    history = Inputs(everything.isp_starts[:k], everything.load_kw[:, :k], everything.pv_kw[:, :k], [])
+    inputs = Inputs(
+        everything.isp_starts[k:],
+        everything.load_kw[:, k:],
+        everything.pv_kw[:, k:],
+        [s for s in everything.sessions if s.departure > start],
+    )
+    return inputs, history
+
+
 def test_the_sweep_finds_the_smallest_battery_that_meets_the_target(planned: Path) -> None:
     out = planned / "out"
     plan = json.loads((out / "plan.json").read_text())["sweep"]
@@ -307,11 +325,10 @@ def test_the_sweep_finds_the_smallest_battery_that_meets_the_target(planned: Pat
     doc = base_2026.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
     community = sweep_community(doc, scenario, chosen, "Europe/Amsterdam")
     start, end = period(scenario, 2026, "Europe/Amsterdam")
-    export_quarter_hours(community, start=start, end=end, seed=3, out_dir=planned / "inputs")
     network = Network.from_community(community)
-    inputs = Inputs.from_folder(planned / "inputs", network, start, end)
+    inputs, history = exported_with_history(community, network, start, end, planned / "inputs")
     limits = LimitTable.build(community, network.node_ids, inputs.isp_starts)
-    result = simulate(network, inputs, limits, Mpc(network), margin=scenario.margin)
+    result = simulate(network, inputs, limits, Mpc(network), margin=scenario.margin, history=history)
     assert 100 * result.curtailed_kwh / result.pv_available_kwh == pytest.approx(sweep[chosen], abs=0.01)
     assert result.violations == 0
     assert start == datetime(2026, 6, 19, 22, tzinfo=UTC)
@@ -398,11 +415,10 @@ def test_a_pv_sweep_finds_the_most_pv_a_connection_can_take(tmp_path: Path) -> N
     c5 = next(c for _l, _m, c in chosen.connections() if c.id == "c-005")
     assert c5.pv_kwp == plan.chosen
     start, end = period(scenario, 2026, "Europe/Amsterdam")
-    export_quarter_hours(chosen, start=start, end=end, seed=3, out_dir=tmp_path / "inputs")
     network = Network.from_community(chosen)
-    inputs = Inputs.from_folder(tmp_path / "inputs", network, start, end)
+    inputs, history = exported_with_history(chosen, network, start, end, tmp_path / "inputs")
     limits = LimitTable.build(chosen, network.node_ids, inputs.isp_starts)
-    result = simulate(network, inputs, limits, Mpc(network), margin=scenario.margin)
+    result = simulate(network, inputs, limits, Mpc(network), margin=scenario.margin, history=history)
     assert 100 * result.curtailed_kwh / result.pv_available_kwh == pytest.approx(
         curtailed[plan.chosen], abs=0.01
     )
