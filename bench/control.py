@@ -25,6 +25,7 @@ Forecast errors (persistence against the blend, per horizon) are measured by `be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -143,10 +144,13 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=len(WEEKS), help="only the first N weeks (a quick look)")
     parser.add_argument("--caution", type=float, default=None, help="mpc's caution (default: the policy's)")
     parser.add_argument("--no-year", action="store_true", help="skip mpc over the whole year")
+    parser.add_argument("--wear", type=float, default=None, help="every battery's wear, EUR per kWh moved")
     args = parser.parse_args()
     caution = Mpc.__init__.__kwdefaults__["caution"] if args.caution is None else args.caution  # type: ignore[index]
     community = load_community(args.community)
     network = Network.from_community(community)
+    if args.wear is not None:
+        network.batteries = [dataclasses.replace(b, wear_eur_per_kwh=args.wear) for b in network.batteries]
     start, end = datetime(2026, 1, 1, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.inputs
@@ -192,7 +196,7 @@ def report(network: Network, name: str, weeks: list[Week], caution: float) -> No
     print(
         f"\n{name}: {len(network.connection_ids)} connections, {len(network.batteries)} batteries, "
         f"{len(network.chargers)} chargers; {len(weeks)} weeks from {', '.join(f'{w.start:%m-%d}' for w in weeks)}"
-        f" (mpc caution {caution})"
+        f" (mpc caution {caution}, wear {sorted({b.wear_eur_per_kwh for b in network.batteries})} EUR/kWh moved)"
     )
     print(
         f"  {'policy':<17} {'over':>5} {'avoidable':>9} {'curtailed kWh':>14} {'undelivered kWh':>16} "

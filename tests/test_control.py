@@ -323,30 +323,23 @@ def test_bad_input_files_name_file_line_and_problem(tmp_path):
         Inputs.from_folder(tmp_path, network, T0, T0 + timedelta(minutes=30))
 
 
+def simulate_a_june_day(*options: str) -> subprocess.CompletedProcess[str]:
+    """`energyhub simulate` over 2026-06-01 of today's De Koumen, as a user runs it."""
+    command = [
+        sys.executable,
+        "-m",
+        "hub.cli",
+        "simulate",
+        "--community",
+        str(REPO / "examples" / "de-koumen.yaml"),
+    ]
+    command += ["--from", "2026-06-01", "--to", "2026-06-02", *options]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
 def test_energyhub_simulate_writes_nodes_and_summary(tmp_path):
     out = tmp_path / "out"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "simulate",
-            "--community",
-            str(REPO / "examples" / "de-koumen.yaml"),
-            "--from",
-            "2026-06-01",
-            "--to",
-            "2026-06-02",
-            "--policy",
-            "mpc",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = simulate_a_june_day("--policy", "mpc", "--out", str(out))
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     for key in (
@@ -623,28 +616,7 @@ def test_a_weather_forecast_steers_the_plans_pv_and_a_bad_one_is_refused_with_it
     assert dull[0, noon] < 0.2 * sunny[0, noon]  # the forecast says overcast, and the plan believes it
     bad = tmp_path / "bad.csv"
     bad.write_text("isp_start,clear_sky_index\n2026-06-01T00:00:00Z,0.8\n2026-06-01T00:15:00Z,7\n")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "hub.cli",
-            "simulate",
-            "--community",
-            str(REPO / "examples" / "de-koumen.yaml"),
-            "--from",
-            "2026-06-01",
-            "--to",
-            "2026-06-02",
-            "--out",
-            str(tmp_path / "out"),
-            "--weather",
-            str(bad),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = simulate_a_june_day("--out", str(tmp_path / "out"), "--weather", str(bad))
     assert run.returncode == 1
     assert f"{bad}:3: a clear-sky index lies in 0..1.5, got 7.0" in run.stderr
     assert "Traceback" not in run.stderr
