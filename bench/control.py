@@ -90,13 +90,7 @@ def cut(
     start = year.isp_starts[0]
     i, j = int((a - start) / ISP), int((b - start) / ISP)
     h = max(0, i - int(HISTORY / ISP))
-    part = Inputs(
-        year.isp_starts[i:j],
-        year.load_kw[:, i:j],
-        year.pv_kw[:, i:j],
-        [s for s in year.sessions if s.departure > a and s.arrival < b],
-    )
-    history = Inputs(year.isp_starts[h:i], year.load_kw[:, h:i], year.pv_kw[:, h:i], [])
+    part, history = year.window(i, j), year.window(h, i)
     part_limits = LimitTable(
         network.node_ids,
         part.isp_starts,

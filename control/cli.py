@@ -105,10 +105,8 @@ def simulate_command(
         raise typer.Exit(1) from None
     limits = LimitTable.build(parsed, network.node_ids, data.isp_starts)
     if weather is not None:
-        try:
-            read_clearness(
-                weather, data.isp_starts
-            )  # refused here, with its line, not in the middle of a run
+        try:  # refused here, with its line, not in the middle of a run
+            read_clearness(weather, data.isp_starts)
         except ValueError as exc:
             typer.echo(f"error: --weather: {exc}", err=True)
             raise typer.Exit(1) from None

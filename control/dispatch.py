@@ -78,9 +78,8 @@ class DispatchResult:
     binding: list[tuple[int, str]] = field(default_factory=list)  # (node, "import"/"export")
     infeasible: bool = False
     solved: bool = False  # an LP was needed
-    shortfall: list[tuple[int, str, float]] = field(
-        default_factory=list
-    )  # (node, direction, kW over) kept off
+    # (node, direction, kW over): the least by which no action could keep a limit
+    shortfall: list[tuple[int, str, float]] = field(default_factory=list)
 
 
 def _flows(d: DispatchInput, pv_used: Array, session_kwh: Array, battery_kw: Array) -> tuple[Array, Array]:

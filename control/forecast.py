@@ -335,21 +335,11 @@ class Forecaster:
 
     def load(self, history: Array, t: int, horizon: int, *, isp: int | None = None) -> Array:
         """Connections x horizon: the mean of the same local time on recent days of the same day type."""
-        now = self._where(history, t, horizon, isp)
-        chosen, weight = self._load_sources(t, now, horizon)
-        values = np.take(history, chosen.T, axis=1)  # connections x load_days x horizon
-        out: Array = np.einsum("cdh,hd->ch", values, weight)
-        out[:, 0] = history[:, t]
-        return out
+        return self.load_both(history, t, horizon, isp=isp)[0]
 
     def load_high(self, history: Array, t: int, horizon: int, *, isp: int | None = None) -> Array:
         """Connections x horizon: the highest of the days ``load`` averages (a cautious forecast)."""
-        now = self._where(history, t, horizon, isp)
-        chosen, _ = self._load_sources(t, now, horizon)
-        values = np.take(history, chosen.T, axis=1)  # connections x load_days x horizon
-        out: Array = values.max(axis=1)
-        out[:, 0] = history[:, t]
-        return out
+        return self.load_both(history, t, horizon, isp=isp)[1]
 
     def load_both(
         self, history: Array, t: int, horizon: int, *, isp: int | None = None
@@ -357,7 +347,7 @@ class Forecaster:
         """``load`` and ``load_high`` from one lookup of the days they read."""
         now = self._where(history, t, horizon, isp)
         chosen, weight = self._load_sources(t, now, horizon)
-        values = np.take(history, chosen.T, axis=1)
+        values = np.take(history, chosen.T, axis=1)  # connections x load_days x horizon
         mean: Array = np.einsum("cdh,hd->ch", values, weight)
         high: Array = values.max(axis=1)
         mean[:, 0] = high[:, 0] = history[:, t]

@@ -54,6 +54,19 @@ class Inputs:
     def isps(self) -> int:
         return len(self.isp_starts)
 
+    def window(self, first: int, end: int) -> Inputs:
+        """Quarter hours ``first`` to ``end`` (exclusive), with the sessions that overlap them."""
+        if end <= first:
+            return Inputs([], self.load_kw[:, :0], self.pv_kw[:, :0], [])
+        start = self.isp_starts[first]
+        stop = self.isp_starts[end - 1] + ISP
+        return Inputs(
+            self.isp_starts[first:end],
+            self.load_kw[:, first:end],
+            self.pv_kw[:, first:end],
+            [s for s in self.sessions if s.departure > start and s.arrival < stop],
+        )
+
     def presence_h(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], Array]:
         """(session, isp, hours present) for every quarter hour a session overlaps."""
         start = self.isp_starts[0]

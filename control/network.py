@@ -18,6 +18,7 @@ from hub.topology import Community, DeviceRole, Level
 __all__ = ["Battery", "Charger", "Network"]
 
 Array = npt.NDArray[np.float64]
+EFFICIENCY = 0.95  # a battery's one way: charging and discharging each lose this much
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,7 @@ class Battery:
     connection: int
     power_kw: float
     capacity_kwh: float
-    efficiency: float = 0.95  # one way: charge and discharge each lose this much
+    efficiency: float = EFFICIENCY
     wear_eur_per_kwh: float = WEAR_EUR_PER_KWH  # per kWh moved in or out
 
 
@@ -79,7 +80,7 @@ class Network:
                             c,
                             device.power_kw,
                             device.capacity_kwh,
-                            device.efficiency if device.efficiency is not None else 0.95,
+                            EFFICIENCY if device.efficiency is None else device.efficiency,
                             WEAR_EUR_PER_KWH if device.wear_eur_per_kwh is None else device.wear_eur_per_kwh,
                         )
                     )

@@ -236,14 +236,11 @@ def oracle(
     infeasible = np.zeros(T, bool)
     infeasible[rows_t[slack > 1e-4]] = True
     result = SimulationResult("oracle", inputs.isp_starts[0], inputs.isp_starts[-1], T)
-    result.battery_capacity_kwh = {b.id: b.capacity_kwh for b in batteries}
     result.ev_requested_kwh = float(energy.sum())
     result.ev_undelivered_kwh = float(x[und0 : und0 + len(sessions)].sum())
     # What the batteries really move: charge and discharge both, not their net.
     moved = (charge + discharge).sum(axis=1) * ISP_H
-    result.battery_throughput_kwh = float(moved.sum())
-    result.battery_kw = battery
-    result.battery_moved_kwh = {b.id: float(m) for b, m in zip(batteries, moved, strict=True)}
+    result.book_batteries(batteries, battery, moved)
     result.simultaneous_isps = int((np.minimum(charge, discharge) > BOTH_KW).sum())
     result.optimality_gap_kwh = gap / COST_CURTAIL
     result.exact_rounds, result.exact_binaries = rounds, binaries

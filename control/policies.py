@@ -131,6 +131,14 @@ class Greedy:
         return res
 
 
+def _steps(horizon: int, fine: int, block: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """A plan's steps over ``horizon`` quarter hours: ``fine`` of one, then blocks of ``block``; lengths and
+    starts."""
+    rest = horizon - fine
+    lengths = np.array([1] * fine + [block] * (rest // block) + ([rest % block] if rest % block else []))
+    return lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]])
+
+
 class Mpc:
     """Plans the batteries and the plugged-in cars over ``horizon`` quarter hours of forecasts, again every quarter
     hour, and gives the plan's first step to the dispatch as the battery targets and each car's kWh, which keeps
@@ -187,18 +195,8 @@ class Mpc:
         )
         self.network = network
         self.horizon = horizon
-        rest = horizon - fine
-        self.lengths = np.array(
-            [1] * fine + [block] * (rest // block) + ([rest % block] if rest % block else [])
-        )
-        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]])
-        ev_fine = min(EV_FINE, horizon)
-        self.ev_lengths = np.array(
-            [1] * ev_fine
-            + [4] * ((horizon - ev_fine) // 4)
-            + ([(horizon - ev_fine) % 4] if (horizon - ev_fine) % 4 else [])
-        )
-        self.ev_starts = np.concatenate([[0], np.cumsum(self.ev_lengths)[:-1]])
+        self.lengths, self.starts = _steps(horizon, fine, block)
+        self.ev_lengths, self.ev_starts = _steps(horizon, min(EV_FINE, horizon), 4)
         self.batteries = network.batteries
         self.chargers = network.chargers
         self.hub = next(i for i, level in enumerate(network.levels) if level == "hub")
@@ -224,7 +222,7 @@ class Mpc:
         # first, so a micro group is capped before its loop.
         size = network.incidence.sum(axis=1)
         self._capped = [
-            n
+            (n, network.incidence[n] > 0)
             for n in np.argsort(size, kind="stable").tolist()
             if size[n] > 1 and n != self.hub and not (network.incidence[n] * self._steered).any()
         ]
@@ -294,9 +292,8 @@ class Mpc:
         undelivered = 3 * n_b * h + n_e * h_e + H + 2 * n_n * H + np.arange(n_e)
         # The chargers' kW per connection and quarter hour: node rows see one column per charging connection, not
         # one per charger (a plaza of 18 chargers was most of the program's entries).
-        sites = np.unique(
-            charger_connections := np.array([c.connection for c in self.chargers], dtype=np.int64)
-        )
+        charger_connections = np.array([c.connection for c in self.chargers], dtype=np.int64)
+        sites = np.unique(charger_connections)
         site_of = np.searchsorted(sites, charger_connections)
         first_site = 3 * n_b * h + n_e * h_e + H + 2 * n_n * H + n_e
         site_kw = first_site + q * len(sites) + np.arange(len(sites))[None, :]  # H x sites
@@ -386,7 +383,6 @@ class Mpc:
         # yet) will want the same room under the limits.
         cost[ev] = COST_EV_WAIT * (ISP_H * (self.ev_starts + (self.ev_lengths - 1) / 2))[:, None]
         upper = np.full(n_var, np.inf)
-        upper[site_kw] = np.inf
         power = np.array([b.power_kw for b in self.batteries])
         upper[ch] = power[None, :]
         upper[dis] = power[None, :]
@@ -406,8 +402,7 @@ class Mpc:
         each connection's limit, then at each node's over them (shared by what each feeds in)."""
         exp_c = exp_plan[np.ix_(self.connection_nodes, ahead)]
         out: Array = np.where(self._steered[:, None], flow, np.maximum(flow, -exp_c))
-        for n in self._capped:
-            members = self.network.incidence[n] > 0
+        for n, members in self._capped:
             over = -out[members].sum(axis=0) - exp_plan[n, ahead]
             if not (over > 1e-9).any():
                 continue
@@ -453,7 +448,7 @@ class Mpc:
         lower[soc_rows] = step.soc_kwh
         upper[soc_rows] = step.soc_kwh
         # Only these columns' bounds change from plan to plan: PV that can be curtailed, what a car can take.
-        curtailable = (net.incidence[self.nodes] @ pv_high).T
+        curtailable = (below @ pv_high).T
         room = np.zeros((n_e, h))
         sessions = step.sessions
         if sessions is not None and n_e:

@@ -23,7 +23,7 @@ import pandas as pd  # type: ignore[import-untyped]
 from control.dispatch import DispatchInput, DispatchResult, session_urgency
 from control.inputs import Inputs
 from control.limits import LimitTable
-from control.network import Network
+from control.network import Battery, Network
 from control.policies import Greedy, Mpc, PlannedSessions, Policy, Step
 from control.shortfall import explain
 
@@ -86,6 +86,13 @@ class SimulationResult:
         out["binding_top"] = dict(self.binding.most_common(20))
         out["batteries"] = self.battery_summary()
         return out
+
+    def book_batteries(self, batteries: list[Battery], battery_kw: Array, moved_kwh: Array) -> None:
+        """What the batteries did: power per quarter hour (+ charge) and kWh moved, charged plus discharged."""
+        self.battery_kw = battery_kw
+        self.battery_throughput_kwh = float(moved_kwh.sum())
+        self.battery_moved_kwh = {b.id: float(m) for b, m in zip(batteries, moved_kwh, strict=True)}
+        self.battery_capacity_kwh = {b.id: b.capacity_kwh for b in batteries}
 
     def battery_summary(self) -> dict[str, dict[str, float]]:
         """Per battery: kWh moved (in and out), equivalent full cycles (moved / twice the capacity), and the same
@@ -181,7 +188,6 @@ def simulate(
     wear = network.battery_wear
     listed = [i for i, level in enumerate(network.levels) if level in LISTED_LEVELS]
     result = SimulationResult(policy.name, inputs.isp_starts[0], inputs.isp_starts[-1], T)
-    result.battery_capacity_kwh = {b.id: b.capacity_kwh for b in batteries}
     moved = np.zeros(len(batteries))
     battery_kw = np.zeros((len(batteries), T))
     result.ev_requested_kwh = float(remaining.sum())
@@ -261,9 +267,7 @@ def simulate(
     result.node_kw = node_kw
     result.curtailed_kw = curtailed_kw
     result.ev_delivered_kwh = ev_delivered
-    result.battery_throughput_kwh = float(moved.sum())
-    result.battery_kw = battery_kw
-    result.battery_moved_kwh = {b.id: float(m) for b, m in zip(batteries, moved, strict=True)}
+    result.book_batteries(batteries, battery_kw, moved)
     used = result.pv_available_kwh - result.curtailed_kwh
     result.self_consumption_pct = (
         100.0 * (used - result.hub_export_kwh) / result.pv_available_kwh if result.pv_available_kwh else 100.0

@@ -136,14 +136,8 @@ def simulate_community(
     network = Network.from_community(community)
     everything = inputs_from(data, network)
     k = data.history_isps
-    history = Inputs(everything.isp_starts[:k], everything.load_kw[:, :k], everything.pv_kw[:, :k], [])
-    start = everything.isp_starts[k]
-    inputs = Inputs(
-        everything.isp_starts[k:],
-        everything.load_kw[:, k:],
-        everything.pv_kw[:, k:],
-        [s for s in everything.sessions if s.departure > start],
-    )
+    history = everything.window(0, k) if k else None
+    inputs = everything.window(k, everything.isps)
     limits = LimitTable.build(community, network.node_ids, inputs.isp_starts)
     if scenario.policy == "oracle":
         result = oracle(

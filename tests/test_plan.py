@@ -295,14 +295,7 @@ def exported_with_history(
     export_quarter_hours(community, start=start - WARMUP, end=end, seed=3, out_dir=folder)
     everything = Inputs.from_folder(folder, network, start - WARMUP, end)
     k = int(WARMUP / timedelta(minutes=15))
-    history = Inputs(everything.isp_starts[:k], everything.load_kw[:, :k], everything.pv_kw[:, :k], [])
-    inputs = Inputs(
-        everything.isp_starts[k:],
-        everything.load_kw[:, k:],
-        everything.pv_kw[:, k:],
-        [s for s in everything.sessions if s.departure > start],
-    )
-    return inputs, history
+    return everything.window(k, everything.isps), everything.window(0, k)
 
 
 def test_the_sweep_finds_the_smallest_battery_that_meets_the_target(planned: Path) -> None:
