@@ -2,14 +2,7 @@
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
-COPY hub hub
-COPY broker broker
-COPY edge edge
-COPY ingest ingest
-COPY control control
-COPY dashboards dashboards
-COPY api api
-COPY simulators simulators
+COPY src src
 COPY examples examples
 RUN pip install --no-cache-dir . && useradd --system --home /var/lib/energyhub energyhub
 ENTRYPOINT ["energyhub"]

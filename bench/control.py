@@ -39,15 +39,16 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
-from control.inputs import Inputs  # noqa: E402
-from control.limits import LimitTable  # noqa: E402
-from control.network import Network  # noqa: E402
-from control.oracle import oracle  # noqa: E402
-from control.policies import Greedy, Mpc  # noqa: E402
-from control.simulate import SimulationResult, simulate  # noqa: E402
-from hub.community import load_community  # noqa: E402
-from simulators.export import export_quarter_hours  # noqa: E402
+from energyhub.control.inputs import Inputs  # noqa: E402
+from energyhub.control.limits import LimitTable  # noqa: E402
+from energyhub.control.oracle import oracle  # noqa: E402
+from energyhub.control.policies import Greedy, Mpc  # noqa: E402
+from energyhub.control.simulate import SimulationResult, simulate  # noqa: E402
+from energyhub.domain.community import load_community  # noqa: E402
+from energyhub.domain.network import Network  # noqa: E402
+from energyhub.synthetic.export import export_quarter_hours  # noqa: E402
 
 ISP = timedelta(minutes=15)
 WEEKS = (

@@ -28,23 +28,24 @@ from pymodbus.client import AsyncModbusTcpClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
-from edge.agent import Agent  # noqa: E402
-from edge.config import load_agent_config  # noqa: E402
-from edge.profile import load_profile  # noqa: E402
-from edge.register_map import plan_reads  # noqa: E402
-from hub.services import broker_accounts, free_port, start_broker  # noqa: E402
-from hub.settings import ServiceSettings  # noqa: E402
-from hub.supervisor import Supervisor  # noqa: E402
+from energyhub.cli.services import broker_accounts, free_port, start_broker  # noqa: E402
+from energyhub.edge.agent import Agent  # noqa: E402
+from energyhub.edge.config import load_agent_config  # noqa: E402
+from energyhub.edge.profile import load_profile  # noqa: E402
+from energyhub.edge.register_map import plan_reads  # noqa: E402
+from energyhub.runtime.settings import ServiceSettings  # noqa: E402
+from energyhub.runtime.supervisor import Supervisor  # noqa: E402
 
 PER_PORT = 20
 WINDOW_S = 5
 
 
 def serve(devices: int, ports_file: Path) -> None:
-    from simulators.devices import MeterDevice
-    from simulators.modbus_server import GatewayServer
-    from simulators.sdm630 import MeterState
+    from energyhub.simulators.devices import MeterDevice
+    from energyhub.simulators.modbus_server import GatewayServer
+    from energyhub.simulators.sdm630 import MeterState
 
     async def main() -> None:
         servers, ports = [], []
@@ -68,9 +69,9 @@ def confirm(port: int, credentials: Path, site: str) -> None:
     """Stand in for the ingest: confirm every measurement received, in batches of 0.2 s, as the ingest does."""
     from datetime import UTC, datetime
 
-    from hub.messages import confirmations, encode
-    from hub.mqtt_link import MqttLink
-    from hub.topics import Topics
+    from energyhub.io.mqtt import MqttLink
+    from energyhub.wire.messages import confirmations, encode
+    from energyhub.wire.topics import Topics
 
     topics = Topics(site=site)
 
@@ -253,7 +254,7 @@ def main() -> None:
             small = write_config(tmp / "small.yaml", devices[:20])
             child_log = (tmp / "edge.log").open("w")
             child = subprocess.Popen(
-                [sys.executable, "-m", "hub.cli", "edge", "--config", str(small)],
+                [sys.executable, "-m", "energyhub", "edge", "--config", str(small)],
                 cwd=REPO,
                 stdout=child_log,
                 stderr=subprocess.STDOUT,

@@ -28,12 +28,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from estate_run import DemoRun, ProcessUse, wait_until  # noqa: E402
-from yardstick import infeasible_isps, measure, query  # noqa: E402
+from tests.estate_run import DemoRun, ProcessUse, wait_until  # noqa: E402
+from tests.yardstick import infeasible_isps, measure, query  # noqa: E402
 
-from hub.community import load_community  # noqa: E402
+from energyhub.domain.community import load_community  # noqa: E402
 
 SITE = "de-koumen"
 DB = "energyhub"
@@ -212,14 +213,14 @@ def run_estate(args: argparse.Namespace, folder: Path) -> float:
 
 
 def _level(community, node: str) -> str:
-    from yardstick import node_members
+    from tests.yardstick import node_members
 
     return node_members(community)[node][0]
 
 
 def run_baseline(args: argparse.Namespace, folder: Path, seconds: float) -> float:
     community = load_community(REPO / "examples" / "de-koumen.yaml")
-    from hub.community import only_gateways
+    from energyhub.domain.community import only_gateways
 
     few = ["gw-002", "gw-011", "gw-018", "gw-049"]  # a shop, a PV roof, the plaza, the collective battery
     devices = sum(1 for _ in only_gateways(community, set(few)).devices())

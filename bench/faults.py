@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
 # As ``tests.faults`` (a namespace package): a plain ``faults`` would be this script itself.
 from tests.faults import Count, FaultRun, Load  # noqa: E402

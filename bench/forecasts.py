@@ -2,7 +2,7 @@
 
 1. The simulators export the year's quarter-hour inputs for `examples/de-koumen-2026.yaml` (seed 0; `--community`
    another file, `--weeks N` only the first N weeks, `--inputs` an export already made).
-2. Every hour of the period (`--every` quarter hours), each forecaster of `control/forecast.py` forecasts the next
+2. Every hour of the period (`--every` quarter hours), each forecaster of `src/energyhub/control/forecast.py` forecasts the next
    24 hours of every connection from what is measured up to that quarter hour, as `Mpc` would ask it:
    - load: persistence as `Mpc` has done it (a week ago, a day ago in the first week), a day ago, and the
      blend of the same local time on the last three days of the same day type (`Forecaster.load`);
@@ -32,12 +32,13 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
-from control.forecast import ErrorSum, Forecaster, day_ago, read_clearness, week_ago  # noqa: E402
-from control.inputs import Inputs  # noqa: E402
-from control.network import Network  # noqa: E402
-from hub.community import load_community  # noqa: E402
-from simulators.export import export_quarter_hours  # noqa: E402
+from energyhub.control.forecast import ErrorSum, Forecaster, day_ago, read_clearness, week_ago  # noqa: E402
+from energyhub.control.inputs import Inputs  # noqa: E402
+from energyhub.domain.community import load_community  # noqa: E402
+from energyhub.domain.network import Network  # noqa: E402
+from energyhub.synthetic.export import export_quarter_hours  # noqa: E402
 
 HORIZONS = {"next 1 h": 4, "next 6 h": 24, "next 24 h": 96}
 CALL = 97  # the quarter hour now and the next 96

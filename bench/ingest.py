@@ -25,15 +25,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
-from hub.influx import InfluxClient  # noqa: E402
-from hub.line_protocol import FieldValue, encode_point  # noqa: E402
-from hub.messages import Measurement, Quality, encode  # noqa: E402
-from hub.mqtt_link import MqttLink  # noqa: E402
-from hub.services import free_port, start_services  # noqa: E402
-from hub.settings import ServiceSettings  # noqa: E402
-from hub.supervisor import Supervisor, wait_for  # noqa: E402
-from hub.topics import Topics  # noqa: E402
+from energyhub.cli.services import free_port, start_services  # noqa: E402
+from energyhub.io.influx import InfluxClient  # noqa: E402
+from energyhub.io.line_protocol import FieldValue, encode_point  # noqa: E402
+from energyhub.io.mqtt import MqttLink  # noqa: E402
+from energyhub.runtime.settings import ServiceSettings  # noqa: E402
+from energyhub.runtime.supervisor import Supervisor, wait_for  # noqa: E402
+from energyhub.wire.messages import Measurement, Quality, encode  # noqa: E402
+from energyhub.wire.topics import Topics  # noqa: E402
 
 VALUES = 20
 GATEWAYS = [f"gw-b{i:02d}" for i in range(10)]
@@ -242,7 +243,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "hub.cli",
+                "energyhub.cli.main",
                 "ingest",
                 "--mqtt-port",
                 str(settings.mqtt_port),

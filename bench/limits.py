@@ -12,9 +12,9 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from hub.community import load_community
-from hub.isp import ISP
-from hub.limits import LimitBook
+from energyhub.domain.community import load_community
+from energyhub.domain.isp import ISP
+from energyhub.domain.limits import LimitBook
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -22,10 +22,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 
-from hub.community import load_community  # noqa: E402
-from planning.plan import generate_quarter_hours, run_plan, simulate_community, sweep_community  # noqa: E402
-from planning.scenario import community_for_year, load_scenario  # noqa: E402
+from energyhub.domain.community import load_community  # noqa: E402
+from energyhub.planning.plan import generate_quarter_hours, run_plan, simulate_community, sweep_community  # noqa: E402
+from energyhub.planning.scenario import community_for_year, load_scenario  # noqa: E402
 
 
 def main() -> None:

@@ -161,7 +161,7 @@ def main() -> None:
         sim_cmd = [
             sys.executable,
             "-m",
-            "hub.cli",
+            "energyhub.cli.main",
             "sim",
             "--community",
             str(args.community),

@@ -55,7 +55,7 @@ SIZE_NAME = {111: "3x160 A", 173: "3x250 A", 630: "630 kVA", 1750: "1,750 kVA"}
 ANNUAL_USE_MWH = {111: (40, 150), 173: (100, 350), 630: (600, 2000), 1750: (2000, 5000)}
 # Contracted offtake (GTV): the company's estimated own peak (below) times a drawn headroom, at least half the
 # connection, at most all of it. The estimate is a planning figure, deliberately on the safe side: the simulated loads
-# (simulators/loads.py) reach their 99.9th-percentile quarter hour at yearly use / 3,500-5,900 h, not the 2,500-4,500
+# (src/energyhub/synthetic/loads.py) reach their 99.9th-percentile quarter hour at yearly use / 3,500-5,900 h, not the 2,500-4,500
 # h of FULL_LOAD_HOURS (measured over 2026, seed 0), so a contract is at least about 1.35 x the simulated normal peak.
 # Where the capacity caps it, the yearly-use ranges keep that peak x 1.1 inside the connection (worst: a 630 kVA
 # business using 2 GWh, about 560 kW). So a company's load alone stays inside its own contract; the special contracts
@@ -185,7 +185,7 @@ class Estate:
 
 
 def ean_check_digit(first_17: str) -> int:
-    """GS1 mod-10: weights 3,1,3,... from the right (the same rule as hub.ean)."""
+    """GS1 mod-10: weights 3,1,3,... from the right (the same rule as energyhub.domain.ean)."""
     total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(first_17)))
     return (10 - total % 10) % 10
 

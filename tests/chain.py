@@ -11,9 +11,9 @@ from typing import IO, Any
 
 import yaml
 
-from edge.gateway_config import gateway_config
-from hub.services import RunningServices
-from hub.topology import Community
+from energyhub.cli.services import RunningServices
+from energyhub.domain.topology import Community
+from energyhub.edge.gateway_config import gateway_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ class Estate:
             [
                 sys.executable,
                 "-m",
-                "hub.cli",
+                "energyhub.cli.main",
                 "sim",
                 "--community",
                 str(self.path),
@@ -68,7 +68,7 @@ class Estate:
             config.update(agent)
             config_path = self.folder / f"{gateway}.yaml"
             config_path.write_text(yaml.safe_dump(config))
-            self._start(gateway, [sys.executable, "-m", "hub.cli", "edge", "--config", str(config_path)])
+            self._start(gateway, [sys.executable, "-m", "energyhub", "edge", "--config", str(config_path)])
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.folder.glob("*.log")))

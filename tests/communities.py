@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from hub.ean import ean_check_digit
+from energyhub.domain.ean import ean_check_digit
 
 
 def ean(n: int) -> str:

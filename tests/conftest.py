@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from hub.services import RunningServices, free_port, start_services
-from hub.settings import ServiceSettings
-from hub.supervisor import Supervisor
+from energyhub.cli.services import RunningServices, free_port, start_services
+from energyhub.runtime.settings import ServiceSettings
+from energyhub.runtime.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -46,7 +46,7 @@ def unique_id() -> str:
 @pytest.fixture
 async def gateway(services: RunningServices, unique_id: str) -> str:
     """A fresh gateway account on the session's broker, usable once this returns."""
-    from mqtt_helpers import can_log_in
+    from tests.mqtt_helpers import can_log_in
 
     name = f"gw-{unique_id}"
     services.accounts.add_gateway(name)
@@ -73,7 +73,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     if any(item.get_closest_marker("real_time_estate") for item in session.items):
-        from test_estate_live import start_real_time_estate
+        from tests.whole.test_estate_live import start_real_time_estate
 
         folder = Path(tempfile.mkdtemp(prefix="ehub-real-time-estate-"))  # kept: its logs tell what failed
         try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from hub.services import free_port
+from energyhub.cli.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PORT_SETTINGS = (
@@ -121,7 +121,7 @@ class DemoRun:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.output.open("wb") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "hub.cli", "demo", "--state-dir", str(self.state_dir), *self.args],
+                [sys.executable, "-m", "energyhub", "demo", "--state-dir", str(self.state_dir), *self.args],
                 cwd=REPO,
                 env=self.env,
                 stdout=out,

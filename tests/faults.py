@@ -38,13 +38,13 @@ from typing import Any
 import httpx
 import yaml
 
-from edge.gateway_config import gateway_config
-from hub.community import load_community
-from hub.ean import ean_check_digit
-from hub.services import broker_accounts, free_port, start_services, tcp_answers
-from hub.settings import ServiceSettings
-from hub.supervisor import ManagedProcess, ProcessSpec, Supervisor, wait_for
-from hub.topology import Community
+from energyhub.cli.services import broker_accounts, free_port, start_services, tcp_answers
+from energyhub.domain.community import load_community
+from energyhub.domain.ean import ean_check_digit
+from energyhub.domain.topology import Community
+from energyhub.edge.gateway_config import gateway_config
+from energyhub.runtime.settings import ServiceSettings
+from energyhub.runtime.supervisor import ManagedProcess, ProcessSpec, Supervisor, wait_for
 
 __all__ = [
     "Count",
@@ -451,7 +451,7 @@ class FaultRun:
         self.sim = ManagedProcess(
             ProcessSpec(
                 name="sim",
-                argv=[sys.executable, "-m", "hub.cli", *sim_argv],
+                argv=[sys.executable, "-m", "energyhub", *sim_argv],
                 log_path=self.folder / "log" / "sim.log",
                 ready=lambda: all(tcp_answers("127.0.0.1", p) for ports in self.ports for p in ports),
                 ready_timeout_s=60.0,
@@ -490,7 +490,7 @@ class FaultRun:
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         return ProcessSpec(
             name=f"agent {gateway}",
-            argv=[sys.executable, "-m", "hub.cli", "edge", "--config", str(path)],
+            argv=[sys.executable, "-m", "energyhub", "edge", "--config", str(path)],
             log_path=self.folder / "log" / f"{gateway}.log",
             ready=self.buffers[gateway].exists,  # the agent opens its buffer (and its session) first thing
             ready_timeout_s=60.0,
@@ -520,7 +520,7 @@ class FaultRun:
         )
         return ProcessSpec(
             name="ingest",
-            argv=[sys.executable, "-m", "hub.cli", "ingest", "--config", str(config)],
+            argv=[sys.executable, "-m", "energyhub", "ingest", "--config", str(config)],
             log_path=self._ingest_log.path,
             # Subscribed only once it says so: what is published before that reaches nobody.
             ready=lambda: self._ingest_log.says("connected as"),

@@ -16,9 +16,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from hub.mqtt_link import MqttLink
-from hub.services import RunningServices
-from hub.supervisor import wait_for
+from energyhub.cli.services import RunningServices
+from energyhub.io.mqtt import MqttLink
+from energyhub.runtime.supervisor import wait_for
 
 HOST = "127.0.0.1"
 TIMEOUT_S = 5.0
@@ -27,7 +27,7 @@ TIMEOUT_S = 5.0
 def login_client_id(services: RunningServices, account: str) -> str:
     """The client id ``account`` may use: a gateway only its own ``<gateway>-agent`` (the broker refuses any other),
     a service account a fresh one per connection."""
-    from broker.dynsec import (
+    from energyhub.broker.dynsec import (
         client_id_for,  # here: test_broker_attacks.py also runs against the acl_file setup
     )
 

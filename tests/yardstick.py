@@ -17,8 +17,8 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 
-from hub.limits import LimitBook
-from hub.topology import Community
+from energyhub.domain.limits import LimitBook
+from energyhub.domain.topology import Community
 
 ISP_S = 900
 

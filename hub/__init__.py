@@ -1,1 +1,0 @@
-"""energyhub hub."""

@@ -1,0 +1,155 @@
+"""What the API shows live: the latest reading of every device and gateway, and every node's flow against its limits.
+
+One MQTT subscriber (the ``ehub-api`` account reads the whole site) keeps the newest measurement per device and
+the newest state per gateway; node flows are the sums of the grid meters under each node, limits are the
+contracts' for this quarter hour. A node whose meters are all silent has no flow (shown as unknown, not zero).
+
+What is not a reading (a retained measurement, one dated well ahead of the data clock or before 2000) is ignored
+and counted by ``energyhub.wire.readings.MeasurementGate``, as control does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import numpy as np
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from energyhub.domain.clock import Clock, clock_from_env
+from energyhub.domain.limits import LimitBook
+from energyhub.domain.network import Network
+from energyhub.domain.topology import Community, DeviceRole
+from energyhub.wire.messages import GatewayState, Measurement, MessageError, decode
+from energyhub.wire.readings import MAX_AHEAD_S, MeasurementGate
+from energyhub.wire.topics import TopicError, TopicKind, Topics
+
+__all__ = ["LiveView"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveView:
+    community: Community
+    topics: Topics
+    stale_after_s: float = 10.0
+    meters: dict[tuple[str, str], int] = field(default_factory=dict)  # (gateway, device) -> connection index
+    latest: dict[tuple[str, str], tuple[float, Measurement]] = field(default_factory=dict)
+    states: dict[str, GatewayState] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    received: int = 0
+    clock: Clock = field(default_factory=clock_from_env)  # the limits in force are the data clock's
+    max_ahead_s: float = MAX_AHEAD_S  # real seconds; on the data clock this times its speed
+
+    def __post_init__(self) -> None:
+        self.gate = MeasurementGate(self.clock, self.max_ahead_s)
+        self.network = Network.from_community(self.community)
+        self.book = LimitBook(self.community)
+        index = {c: i for i, c in enumerate(self.network.connection_ids)}
+        for connection, device in self.community.devices():
+            if device.role is DeviceRole.METER:
+                self.meters[(self.community.gateway_of(connection, device), device.id)] = index[connection.id]
+
+    def take(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
+        """One message off the broker; ``retained``: it came from the broker's store (MQTT's retain flag)."""
+        try:
+            info = self.topics.parse(topic)
+            if info.kind is TopicKind.MEASUREMENT and info.gateway and info.device:
+                measurement = self.gate.admit(topic, payload, retained=retained)
+                if measurement is None:
+                    return
+                self.latest[(info.gateway, info.device)] = (time.monotonic(), measurement)
+            elif info.kind is TopicKind.STATE and info.gateway:
+                self.states[info.gateway] = decode(GatewayState, payload)
+            else:
+                return
+        except (TopicError, MessageError) as exc:
+            log.debug("ignoring %s: %s", topic, exc)
+            return
+        self.received += 1
+        self.changed.set()
+
+    def clock_now(self) -> dict[str, Any]:
+        """Which time the figures are of: the data clock now, and whether it is a simulation's."""
+        return {
+            "now": self.clock.now().isoformat(),
+            "simulated": self.clock.is_simulated,
+            "speed": self.clock.speed,
+            "clock": self.clock.describe(),
+        }
+
+    def flows(self) -> list[dict[str, Any]]:
+        """Every node: flow (kW, + taken), its limits now, and the headroom left to the nearer limit (0..1)."""
+        now, mono = self.clock.now(), time.monotonic()
+        n_c = len(self.network.connection_ids)
+        connection_kw = np.zeros(n_c)
+        known = np.zeros(n_c, bool)
+        for key, c in self.meters.items():
+            found = self.latest.get(key)
+            if found is None or mono - found[0] > self.stale_after_s:
+                continue
+            power = found[1].values.get("power_w")
+            if power is not None:
+                connection_kw[c] += power / 1000.0
+                known[c] = True
+        out = []
+        for n, node_id in enumerate(self.network.node_ids):
+            members = self.network.incidence[n] > 0
+            limit = self.book.limit_at(node_id, now)
+            flow = float(connection_kw[members].sum()) if known[members].any() else None
+            imp = limit.import_w / 1000.0
+            exp = limit.export_w / 1000.0
+            headroom = None
+            if flow is not None:
+                room = imp - flow if flow >= 0 else exp + flow
+                scale = imp if flow >= 0 else exp
+                headroom = (
+                    max(0.0, min(1.0, room / scale))
+                    if math.isfinite(scale) and scale > 0
+                    else (1.0 if room > 0 or not math.isfinite(room) else 0.0)
+                )
+            out.append(
+                {
+                    "node": node_id,
+                    "level": str(self.network.levels[n]),
+                    "flow_kw": None if flow is None else round(flow, 3),
+                    "limit_import_kw": imp if math.isfinite(imp) else None,
+                    "limit_export_kw": exp if math.isfinite(exp) else None,
+                    "import_source": limit.import_source,
+                    "export_source": limit.export_source,
+                    "headroom": None if headroom is None else round(headroom, 3),
+                    "metered_connections": int(known[members].sum()),
+                }
+            )
+        return out
+
+    async def run(self, host: str, port: int, login: tuple[str | None, str | None]) -> None:
+        username, password = login
+        while True:
+            try:
+                async with aiomqtt.Client(
+                    host,
+                    port,
+                    username=username,
+                    password=password,
+                    identifier=None,
+                    protocol=aiomqtt.ProtocolVersion.V5,
+                ) as client:
+                    # Retain as published: a measurement published retained shows as such live too, not only
+                    # when the broker hands it out from its store.
+                    await client.subscribe(
+                        self.topics.all_measurements(),
+                        options=SubscribeOptions(qos=0, retainAsPublished=True),
+                    )
+                    await client.subscribe(self.topics.all_states(), qos=0)
+                    async for message in client.messages:
+                        self.take(str(message.topic), bytes(message.payload), retained=message.retain)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost (%s); retrying", exc)
+                await asyncio.sleep(1.0)

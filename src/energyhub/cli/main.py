@@ -1,0 +1,327 @@
+"""The ``energyhub`` command. Each part of the system adds its sub-commands here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from energyhub.api.cli import api_command
+from energyhub.broker.cli import app as broker_app
+from energyhub.control.cli import control_command, simulate_command
+from energyhub.dashboards.cli import app as dashboards_app
+from energyhub.domain.community import CommunityError, load_community, only_gateways, summarize
+from energyhub.edge.cli import edge as edge_command
+from energyhub.ingest.cli import ingest as ingest_command
+from energyhub.planning.cli import plan_command, report_command, settle_command
+from energyhub.runtime.settings import ServiceSettings
+from energyhub.runtime.supervisor import ProcessSpec
+from energyhub.simulators.cli import app as sim_app
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="energyhub: share one congested grid safely across an industrial estate's energy community.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+community_app = typer.Typer(
+    help="Check and inspect community files (topology and contracts).", no_args_is_help=True
+)
+app.add_typer(community_app, name="community")
+app.add_typer(broker_app, name="broker")
+app.add_typer(sim_app, name="sim")
+app.add_typer(dashboards_app, name="dashboards")
+app.command("edge")(edge_command)
+app.command("ingest")(ingest_command)
+app.command("simulate")(simulate_command)
+app.command("control")(control_command)
+app.command("api")(api_command)
+app.command("plan")(plan_command)
+app.command("report")(report_command)
+app.command("settle")(settle_command)
+
+StateDir = Annotated[Path, typer.Option(help="Folder for generated configs, data, logs and credentials.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    from importlib.metadata import version as installed
+
+    typer.echo(installed("energyhub"))
+
+
+@community_app.command("check")
+def community_check(file: Annotated[Path, typer.Argument(help="Community YAML file.")]) -> None:
+    """Validate a community file: a summary when it is valid; otherwise every error, and exit code 1."""
+    try:
+        community = load_community(file)
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    typer.echo(f"{file}: valid")
+    typer.echo(summarize(community).format())
+
+
+@community_app.command("schema")
+def community_schema(
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of standard output.")] = None,
+) -> None:
+    """Print the JSON schema of community files (for editors that validate YAML as you type)."""
+    import json
+
+    from energyhub.domain.topology import Community
+
+    text = json.dumps(Community.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+
+
+@community_app.command("limits")
+def community_limits(
+    file: Annotated[Path, typer.Argument(help="Community YAML file.")],
+    node: Annotated[str | None, typer.Argument(help="Node id; all nodes when left out.")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="ISO time with zone, e.g. 2026-06-01T18:00+02:00; now if omitted.")
+    ] = None,
+) -> None:
+    """Show the limits in force for a quarter hour, and which contract part sets each."""
+    from energyhub.domain.limits import LimitBook, UnknownNode
+
+    try:
+        book = LimitBook(load_community(file))
+        when = datetime.fromisoformat(at) if at else datetime.now(UTC)
+        if when.tzinfo is None:
+            raise _fail(f"--at {at!r} has no timezone: add one, e.g. +01:00 or Z")
+        nodes = [node] if node else list(book.nodes)
+        rows = [book.limit_at(n, when) for n in nodes]
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    except (UnknownNode, ValueError) as exc:
+        raise _fail(f"error: {exc}") from None
+
+    def kw(w: float) -> str:
+        return "-" if w == float("inf") else f"{w / 1000:,.0f}"
+
+    typer.echo(f"quarter hour from {rows[0].isp_start.isoformat()} (kW; '-' = no limit)")
+    typer.echo(
+        f"{'node':<16} {'level':<10} {'import':>9} {'export':>9} {'physical':>9}  import part / export part"
+    )
+    for r in rows:
+        typer.echo(
+            f"{r.node:<16} {r.level.value:<10} {kw(r.import_w):>9} {kw(r.export_w):>9} {kw(r.physical_w):>9}"
+            f"  {r.import_source} / {r.export_source}"
+        )
+
+
+def _run_services(
+    settings: ServiceSettings, *, banner: str, extra: list[ProcessSpec] | None = None, last: str | None = None
+) -> None:
+    from energyhub.cli.services import start_services
+    from energyhub.runtime.supervisor import ServiceError, Supervisor
+
+    try:
+        with Supervisor() as supervisor:
+            supervisor.catch_stop_signals()
+            running = start_services(supervisor, settings)
+            for spec in extra or []:
+                supervisor.start(spec)
+            creds = running.accounts.directory / "credentials"
+            typer.echo(banner)
+            typer.echo(
+                f"  MQTT      mqtt://{settings.host}:{settings.mqtt_port}  (topics under "
+                f"{settings.topic_root}/{settings.site}/)"
+            )
+            if settings.mqtt_tls_port:
+                typer.echo(
+                    f"  MQTT/TLS  mqtts://{settings.host}:{settings.mqtt_tls_port}  (CA: "
+                    f"{running.accounts.directory / 'certs' / 'ca.crt'})"
+                )
+            typer.echo(
+                f"  InfluxDB  {settings.influx_url}  (database {settings.influx_db}; v1 /write and /query)"
+            )
+            typer.echo(f"  accounts  {creds}/  (add a gateway: energyhub broker add-gateway NAME)")
+            for spec in extra or []:
+                command = " ".join(spec.argv[3:])
+                typer.echo(f"  {spec.name:<9} {command if len(command) < 200 else command[:197] + '...'}")
+            typer.echo(f"  logs      {settings.state_dir.resolve() / 'log'}/")
+            typer.echo("Press Ctrl-C to stop.")
+            if last:
+                typer.echo(last)
+            sys.stdout.flush()
+            supervisor.wait()
+    except ServiceError as exc:
+        raise _fail(f"error: {exc}", 1) from None
+    typer.echo("stopped.")
+
+
+@app.command()
+def services(
+    state_dir: StateDir = Path("var"),
+    mqtt_port: Annotated[int, typer.Option(help="Plain MQTT port.")] = 18830,
+    mqtt_tls_port: Annotated[int, typer.Option(help="MQTT over TLS port (0: off).")] = 18831,
+    influx_port: Annotated[int, typer.Option(help="InfluxDB HTTP port.")] = 18086,
+    dev_mode: Annotated[
+        bool, typer.Option(help="Allow anonymous MQTT clients (never in production).")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the broker and the database (no simulators, no agents) until Ctrl-C."""
+    _setup_logging(verbose)
+    settings = ServiceSettings(
+        state_dir=state_dir,
+        mqtt_port=mqtt_port,
+        mqtt_tls_port=mqtt_tls_port or None,
+        influx_port=influx_port,
+        dev_mode=dev_mode,
+    )
+    _run_services(settings, banner="energyhub services are up:")
+
+
+@app.command()
+def demo(
+    state_dir: StateDir = Path("var"),
+    community: Annotated[Path, typer.Option(help="Community file the demo runs.")] = Path(
+        "examples/de-koumen.yaml"
+    ),
+    gateways: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gateway", help="Simulate only this gateway's company (repeatable); all of them by default."
+        ),
+    ] = None,
+    all_gateways: Annotated[
+        bool,
+        typer.Option("--all", help="Every company of the community file (the default without --gateway)."),
+    ] = False,
+    speed: Annotated[float, typer.Option(min=0.01, help="Simulated seconds per real second.")] = 60.0,
+    start: Annotated[
+        str, typer.Option(help="Simulated start time (UTC if no zone).")
+    ] = "2026-06-01T05:00:00Z",
+    agents_per_process: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Gateways' agents per process; by default one each for up to 8 gateways, else 25 to a process.",
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Start the demo: broker, database, the community's simulated companies (all of them, or those of --gateway),
+    their edge agents, the ingest, control, and the API with its live page.
+
+    Everything runs on one data clock that starts at --start and runs --speed times real time: the sun, the loads,
+    the meters' energy, timestamps, quarter hours and contract windows; a device's own timers (a setpoint's
+    validity) and control's cycle count real seconds."""
+    from energyhub.cli.demo import DemoPlan, demo_ports, demo_processes, gateways_of
+    from energyhub.cli.services import service_ports
+    from energyhub.domain.clock import Clock
+    from energyhub.runtime.ports import check_all_free
+    from energyhub.runtime.supervisor import ServiceError
+
+    _setup_logging(verbose)
+    try:
+        parsed = load_community(community)
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    if all_gateways and gateways:
+        raise _fail("error: --all and --gateway exclude each other")
+    chosen = list(gateways) if gateways else gateways_of(parsed)
+    unknown = sorted(set(chosen) - set(gateways_of(parsed)))
+    if unknown:
+        raise _fail(f"error: {community} has no gateway {', '.join(unknown)}")
+    try:
+        begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
+    except ValueError:
+        raise _fail(f"error: --start {start!r} is not an ISO time, e.g. 2026-06-01T05:00:00Z") from None
+    # The topics, accounts and ACL are the community's: its id is the site.
+    settings = ServiceSettings(state_dir=state_dir, site=parsed.community.id)
+    plan = DemoPlan(
+        settings=settings,
+        community_path=community,
+        gateways=chosen,
+        clock=Clock.simulated(begin if begin.tzinfo else begin.replace(tzinfo=UTC), speed),
+        agents_per_process=agents_per_process or (1 if len(chosen) <= 8 else 25),
+    )
+    # Every port first, before a word is printed: a second demo must not report "up" on the first one's ports.
+    try:
+        check_all_free(service_ports(settings) + demo_ports(plan, parsed))
+    except ServiceError as exc:  # a port taken (PortInUse), or named twice
+        raise _fail(f"error: {exc}", 1) from None
+    typer.echo(summarize(only_gateways(parsed, set(chosen))).format())
+    typer.echo(f"data clock: {plan.clock.describe()}")
+    _run_services(
+        settings,
+        banner="energyhub demo is up:",
+        extra=demo_processes(plan, parsed),
+        last=f"Live page: http://{settings.host}:{settings.api_port}/",
+    )
+
+
+@app.command("gateway-config")
+def gateway_config_command(
+    community: Annotated[Path, typer.Option(help="Community YAML file.")],
+    gateway: Annotated[str, typer.Option(help="Gateway id, e.g. gw-002.")],
+    out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
+    mqtt_host: Annotated[str, typer.Option(help="Broker address as the gateway reaches it.")] = "127.0.0.1",
+    mqtt_port: Annotated[int, typer.Option(help="Broker port.")] = 18830,
+    credentials_file: Annotated[Path, typer.Option(help="From `energyhub broker add-gateway`.")] = Path(
+        "var/broker/credentials/GATEWAY.json"
+    ),
+    buffer_path: Annotated[Path, typer.Option(help="On-disk buffer of the agent.")] = Path(
+        "var/edge/GATEWAY.db"
+    ),
+) -> None:
+    """Write a gateway's agent configuration (devices, profiles, safe modes) from the community file."""
+    import yaml
+
+    from energyhub.edge.gateway_config import gateway_config
+
+    try:
+        config = gateway_config(
+            load_community(community),
+            gateway,
+            mqtt_host=mqtt_host,
+            mqtt_port=mqtt_port,
+            credentials_file=Path(str(credentials_file).replace("GATEWAY", gateway)),
+            buffer_path=Path(str(buffer_path).replace("GATEWAY", gateway)),
+        )
+    except CommunityError as exc:
+        raise _fail(str(exc), 1) from None
+    except ValueError as exc:
+        raise _fail(f"error: {exc}") from None
+    text = (
+        f"# Generated by: energyhub gateway-config --community {community} --gateway {gateway}\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

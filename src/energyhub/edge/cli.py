@@ -1,0 +1,62 @@
+"""``energyhub edge``: run the gateway agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["edge"]
+
+
+def edge(
+    config: Annotated[
+        list[Path],
+        typer.Option(
+            help="Gateway configuration YAML. Repeat it to run several gateways' agents in one process, as a "
+            "hardware-in-the-loop host does for a whole estate (each keeps its own account, buffer and session)."
+        ),
+    ],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Poll the gateway's devices, buffer on disk and publish to the broker until Ctrl-C or SIGTERM."""
+    from energyhub.domain.clock import ClockError, clock_from_env
+    from energyhub.edge.agent import Agent
+    from energyhub.edge.config import ConfigError, load_agent_config
+    from energyhub.edge.profile import ProfileError, load_profile
+    from energyhub.runtime.service_cli import configure_logging, run_until_stopped
+
+    configure_logging(verbose)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are reported per device, on change
+    try:
+        configs = [load_agent_config(path) for path in config]
+        for settings in configs:
+            for device in settings.devices:
+                if device.profile != "sunspec":  # sunspec: discovered from the device itself
+                    load_profile(device.profile)  # a bad profile stops start-up with its own message
+        clock = clock_from_env()
+    except (ConfigError, ProfileError, ClockError) as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    gateways = [c.gateway for c in configs]
+    twice = sorted({g for g in gateways if gateways.count(g) > 1})
+    if twice:
+        typer.echo(f"error: gateway {', '.join(twice)} is configured twice: one agent per gateway", err=True)
+        raise typer.Exit(2)
+    buffers = [c.buffer_path.resolve() for c in configs]
+    shared = sorted({str(b) for b in buffers if buffers.count(b) > 1})
+    if shared:
+        typer.echo(f"error: two gateways share the buffer {', '.join(shared)}: give each its own", err=True)
+        raise typer.Exit(2)
+
+    async def run(stop: asyncio.Event) -> None:
+        # Modbus clients belong to the running event loop: agents are built inside it.
+        agents = [Agent(settings, clock=clock) for settings in configs]
+        async with asyncio.TaskGroup() as group:
+            for agent in agents:
+                group.create_task(agent.run(stop), name=f"agent-{agent.config.gateway}")
+
+    run_until_stopped(run)

@@ -1,0 +1,147 @@
+"""The gateway agent's configuration: one YAML file per gateway, validated on load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from energyhub.domain.ids import IdError
+from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S
+from energyhub.wire.topics import DEFAULT_ROOT, check_id
+
+__all__ = ["AgentConfig", "ConfigError", "DeviceConfig", "MqttConfig", "SerialLine", "load_agent_config"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    username: str | None = None
+    password: str | None = None
+    credentials_file: Path | None = Field(None, description="JSON from `energyhub broker add-gateway`.")
+    ca_file: Path | None = Field(
+        None, description="CA certificate: connect with TLS and check the broker's name."
+    )
+    keepalive_s: int = Field(15, ge=5, le=600)
+    max_inflight: int = Field(
+        100, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK at once (capped by the broker's)."
+    )
+
+
+class SerialLine(_Strict):
+    """A Modbus RTU line: a serial port, or ``socket://host:port`` for RTU frames through a TCP converter."""
+
+    port: str = Field(description="e.g. /dev/ttyUSB0, or socket://127.0.0.1:4001")
+    baudrate: int = Field(9600, ge=300, le=921600)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+
+class DeviceConfig(_Strict):
+    id: str
+    profile: str
+    host: str | None = Field(None, description="Modbus TCP address; leave out for a device on a serial line.")
+    port: int = Field(502, ge=1, le=65535)
+    serial: SerialLine | None = Field(None, description="Modbus RTU line, instead of host and port.")
+    unit_id: int = Field(1, ge=0, le=255)
+    interval_s: float | None = Field(
+        None, gt=0, description="Poll interval; the agent's default if left out."
+    )
+    setpoint_bounds: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="Narrower bounds than the profile's, per setpoint name: [min, max]."
+    )
+    safe_mode: dict[str, float] = Field(
+        default_factory=dict,
+        description="Setpoints applied when control is gone or a setpoint expires, e.g. {active_power_limit_pct: 30}.",
+    )
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        if (self.host is None) == (self.serial is None):
+            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU), not both or neither")
+        return self
+
+    @property
+    def bus_key(self) -> str:
+        """Devices with the same key share one connection, and one owner polls them in turn."""
+        return (
+            f"rtu:{self.serial.port}" if self.serial is not None else f"tcp:{self.host}:{self.port}"
+        )  # as Bus.name
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        try:
+            return check_id(value, what="device")
+        except IdError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class AgentConfig(_Strict):
+    gateway: str
+    site: str
+    topic_root: str = DEFAULT_ROOT
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    buffer_path: Path = Path("var/edge/buffer.db")
+    buffer_max_messages: int = Field(1_000_000, ge=100)
+    memory_max_messages: int = Field(
+        20_000, ge=100, description="Held in memory while the buffer cannot be written (a full disk)."
+    )
+    confirm_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="A measurement sent this long ago without the ingest confirming it stored goes out again.",
+    )
+    interval_s: float = Field(1.0, gt=0)
+    timeout_s: float = Field(0.5, gt=0)
+    retries: int = Field(1, ge=0, le=5)
+    heartbeat_timeout_s: float = Field(
+        HEARTBEAT_TIMEOUT_S, gt=0, description="Control silent this long: devices go to safe mode."
+    )
+    devices: list[DeviceConfig] = Field(min_length=1)
+
+    @field_validator("gateway", "site")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        try:
+            return check_id(value)
+        except IdError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        config = AgentConfig.model_validate(data)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        lines = [
+            f"  {path}: {'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)
+        ]
+        raise ConfigError(f"{path}: {len(lines)} error(s)\n" + "\n".join(lines)) from None
+    timeouts = [
+        d.id
+        for d in config.devices
+        if config.timeout_s * (config.retries + 1) >= (d.interval_s or config.interval_s)
+    ]
+    if timeouts:
+        raise ConfigError(
+            f"{path}: timeout_s x (retries + 1) = {config.timeout_s * (config.retries + 1):g} s is not "
+            f"shorter than the poll interval of {', '.join(timeouts)}: lower the timeout or the retries"
+        )
+    return config

@@ -1,0 +1,93 @@
+"""Messages to InfluxDB points: one point per message, so a redelivered message overwrites itself.
+
+Schema (what dashboards and control query):
+
+- ``device``: one point per measurement message, at the device's timestamp. Tags: ``site``, ``gateway``,
+  ``device``, ``session``, plus ``connection`` and ``role`` when the ingest knows the community. Fields: every
+  value that was read (float; a value that could not be read is left out: InfluxDB has no null), and ``seq``
+  (integer), ``quality`` (string), ``replay`` (boolean).
+- ``gateway_state``: one point per state message (birth, death, health). Tags: ``site``, ``gateway``. Fields:
+  ``online``, ``session``, ``agent_version`` and the health summary.
+
+Tags are bounded identifiers. ``session`` is a tag because it changes only when an agent restarts, and gaps are
+counted per session. Series and timestamp come from the message alone, so storing a message twice stores it once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+from energyhub.io.line_protocol import FieldValue, encode_point, escape_key, timestamp_ns
+from energyhub.wire.messages import GatewayState, Measurement
+
+__all__ = ["DEVICE", "GATEWAY_STATE", "DeviceTags", "measurement_point", "state_point"]
+
+DEVICE = "device"
+GATEWAY_STATE = "gateway_state"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceTags:
+    """What the community file adds to a device's points."""
+
+    connection: str
+    role: str
+
+
+@lru_cache(maxsize=16_384)
+def _device_head(site: str, gateway: str, device: str, session: int, extra: DeviceTags | None) -> str:
+    """Measurement and tags of a device's points: the same for every message of a session, so built once."""
+    tags = {"site": site, "gateway": gateway, "device": device, "session": str(session)}
+    if extra is not None:
+        tags["connection"], tags["role"] = extra.connection, extra.role
+    line = encode_point(DEVICE, tags, {"x": 0.0}, 0)
+    return line[: line.index(" x=")]
+
+
+@lru_cache(maxsize=4_096)
+def _field_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``escaped_name=`` for each value name: a device sends the same names every poll, so built once."""
+    return tuple(f"{escape_key(name, 'field key')}=" for name in names)
+
+
+def measurement_point(
+    site: str, gateway: str, device: str, message: Measurement, known: Mapping[str, DeviceTags] | None = None
+) -> tuple[str, int]:
+    """The line for ``message`` and its number of fields."""
+    values = message.values
+    prefixes = _field_prefixes(tuple(values))
+    # The values are finite floats or None (the Measurement model says so): None is left out, the rest written
+    # with repr, which round-trips every float exactly.
+    parts = [
+        prefix + repr(value)
+        for prefix, value in zip(prefixes, values.values(), strict=True)
+        if value is not None
+    ]
+    parts.append(
+        f'seq={message.seq}i,quality="{message.quality.value}"'
+    )  # good, partial or bad: nothing to escape
+    parts.append("replay=true" if message.replay else "replay=false")
+    extra = known.get(f"{gateway}/{device}") if known else None
+    head = _device_head(site, gateway, device, message.session, extra)
+    return f"{head} {','.join(parts)} {timestamp_ns(message.ts)}", len(parts) + 1
+
+
+def state_point(site: str, gateway: str, message: GatewayState) -> tuple[str, int]:
+    fields: dict[str, FieldValue] = {"online": message.online, "session": message.session}
+    if message.agent_version:
+        fields["agent_version"] = message.agent_version
+    health = message.health
+    if health is not None:
+        fields.update(
+            devices_ok=health.devices_ok,
+            devices_failing=health.devices_failing,
+            buffer_depth=health.buffer_depth,
+            buffer_dropped=health.buffer_dropped,
+            failsafe=health.failsafe,
+        )
+        if health.last_publish is not None:
+            fields["last_publish_ns"] = timestamp_ns(health.last_publish)
+    line = encode_point(GATEWAY_STATE, {"site": site, "gateway": gateway}, fields, timestamp_ns(message.ts))
+    return line, len(fields)

@@ -1,0 +1,1 @@
+"""What every service needs to run: settings, connection settings, port checks, process supervision."""

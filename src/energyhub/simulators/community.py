@@ -1,0 +1,300 @@
+"""The community simulator: every device of a community file as a Modbus device, driven by one physics clock.
+
+Each company's grid meter reads the net of everything behind it (load + EV + battery - PV), so the sum of all grid
+meters is the flow at the substation, and every meter integrates its own energy. The clock runs ``speed`` times real
+time from ``start``; everything random is drawn from (seed, device, time), so a run is the same for a given seed and
+start whatever subset (``only``) is simulated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from energyhub.domain.clock import Clock
+from energyhub.domain.topology import Community, Connection, DeviceRole
+from energyhub.simulators.devices import (
+    BatteryDevice,
+    BatteryState,
+    InverterDevice,
+    InverterState,
+    MeterDevice,
+    SimulatedDevice,
+)
+from energyhub.simulators.ev_charger import ChargerDevice, ChargerState, Session
+from energyhub.simulators.modbus_server import GatewayServer
+from energyhub.simulators.sdm630 import MeterState
+from energyhub.synthetic.loads import load_power_w
+from energyhub.synthetic.sessions import plan_sessions, rng_for, vehicle_max_w
+from energyhub.synthetic.solar import SolarOnline
+
+__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    gateway: str
+    device: str
+    role: str
+    profile: str
+    host: str
+    port: int
+    unit_id: int
+
+
+@dataclass
+class ConnectionModel:
+    """One connection's devices and the physics that links them."""
+
+    connection: Connection
+    meter: MeterDevice | None
+    sub_meters: list[tuple[MeterDevice, float]] = field(default_factory=list)  # (meter, share of the load)
+    inverters: list[InverterDevice] = field(default_factory=list)
+    batteries: list[BatteryDevice] = field(default_factory=list)
+    chargers: list[tuple[ChargerDevice, str, str]] = field(default_factory=list)  # (device, key, vehicle)
+    load_w: float = 0.0
+    load_energy_wh: float = 0.0
+
+    @property
+    def net_w(self) -> float:
+        pv = sum(i.state.output_w for i in self.inverters)
+        battery = sum(b.state.power_w for b in self.batteries)
+        ev = sum(c.state.power_w for c, _k, _v in self.chargers)
+        return self.load_w - pv + battery + ev
+
+
+class CommunitySimulator:
+    def __init__(
+        self,
+        community: Community,
+        *,
+        seed: int = 0,
+        start: datetime,
+        speed: float = 1.0,
+        only: set[str] | None = None,
+    ) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start needs a timezone")
+        self.community = community
+        self.seed = seed
+        self.start = start.astimezone(UTC)
+        self.speed = speed
+        self.now = self.start
+        self.clock: Clock | None = None  # set by run(): what the physics follows
+        self.models: list[ConnectionModel] = []
+        self._endpoints: list[Endpoint] = []
+        self._by_address: dict[tuple[str, int], list[SimulatedDevice]] = {}
+        self._session_plans: dict[str, list[tuple[float, float, float]]] = {}
+        self._plan_day: dict[str, int] = {}
+        self._roofs: list[float] = []  # kWp of every simulated inverter, in model order
+        self._devices: dict[tuple[str, str], SimulatedDevice] = {}
+        known = {gw.id for _l, _m, c in community.connections() for gw in c.gateways}
+        unknown = (only or set()) - known
+        if unknown:
+            raise ValueError(f"--only names unknown gateways: {', '.join(sorted(unknown))}")
+        for _loop, _micro, connection in community.connections():
+            if not connection.devices:
+                continue
+            gateways = {community.gateway_of(connection, d) for d in connection.devices}
+            if only is not None and not gateways & only:
+                continue
+            self.models.append(self._build(connection, only))
+        # One solar table for every roof: the estate shares one sky, and one table costs far less than many.
+        self._solar = SolarOnline(np.array(self._roofs), seed=seed) if self._roofs else None
+
+    # -- building --------------------------------------------------------------------------------------------
+    def _build(self, connection: Connection, only: set[str] | None) -> ConnectionModel:
+        model = ConnectionModel(connection=connection, meter=None)
+        pv_kwp: list[float] = []
+        loads = [d for d in connection.devices if d.role is DeviceRole.LOAD]
+        # Each sub-meter sees a seeded share of the load; the rest is unmetered.
+        shares: list[float] = (
+            [
+                float(x)
+                for x in rng_for(self.seed, connection.id, 0).dirichlet([2.0] * (len(loads) + 1))[
+                    : len(loads)
+                ]
+            ]
+            if loads
+            else []
+        )
+        for device in connection.devices:
+            gateway = self.community.gateway_of(connection, device)
+            if only is not None and gateway not in only:
+                continue
+            unit = device.modbus.unit_id
+            sim: SimulatedDevice
+            if device.role is DeviceRole.METER:
+                sim = model.meter = MeterDevice(unit_id=unit, state=MeterState())
+            elif device.role is DeviceRole.LOAD:
+                sim = MeterDevice(unit_id=unit, state=MeterState())
+                model.sub_meters.append((sim, float(shares[len(model.sub_meters)])))
+            elif device.role is DeviceRole.PV:
+                kwp = device.kwp or 0.0
+                rated = (device.ac_kw or kwp) * 1000.0
+                sim = InverterDevice(
+                    unit_id=unit, state=InverterState(rated_w=rated, serial=f"{gateway}-{device.id}")
+                )
+                model.inverters.append(sim)
+                pv_kwp.append(kwp)
+            elif device.role is DeviceRole.BATTERY:
+                state = BatteryState(
+                    capacity_wh=(device.capacity_kwh or 0) * 1000,
+                    max_w=(device.power_kw or 0) * 1000,
+                    serial=f"{gateway}-{device.id}",
+                )
+                sim = BatteryDevice(unit_id=unit, state=state)
+                model.batteries.append(sim)
+            elif device.role is DeviceRole.EV:
+                sim = ChargerDevice(unit_id=unit, state=ChargerState(max_w=(device.power_kw or 0) * 1000))
+                model.chargers.append((sim, f"{connection.id}/{device.id}", device.vehicle or "car"))
+            else:  # pragma: no cover - every role is handled above
+                raise ValueError(device.role)
+            self._devices[(gateway, device.id)] = sim
+            address = (device.modbus.host, device.modbus.port)
+            self._by_address.setdefault(address, []).append(sim)
+            self._endpoints.append(
+                Endpoint(
+                    gateway,
+                    device.id,
+                    device.role.value,
+                    device.profile,
+                    device.modbus.host,
+                    device.modbus.port,
+                    unit,
+                )
+            )
+        self._roofs.extend(pv_kwp)
+        return model
+
+    def device(self, gateway: str, device: str) -> SimulatedDevice | None:
+        return self._devices.get((gateway, device))
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints)
+
+    def write_endpoints(self, path: Path) -> None:
+        path.write_text(json.dumps([asdict(e) for e in self._endpoints], indent=2) + "\n")
+
+    # -- physics -----------------------------------------------------------------------------------------------
+    def _sessions(self, key: str, vehicle: str, t: datetime) -> list[tuple[float, float, float]]:
+        day = int(t.timestamp()) // 86_400
+        if self._plan_day.get(key) != day:
+            day_start = datetime.fromtimestamp(day * 86_400, UTC)
+            previous = [s for s in self._session_plans.get(key, []) if s[1] > t.timestamp()]
+            self._session_plans[key] = previous + plan_sessions(self.seed, key, vehicle, day_start)
+            self._plan_day[key] = day
+        return self._session_plans[key]
+
+    def step(self, dt_s: float, *, real_s: float | None = None) -> None:
+        """Advance the physics by ``dt_s`` simulated seconds from ``self.now`` (in which ``real_s`` real seconds
+        passed: the devices' own timers count those), then set every meter."""
+        t = self.now
+        epoch = np.array([int(t.timestamp())], dtype=np.int64)
+        roofs_w = self._solar.power_kw(t) * 1000.0 if self._solar is not None else np.zeros(0)
+        available = iter(np.atleast_1d(roofs_w).tolist())
+        for model in self.models:
+            c = model.connection
+            model.load_w = float(
+                load_power_w(
+                    epoch,
+                    profile=c.load_profile,
+                    annual_kwh=c.annual_use_kwh or 0.0,
+                    seed=self.seed,
+                    key=c.id,
+                )[0]
+            )
+            for inverter in model.inverters:
+                inverter.state.available_w = float(next(available))
+            for charger, key, vehicle in model.chargers:
+                now_s = t.timestamp()
+                state = charger.state
+                if state.session is not None and now_s >= state.session.departure_s:
+                    state.session = None
+                if state.session is None:
+                    for arrival, departure, wanted in self._sessions(key, vehicle, t):
+                        if arrival <= now_s < departure:
+                            state.session = Session(
+                                energy_wanted_wh=wanted,
+                                departure_s=departure,
+                                vehicle_max_w=vehicle_max_w(vehicle, state.max_w),
+                            )
+                            self._session_plans[key].remove((arrival, departure, wanted))
+                            break
+            # Power is what the devices do at the start of the step; the grid meter counts the energy they really
+            # exchanged during it (a battery that fills or a car that is done stops part-way).
+            net = model.net_w
+            load_wh = model.load_w * dt_s / 3600.0
+            model.load_energy_wh += load_wh
+            energy_wh = load_wh
+            for sub, share in model.sub_meters:
+                sub.state.power_w = model.load_w * share
+                sub.state.advance(dt_s)
+            for inverter in model.inverters:
+                energy_wh += inverter.state.advance(dt_s)
+            for battery in model.batteries:
+                energy_wh += battery.state.advance(dt_s)
+            for charger, _key, _vehicle in model.chargers:
+                energy_wh += charger.state.advance(dt_s, real_s=real_s)
+            if model.meter is not None:
+                model.meter.state.power_w = net
+                model.meter.state.add_energy(energy_wh)
+        self.now = t + timedelta(seconds=dt_s)
+
+    def hub_flow_w(self) -> float:
+        """The flow at the substation of what is simulated: the sum of every grid meter."""
+        return sum(m.meter.state.power_w for m in self.models if m.meter is not None)
+
+    # -- serving ------------------------------------------------------------------------------------------------
+    async def run(
+        self,
+        *,
+        stop: asyncio.Event,
+        tick_s: float = 1.0,
+        ready: asyncio.Event | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """Serve every device and advance the physics every ``tick_s`` real seconds until ``stop`` is set.
+
+        The physics follows ``clock`` (by default one that reads ``start`` now and runs ``speed``x): each step
+        advances by what the clock advanced, so the meters count the energy of the data clock's time that every
+        other process of the run stamps its data with. A clock jump (the fault API) shifts ``now`` on top of it.
+        """
+        self.clock = clock or Clock.simulated(self.start, self.speed)
+        self.now = self.clock.now()
+        self.step(0.0)
+        servers = [GatewayServer(host=h, port=p, devices=d) for (h, p), d in sorted(self._by_address.items())]
+        started: list[GatewayServer] = []
+        try:
+            for server in servers:
+                await server.start()
+                started.append(server)
+            log.info(
+                "simulating %d devices on %d ports from %s at %gx",
+                len(self._endpoints),
+                len(servers),
+                self.now.isoformat(),
+                self.speed,
+            )
+            if ready is not None:
+                ready.set()
+            loop = asyncio.get_running_loop()
+            last, last_data = loop.time(), self.clock.timestamp()
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=tick_s)
+                now, data = loop.time(), self.clock.timestamp()
+                self.step(max(0.0, data - last_data), real_s=now - last)
+                last, last_data = now, data
+        finally:
+            for server in started:
+                await server.stop()
