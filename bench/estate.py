@@ -31,10 +31,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
+from energyhub.domain.community import load_community  # noqa: E402
 from tests.estate_run import DemoRun, ProcessUse, wait_until  # noqa: E402
 from tests.yardstick import infeasible_isps, measure, query  # noqa: E402
-
-from energyhub.domain.community import load_community  # noqa: E402
 
 SITE = "de-koumen"
 DB = "energyhub"

@@ -22,13 +22,13 @@ import pytest
 import uvicorn
 import yaml
 from fastapi import FastAPI
-from tests.mqtt_helpers import can_log_in, link_as
-from tests.control.test_control_loop import community_doc
 
 from energyhub.api.app import ApiSettings, create_app
 from energyhub.cli.services import free_port
 from energyhub.wire.messages import GatewayState, Measurement, Quality, Setpoint, decode, encode
 from energyhub.wire.topics import Topics
+from tests.control.test_control_loop import community_doc
+from tests.mqtt_helpers import can_log_in, link_as
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "tests" / "artifacts"

@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from tests.mqtt_helpers import TIMEOUT_S, PahoClient
 
 from energyhub.cli.services import RunningServices
 from energyhub.runtime.supervisor import wait_for
 from energyhub.wire.topics import Topics
+from tests.mqtt_helpers import TIMEOUT_S, PahoClient
 
 NOT_AUTHORIZED = 0x87
 MESSAGES = (

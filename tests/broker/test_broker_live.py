@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from energyhub.broker.accounts import ADMIN_ACCOUNT, BrokerAccounts
-from tests.mqtt_helpers import PahoClient as Client
 from typer.testing import CliRunner
 
+from energyhub.broker.accounts import ADMIN_ACCOUNT, BrokerAccounts
 from energyhub.broker.cli import app
 from energyhub.broker.dynsec import client_id_for, read_dynsec
 from energyhub.broker.dynsec_control import BrokerState, DynsecControl, plan_changes
@@ -32,6 +31,7 @@ from energyhub.cli.services import free_port, start_broker
 from energyhub.runtime.settings import ServiceSettings
 from energyhub.runtime.supervisor import ManagedProcess, Supervisor, wait_for
 from energyhub.wire.topics import Topics
+from tests.mqtt_helpers import PahoClient as Client
 
 HOST = "127.0.0.1"
 TIMEOUT_S = 5.0

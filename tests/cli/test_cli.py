@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.communities import base, dump
 from typer.testing import CliRunner
 
 from energyhub.cli.main import app
 from energyhub.domain.topology import Community
+from tests.communities import base, dump
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()

@@ -17,7 +17,6 @@ from pathlib import Path
 import aiomqtt
 import httpx
 import pytest
-from tests.mqtt_helpers import can_log_in, mqtt_client, next_message
 from pymodbus.client import ModbusTcpClient
 
 from energyhub.cli.services import free_port, tcp_answers
@@ -26,6 +25,7 @@ from energyhub.io.line_protocol import encode_point
 from energyhub.runtime.supervisor import ProcessSpec, ServiceError, Supervisor, wait_for
 from energyhub.wire.messages import ControllerHeartbeat, Measurement, Quality, decode, encode
 from energyhub.wire.topics import Topics
+from tests.mqtt_helpers import can_log_in, mqtt_client, next_message
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,9 +14,6 @@ from pathlib import Path
 import aiomqtt
 import pytest
 import yaml
-from tests.chain import Estate
-from tests.communities import ean
-from tests.mqtt_helpers import can_log_in, link_as, mqtt_client
 
 from energyhub.cli.services import free_port
 from energyhub.control.online import (
@@ -32,6 +29,9 @@ from energyhub.runtime.layered_settings import SettingsError
 from energyhub.wire.messages import ControllerHeartbeat, GatewayState, Measurement, Quality, decode, encode
 from energyhub.wire.readings import MeasurementGate
 from energyhub.wire.topics import Topics
+from tests.chain import Estate
+from tests.communities import ean
+from tests.mqtt_helpers import can_log_in, link_as, mqtt_client
 
 REPO = Path(__file__).resolve().parents[2]
 

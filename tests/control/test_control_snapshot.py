@@ -6,12 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 import yaml
-from tests.whole.test_estate_live import estate
 
 from energyhub.control.snapshot import LiveState
 from energyhub.domain.community import load_community
 from energyhub.domain.network import Network
 from energyhub.wire.messages import Measurement, Quality
+from tests.whole.test_estate_live import estate
 
 MODE3 = {"A": 0, "B1": 1, "B2": 2, "C2": 4}
 

@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
-from tests.conftest import EXAMPLES
 
 from energyhub.control.forecast import (
     SATURDAY,
@@ -26,6 +25,7 @@ from energyhub.control.forecast import (
 from energyhub.domain.community import load_community
 from energyhub.synthetic.export import quarter_hour_series
 from energyhub.synthetic.loads import dutch_holidays
+from tests.conftest import EXAMPLES
 
 AMSTERDAM = ZoneInfo("Europe/Amsterdam")
 QH = timedelta(minutes=15)

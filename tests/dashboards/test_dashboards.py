@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.chain import Estate
-from tests.control.test_control_loop import community_doc
 
 from energyhub.cli.services import free_port
 from energyhub.control.online import ControlSettings, OnlineController
@@ -21,6 +19,8 @@ from energyhub.domain.community import load_community
 from energyhub.ingest.service import IngestService
 from energyhub.ingest.settings import IngestSettings
 from energyhub.io.influx import InfluxClient
+from tests.chain import Estate
+from tests.control.test_control_loop import community_doc
 
 REPO = Path(__file__).resolve().parents[2]
 PROVISIONING = REPO / "dashboards" / "provisioning"

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.communities import base, connection, dump, ean
 
 from energyhub.domain.community import CommunityError, load_community, parse_community
+from tests.communities import base, connection, dump, ean
 
 
 def errors(doc) -> list[tuple[str, str]]:

@@ -8,10 +8,10 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from tests.communities import base, dump
 
 from energyhub.api.app import ApiSettings, create_app
 from energyhub.control.online import ControlSettings, OnlineController
+from tests.communities import base, dump
 
 TOKEN = "day-ahead-test-token"
 AMS = ZoneInfo("Europe/Amsterdam")

@@ -6,11 +6,11 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from tests.communities import base, dump
 
 from energyhub.domain.isp import ISP, isp_range, local_day_bounds
 from energyhub.domain.limits import LimitBook, UnknownNode, limit_at
 from energyhub.domain.topology import Level
+from tests.communities import base, dump
 
 UTC_ = UTC
 

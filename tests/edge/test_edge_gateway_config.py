@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from tests.conftest import EXAMPLES
 from typer.testing import CliRunner
 
 from energyhub.cli.main import app
@@ -12,6 +11,7 @@ from energyhub.domain.community import load_community
 from energyhub.edge.config import ConfigError, load_agent_config
 from energyhub.edge.gateway_config import gateway_config
 from energyhub.edge.profile import load_profile
+from tests.conftest import EXAMPLES
 
 DEMO = ["gw-002", "gw-011", "gw-018", "gw-049"]
 

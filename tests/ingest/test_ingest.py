@@ -15,12 +15,10 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from tests import communities
 import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.mqtt_helpers import can_log_in, link_as
 
 from energyhub.cli.services import free_port, start_influxd
 from energyhub.ingest.service import IngestService
@@ -40,6 +38,8 @@ from energyhub.wire.messages import (
     encode,
 )
 from energyhub.wire.topics import Topics
+from tests import communities
+from tests.mqtt_helpers import can_log_in, link_as
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.mqtt_helpers import link_as, mqtt_client, next_message
 
 from energyhub.io.mqtt import MqttLink, MqttLinkError, Will
 from energyhub.wire.topics import Topics
+from tests.mqtt_helpers import link_as, mqtt_client, next_message
 
 
 async def test_batch_is_acknowledged_and_arrives_in_order(services, gateway):

@@ -212,10 +212,9 @@ def test_headroom_of_connections_and_their_loop():
 
 
 def test_simultaneity_splits_pv_into_where_it_is_used():
-    from tests.control.test_control import small_network
-
     from energyhub.control.inputs import Inputs
     from energyhub.planning.simultaneity import simultaneity
+    from tests.control.test_control import small_network
 
     # Two loops; loop0 = c0, c2; loop1 = c1, c3. One quarter hour (kW averages).
     network = small_network(4, loops=2)
@@ -237,10 +236,9 @@ def test_simultaneity_splits_pv_into_where_it_is_used():
 
 
 def test_sharing_between_loops_counts_in_the_hub():
-    from tests.control.test_control import small_network
-
     from energyhub.control.inputs import Inputs
     from energyhub.planning.simultaneity import simultaneity
+    from tests.control.test_control import small_network
 
     network = small_network(2, loops=2)  # c0 alone in loop0, c1 alone in loop1
     result = simultaneity(

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tests.communities import base, dump
 
 from energyhub.control.inputs import Inputs
 from energyhub.control.limits import LimitTable
@@ -31,6 +30,7 @@ from energyhub.planning.scenario import (
     parse_scenario,
 )
 from energyhub.synthetic.export import export_quarter_hours
+from tests.communities import base, dump
 
 REPO = Path(__file__).resolve().parents[2]
 

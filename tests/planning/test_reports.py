@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.communities import base, connection, dump
 
 from energyhub.domain.community import load_community, parse_community
 from energyhub.planning.pv_yield import annual_pv_kwh
 from energyhub.synthetic.export import export_quarter_hours
+from tests.communities import base, connection, dump
 
 REPO = Path(__file__).resolve().parents[2]
 START, END = datetime(2026, 6, 29, 22, tzinfo=UTC), datetime(2026, 7, 1, 22, tzinfo=UTC)  # across a month end

@@ -8,11 +8,11 @@ import struct
 from datetime import UTC, datetime
 
 import pytest
-from tests.conftest import EXAMPLES
 from pymodbus.client import AsyncModbusTcpClient
 
 from energyhub.domain.community import load_community
 from energyhub.simulators.community import CommunitySimulator
+from tests.conftest import EXAMPLES
 
 START = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)  # a sunny-season Monday morning
 
@@ -152,9 +152,8 @@ def test_energyhub_sim_command(tmp_path):
     import subprocess
     import sys
 
-    from tests.conftest import REPO
-
     from energyhub.runtime.supervisor import wait_for
+    from tests.conftest import REPO
 
     path = tmp_path / "endpoints.json"
     cmd = [

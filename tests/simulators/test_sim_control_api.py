@@ -9,13 +9,13 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
-from tests.conftest import EXAMPLES
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
 
 from energyhub.domain.community import load_community
 from energyhub.simulators.community import CommunitySimulator
 from energyhub.simulators.control_api import ControlServer
+from tests.conftest import EXAMPLES
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from tests.conftest import EXAMPLES
 
 from energyhub.domain.community import load_community
 from energyhub.simulators.community import CommunitySimulator
 from energyhub.synthetic.export import export_quarter_hours
+from tests.conftest import EXAMPLES
 
 DAY = datetime(2026, 6, 2, tzinfo=UTC)
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import pytest
 import yaml
-from tests.edge.test_edge_agent import running_agent
-from tests.ingest.test_ingest import ingest_settings, running
 
 from energyhub.cli.services import RunningServices, free_port
 from energyhub.io.influx import InfluxClient
 from energyhub.simulators.devices import InverterDevice, InverterState, MeterDevice
 from energyhub.simulators.modbus_server import GatewayServer
 from energyhub.simulators.sdm630 import MeterState
+from tests.edge.test_edge_agent import running_agent
+from tests.ingest.test_ingest import ingest_settings, running
 
 
 @pytest.fixture

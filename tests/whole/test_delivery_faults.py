@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from tests.faults import Count, FaultRun, Load, fault_run
 
 LOAD = Load(gateways=4, rate_hz=50.0, interval_s=0.2)

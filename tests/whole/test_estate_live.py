@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tests.communities import ean
-from tests.estate_run import DemoRun, wait_until
-from tests.yardstick import energy_between, infeasible_isps, measure, meter_counters, node_members, query
 
 from energyhub.cli.services import free_port
 from energyhub.control.online import ControlSettings
 from energyhub.domain.community import load_community
+from tests.communities import ean
+from tests.estate_run import DemoRun, wait_until
+from tests.yardstick import energy_between, infeasible_isps, measure, meter_counters, node_members, query
 
 SITE = "estate-test"
 # "Over a limit beyond the margin", as the issue puts it: control's own margin (2 %, at least 1 kW).

@@ -28,7 +28,8 @@ from energyhub.domain.day_ahead import DayAheadStore, with_profiles
 from energyhub.domain.ids import IdError
 from energyhub.domain.isp import isps_in_local_day
 from energyhub.io.influx import InfluxClient, InfluxError
-from energyhub.runtime.layered_settings import ConnectedSettings, load_layered
+from energyhub.runtime.connection import ConnectedSettings
+from energyhub.runtime.layered_settings import load_layered
 from energyhub.wire.messages import Setpoint, encode
 from energyhub.wire.readings import MAX_AHEAD_S
 from energyhub.wire.topics import DEFAULT_ROOT, Topics, check_id

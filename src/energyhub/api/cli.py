@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from energyhub.runtime.connection import connection_flags
 
 __all__ = ["api_command"]
 
 
+@connection_flags
 def api_command(
     config: Annotated[
         Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/api/app.py`).")
@@ -17,15 +20,13 @@ def api_command(
     community: Annotated[Path | None, typer.Option(help="Community YAML file.")] = None,
     host: Annotated[str | None, typer.Option(help="Address to serve on.")] = None,
     port: Annotated[int | None, typer.Option(help="Port to serve on.")] = None,
-    mqtt_port: Annotated[int | None, typer.Option()] = None,
-    mqtt_credentials_file: Annotated[Path | None, typer.Option(help="From `energyhub broker`.")] = None,
-    influx_url: Annotated[str | None, typer.Option()] = None,
-    influx_db: Annotated[str | None, typer.Option()] = None,
     site: Annotated[str | None, typer.Option(help="Site id (default: the community id).")] = None,
     state_dir: Annotated[
         Path | None, typer.Option(help="Where uploads are kept (day-ahead profiles: STATE_DIR/day_ahead).")
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    *,
+    connection: dict[str, Any],
 ) -> None:
     """Serve the API (OpenAPI at /docs) and the live page (/) until Ctrl-C. Writes need EHUB_API_TOKEN."""
     import uvicorn
@@ -37,13 +38,10 @@ def api_command(
     settings = build_or_exit(
         lambda: load_api_settings(
             config,
+            **connection,
             community=community,
             host=host,
             port=port,
-            mqtt_port=mqtt_port,
-            mqtt_credentials_file=mqtt_credentials_file,
-            influx_url=influx_url,
-            influx_db=influx_db,
             site=site,
             state_dir=state_dir,
         )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from energyhub.runtime.connection import connection_flags
 
 __all__ = ["control_command", "simulate_command"]
 
@@ -168,6 +170,7 @@ def simulate_command(
     typer.echo(f"wrote {out / 'nodes.csv'} and {out / 'summary.json'}")
 
 
+@connection_flags
 def control_command(
     config: Annotated[
         Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/control/online.py`).")
@@ -175,9 +178,6 @@ def control_command(
     community: Annotated[Path | None, typer.Option(help="Community YAML file.")] = None,
     policy: Annotated[str | None, typer.Option(help="mpc or greedy.")] = None,
     cycle_s: Annotated[float | None, typer.Option(help="Seconds per control cycle.")] = None,
-    mqtt_host: Annotated[str | None, typer.Option()] = None,
-    mqtt_port: Annotated[int | None, typer.Option()] = None,
-    mqtt_credentials_file: Annotated[Path | None, typer.Option(help="From `energyhub broker`.")] = None,
     mqtt_keepalive_s: Annotated[
         int | None,
         typer.Option(
@@ -186,14 +186,14 @@ def control_command(
             "timeout (10 s)."
         ),
     ] = None,
-    influx_url: Annotated[str | None, typer.Option()] = None,
-    influx_db: Annotated[str | None, typer.Option()] = None,
     site: Annotated[str | None, typer.Option(help="Site id (default: the community id).")] = None,
     day_ahead_dir: Annotated[
         Path | None,
         typer.Option(help="Day-ahead profiles uploaded through the API (its STATE_DIR/day_ahead)."),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    *,
+    connection: dict[str, Any],
 ) -> None:
     """Keep every limit online: a cycle every second, setpoints with expiry and a retained heartbeat.
 
@@ -206,15 +206,11 @@ def control_command(
     settings = build_or_exit(
         lambda: load_control_settings(
             config,
+            **connection,
             community=community,
             policy=policy,
             cycle_s=cycle_s,
-            mqtt_host=mqtt_host,
-            mqtt_port=mqtt_port,
-            mqtt_credentials_file=mqtt_credentials_file,
             mqtt_keepalive_s=mqtt_keepalive_s,
-            influx_url=influx_url,
-            influx_db=influx_db,
             site=site,
             day_ahead_dir=day_ahead_dir,
         )

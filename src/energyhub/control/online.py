@@ -48,7 +48,8 @@ from energyhub.domain.network import Network
 from energyhub.domain.topology import DeviceRole
 from energyhub.io.influx import InfluxClient, InfluxError
 from energyhub.io.line_protocol import encode_point
-from energyhub.runtime.layered_settings import ConnectedSettings, SettingsError, load_layered
+from energyhub.runtime.connection import ConnectedSettings
+from energyhub.runtime.layered_settings import SettingsError, load_layered
 from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S, ControllerHeartbeat, MessageError, Setpoint, encode
 from energyhub.wire.readings import MAX_AHEAD_S, MeasurementGate
 from energyhub.wire.topics import DEFAULT_ROOT, TopicError, TopicKind, Topics

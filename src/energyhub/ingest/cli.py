@@ -3,27 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from energyhub.runtime.connection import connection_flags
 
 __all__ = ["ingest"]
 
 
+@connection_flags
 def ingest(
     config: Annotated[
         Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/ingest/settings.py`).")
     ] = None,
     worker: Annotated[str | None, typer.Option(help="Worker name: client id ehub-ingest-<worker>.")] = None,
-    mqtt_host: Annotated[str | None, typer.Option()] = None,
-    mqtt_port: Annotated[int | None, typer.Option()] = None,
-    mqtt_credentials_file: Annotated[Path | None, typer.Option(help="From `energyhub broker`.")] = None,
-    influx_url: Annotated[str | None, typer.Option()] = None,
-    influx_db: Annotated[str | None, typer.Option()] = None,
     site: Annotated[str | None, typer.Option()] = None,
     community: Annotated[Path | None, typer.Option(help="Adds connection and role tags.")] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus /metrics here.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    *,
+    connection: dict[str, Any],
 ) -> None:
     """Store every measurement and gateway state from MQTT in InfluxDB until Ctrl-C or SIGTERM.
 
@@ -42,12 +42,8 @@ def ingest(
     settings = build_or_exit(
         lambda: load_settings(
             config,
+            **connection,
             worker=worker,
-            mqtt_host=mqtt_host,
-            mqtt_port=mqtt_port,
-            mqtt_credentials_file=mqtt_credentials_file,
-            influx_url=influx_url,
-            influx_db=influx_db,
             site=site,
             community=community,
             metrics_port=metrics_port,

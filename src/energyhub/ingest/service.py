@@ -19,8 +19,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import random
-import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Coroutine
@@ -34,9 +32,10 @@ from energyhub.ingest.points import DeviceTags, measurement_point, state_point
 from energyhub.ingest.sequence import SequenceTracker
 from energyhub.ingest.settings import IngestSettings
 from energyhub.ingest.writer import write_batch
-from energyhub.io.influx import InfluxClient, InfluxError
+from energyhub.io.influx import InfluxError
 from energyhub.io.line_protocol import LineProtocolError, encode_point
 from energyhub.io.mqtt import IncomingMessage, MqttLink, MqttLinkError
+from energyhub.runtime.connection import keep_connected
 from energyhub.wire.messages import (
     DeadLetter,
     GatewayState,
@@ -87,13 +86,8 @@ class IngestService:
         self.metrics = IngestMetrics()
         self.tracker = SequenceTracker() if settings.track_gaps else None
         self.known = _device_tags(settings)
-        self.influx = InfluxClient(
-            url=settings.influx_url,
-            database=settings.influx_db,
+        self.influx = settings.influx(
             retention_policy=settings.influx_rp,
-            username=settings.influx_username,
-            password=settings.influx_password,
-            token=settings.influx_token,
             gzip_min_bytes=settings.influx_gzip_min_bytes
             if settings.influx_gzip_min_bytes is not None
             else 2**63,
@@ -108,15 +102,8 @@ class IngestService:
     # -- MQTT ---------------------------------------------------------------------------------------------------
     async def _connect(self) -> MqttLink:
         s = self.settings
-        username, password = s.mqtt_login()
-        tls = ssl.create_default_context(cafile=str(s.mqtt_ca_file)) if s.mqtt_ca_file else None
-        return await MqttLink.connect(
-            s.mqtt_host,
-            s.mqtt_port,
-            client_id=self.client_id,
-            username=username,
-            password=password,
-            tls=tls,
+        return await s.connect_mqtt(
+            self.client_id,
             session_expiry_s=s.session_expiry_s,
             receive_maximum=s.max_pending,
             manual_ack=True,
@@ -130,32 +117,20 @@ class IngestService:
         return [(f, 1) for f in filters]
 
     async def consume_loop(self) -> None:
-        backoff = 0.5
-        while True:
-            link: MqttLink | None = None
-            try:
-                link = await self._connect()
-                # Retain as published: a measurement published with retain is then seen as such, live or stored.
-                granted = await link.subscribe(self._filters(), retain_as_published=True)
-                if any(code >= 0x80 for code in granted):
-                    raise MqttLinkError(f"the broker refused the subscriptions (codes {granted})")
-                log.info(
-                    "connected as %s (%s session), reading %s",
-                    self.client_id,
-                    "resumed" if link.session_present else "new",
-                    ", ".join(f for f, _ in self._filters()),
-                )
-                backoff = 0.5
-                self.connected.set()
-                await self._consume(link)
-            except MqttLinkError as exc:
-                self.connected.clear()
-                log.warning("broker connection lost or refused (%s); retrying", exc)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                if link is not None:
-                    link.abort()
+        await keep_connected(self._connect, self._subscribed, what="ingest", connected=self.connected)
+
+    async def _subscribed(self, link: MqttLink) -> None:
+        # Retain as published: a measurement published with retain is then seen as such, live or stored.
+        granted = await link.subscribe(self._filters(), retain_as_published=True)
+        if any(code >= 0x80 for code in granted):
+            raise MqttLinkError(f"the broker refused the subscriptions (codes {granted})")
+        log.info(
+            "connected as %s (%s session), reading %s",
+            self.client_id,
+            "resumed" if link.session_present else "new",
+            ", ".join(f for f, _ in self._filters()),
+        )
+        await self._consume(link)
 
     async def _consume(self, link: MqttLink) -> None:
         """Fill batches while the previous one is written: one batch in the writer, one waiting, one filling,

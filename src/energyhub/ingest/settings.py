@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from energyhub.runtime.layered_settings import ConnectedSettings, SettingsError, load_layered
+from energyhub.runtime.connection import ConnectedSettings
+from energyhub.runtime.layered_settings import SettingsError, load_layered
 from energyhub.wire.readings import MAX_AHEAD_S
 from energyhub.wire.topics import DEFAULT_ROOT, check_id
 
@@ -29,9 +30,6 @@ class IngestSettings(ConnectedSettings):
         True,
         description="Count sequence gaps from what this worker sees (exact only when it is the only one).",
     )
-    mqtt_username: str | None = None
-    mqtt_password: str | None = None
-    mqtt_ca_file: Path | None = Field(None, description="CA certificate: connect with TLS.")
     session_expiry_s: int = Field(
         3600, ge=0, description="The broker keeps this worker's queue this long while it is away."
     )
@@ -43,8 +41,6 @@ class IngestSettings(ConnectedSettings):
         "Three batches: one written, one waiting, one filling.",
     )
     influx_rp: str | None = Field(None, description="Retention policy (InfluxDB 1.x; DBRP mapping in 2.x).")
-    influx_username: str | None = None
-    influx_password: str | None = None
     influx_gzip_min_bytes: int | None = Field(
         64 * 1024, ge=0, description="Gzip write bodies from this size (None: never); worth it over a WAN."
     )
@@ -74,12 +70,6 @@ class IngestSettings(ConnectedSettings):
     @classmethod
     def _ids(cls, value: str) -> str:
         return check_id(value)
-
-    def mqtt_login(self) -> tuple[str | None, str | None]:
-        """The credentials file when given, else ``mqtt_username`` and ``mqtt_password``."""
-        if self.mqtt_credentials_file is not None:
-            return super().mqtt_login()
-        return self.mqtt_username, self.mqtt_password
 
 
 def load_settings(file: Path | None = None, **flags: Any) -> IngestSettings:

@@ -3,11 +3,10 @@ defaults: one loader for every service, so they all behave and report errors ali
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -15,7 +14,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-__all__ = ["ConnectedSettings", "LayeredSettings", "SettingsError", "load_layered"]
+__all__ = ["LayeredSettings", "SettingsError", "load_layered"]
 
 
 class SettingsError(ValueError):
@@ -38,26 +37,6 @@ class LayeredSettings(BaseSettings):
         if settings_cls.model_config.get("yaml_file"):
             sources += (YamlConfigSettingsSource(settings_cls),)
         return sources
-
-
-class ConnectedSettings(LayeredSettings):
-    """A central service's way to the broker and the database (the ingest, control and the API share these)."""
-
-    mqtt_host: str = "127.0.0.1"
-    mqtt_port: int = Field(18830, ge=1, le=65535)
-    mqtt_credentials_file: Path | None = Field(
-        None, description="JSON with username and password, as `energyhub broker` writes them."
-    )
-    influx_url: str = "http://127.0.0.1:18086"
-    influx_db: str = "energyhub"
-    influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
-
-    def mqtt_login(self) -> tuple[str | None, str | None]:
-        """Username and password for the broker, from ``mqtt_credentials_file`` (none: anonymous)."""
-        if self.mqtt_credentials_file is None:
-            return None, None
-        creds = json.loads(self.mqtt_credentials_file.read_text())
-        return creds["username"], creds["password"]
 
 
 S = TypeVar("S", bound=LayeredSettings)
