@@ -1,6 +1,6 @@
 # Two commands do all the set-up: `make demo` and `make test`. Each installs what is missing (Debian packages
 # mosquitto and influxdb, a virtual environment in .venv with the project and its dev extras); a second run installs
-# nothing.
+# nothing. `make test-fast` runs the tests that need no live service, with only the virtual environment.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 HIL_COMMUNITY ?= examples/de-koumen-2026.yaml
 HIL_SPEED ?= 60
 
-.PHONY: demo hil test setup system-deps lint format clean
+.PHONY: demo hil test test-fast setup system-deps lint format clean
 
 demo: setup
 	$(BIN)/energyhub demo --state-dir $(STATE_DIR) $(DEMO_ARGS)
@@ -22,13 +22,19 @@ demo: setup
 hil: setup
 	$(BIN)/energyhub demo --all --community $(HIL_COMMUNITY) --speed $(HIL_SPEED) --state-dir $(STATE_DIR)
 
+# Every test, against a real Mosquitto, a real influxd, real Modbus servers and Chromium.
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The tests not marked live (tests/conftest.py): no Mosquitto, no influxd, no servers; only the virtual environment.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not live" $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 format: setup
 	$(BIN)/ruff format .

@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from energyhub.api.app import ApiSettings, create_app
 from energyhub.cli.services import free_port
 from energyhub.wire.messages import GatewayState, Measurement, Quality, Setpoint, decode, encode
+from energyhub.wire.roles import POWER_W, PV_LIMIT_PCT
 from energyhub.wire.topics import Topics
 from tests.control.test_control_loop import community_doc
 from tests.mqtt_helpers import can_log_in, link_as
@@ -100,7 +101,7 @@ async def publish_meter(
     topics = Topics(site=services.settings.site)
     link = await link_as(services, gateway)
     m = Measurement(
-        ts=ts or datetime.now(UTC), session=1, seq=seq, quality=Quality.GOOD, values={"power_w": watts}
+        ts=ts or datetime.now(UTC), session=1, seq=seq, quality=Quality.GOOD, values={POWER_W: watts}
     )
     batch = link.publish_batch([(topics.measurement(gateway, device), encode(m))], retain=retain)
     await link.wait(batch.done)
@@ -151,7 +152,7 @@ async def test_flows_topology_gateways_and_the_write_endpoints(services, api):
         override = {
             "gateway": "gw-api-1",
             "device": "pv1",
-            "name": "active_power_limit_pct",
+            "name": PV_LIMIT_PCT,
             "value": 40,
             "ttl_s": 60,
         }
@@ -169,10 +170,11 @@ async def test_flows_topology_gateways_and_the_write_endpoints(services, api):
         await gateway.subscribe([(topics.setpoints_for("gw-api-1"), 1)])
         accepted = await client.post("/api/overrides", json=override, headers=auth)
         assert accepted.status_code == 202
+        assert accepted.json()["state"] == "sent"
         received = decode(Setpoint, (await asyncio.wait_for(gateway.next_message(), 5)).payload)
         assert (received.id, received.name, received.value) == (
             accepted.json()["id"],
-            "active_power_limit_pct",
+            PV_LIMIT_PCT,
             40,
         )
         assert 55 <= (received.expires - received.created).total_seconds() <= 60
@@ -231,7 +233,10 @@ async def test_live_page_in_headless_chromium(services, api):
 
 
 def test_compose_files_match_the_compose_specification():
-    files = [REPO / "docker-compose.yml", REPO / "edge" / "deploy" / "docker-compose.edge.yml"]
+    files = [
+        REPO / "docker-compose.yml",
+        REPO / "src" / "energyhub" / "edge" / "deploy" / "docker-compose.edge.yml",
+    ]
     run = subprocess.run(
         [
             sys.executable,
@@ -582,7 +587,7 @@ def test_live_view_take_refuses_retained_and_future(speed, ahead_s, retained, ta
         session=1,
         seq=0,
         quality=Quality.GOOD,
-        values={"power_w": 1.0},
+        values={POWER_W: 1.0},
     )
     live.take(topics.measurement("gw-u-1", "meter1"), encode(m), retained=retained)
     assert (("gw-u-1", "meter1") in live.latest) is taken

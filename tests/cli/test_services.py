@@ -14,7 +14,6 @@ import textwrap
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiomqtt
 import httpx
 import pytest
 from pymodbus.client import ModbusTcpClient
@@ -22,6 +21,7 @@ from pymodbus.client import ModbusTcpClient
 from energyhub.cli.services import free_port, tcp_answers
 from energyhub.io.influx import InfluxClient, InfluxError
 from energyhub.io.line_protocol import encode_point
+from energyhub.io.mqtt import MqttLink
 from energyhub.runtime.supervisor import ProcessSpec, ServiceError, Supervisor, wait_for
 from energyhub.wire.messages import ControllerHeartbeat, Measurement, Quality, decode, encode
 from energyhub.wire.topics import Topics
@@ -209,39 +209,41 @@ def test_services_die_with_a_killed_supervisor(tmp_path):
             parent.kill()
 
 
+async def _demo_link(port: int, creds: dict, client_id: str, topic_filter: str) -> MqttLink:
+    link = await MqttLink.connect(
+        "127.0.0.1", port, client_id=client_id, username=creds["username"], password=creds["password"]
+    )
+    assert await link.subscribe([(topic_filter, 1)]) == [1]
+    return link
+
+
 async def _gateways_publishing(port: int, creds: dict, *, want: int, timeout_s: float = 60) -> set[str]:
     topics = Topics(site="de-koumen")
     seen: set[str] = set()
-    async with (
-        asyncio.timeout(timeout_s),
-        aiomqtt.Client(
-            "127.0.0.1", port, username=creds["username"], password=creds["password"], identifier="demo-test"
-        ) as client,
-    ):
-        await client.subscribe(topics.all_measurements(), qos=1)
-        async for message in client.messages:
-            info = topics.parse(str(message.topic))
-            decode(Measurement, message.payload)  # a valid measurement, not just bytes on the topic
-            seen.add(info.gateway)
-            if len(seen) >= want:
-                return seen
+    link = await _demo_link(port, creds, "demo-test", topics.all_measurements())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(seen) < want:
+                message = await link.next_message()
+                info = topics.parse(message.topic)
+                decode(Measurement, message.payload)  # a valid measurement, not just bytes on the topic
+                seen.add(info.gateway)
+    finally:
+        await link.disconnect()
     return seen
 
 
 async def _heartbeat(port: int, creds: dict, timeout_s: float = 30) -> ControllerHeartbeat:
     topics = Topics(site="de-koumen")
-    async with (
-        asyncio.timeout(timeout_s),
-        aiomqtt.Client(
-            "127.0.0.1", port, username=creds["username"], password=creds["password"], identifier="demo-beat"
-        ) as client,
-    ):
-        await client.subscribe(topics.heartbeat(), qos=1)
-        async for message in client.messages:
-            beat = decode(ControllerHeartbeat, message.payload)
-            if beat.alive:
-                return beat
-    raise AssertionError("no heartbeat")
+    link = await _demo_link(port, creds, "demo-beat", topics.heartbeat())
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                beat = decode(ControllerHeartbeat, (await link.next_message()).payload)
+                if beat.alive:
+                    return beat
+    finally:
+        await link.disconnect()
 
 
 def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):

@@ -305,6 +305,27 @@ def test_mpc_blocks_beyond_its_fine_steps_still_plan_the_energy_for_a_peak():
         Mpc(network, fine=0)
 
 
+def test_mpc_plans_two_cars_at_one_charger_each_with_its_own_departure():
+    """Two cars at one charger, 22 kW of room under the connection's limit for both: the one leaving at 02:00
+    needs all of it first. A plan of the charger's energy summed gave each car half and left 18 kWh of the first
+    undelivered, which the oracle (and the plan per car) delivers."""
+    network = small_network(1, chargers=[Charger("c0/ev", 0, 22.0)])
+    T = 32
+    limits = table(network, T, np.array([1e3, 1e3, 32.0]), np.array([1e3, 1e3, 1e3]))
+    sessions = [
+        Session(0, "c0/ev", T0, T0 + timedelta(hours=2), 40.0, 22.0),
+        Session(0, "c0/ev", T0, T0 + timedelta(hours=8), 40.0, 22.0),
+    ]
+    inputs = Inputs(
+        [T0 + timedelta(minutes=15 * t) for t in range(T)], np.full((1, T), 10.0), np.zeros((1, T)), sessions
+    )
+    exact = oracle(network, inputs, limits, margin=0)
+    mpc = simulate(network, inputs, limits, Mpc(network, forecasts="perfect"), margin=0)
+    assert exact.ev_undelivered_kwh == pytest.approx(0.0, abs=1e-6)
+    assert mpc.ev_undelivered_kwh == pytest.approx(0.0, abs=1e-6)
+    assert mpc.violations == 0
+
+
 # -- inputs and the command -------------------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiomqtt
 import pytest
 import yaml
 
@@ -25,13 +24,15 @@ from energyhub.control.online import (
 from energyhub.domain.clock import Clock
 from energyhub.domain.community import load_community
 from energyhub.io.influx import InfluxClient
+from energyhub.io.mqtt import MqttLink
 from energyhub.runtime.layered_settings import SettingsError
 from energyhub.wire.messages import ControllerHeartbeat, GatewayState, Measurement, Quality, decode, encode
 from energyhub.wire.readings import MeasurementGate
+from energyhub.wire.roles import POWER_LIMIT_PCT, POWER_W, PV_LIMIT_PCT
 from energyhub.wire.topics import Topics
 from tests.chain import Estate
 from tests.communities import ean
-from tests.mqtt_helpers import can_log_in, link_as, mqtt_client
+from tests.mqtt_helpers import can_log_in, link_as
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,22 +89,24 @@ class Watch:
         self.pv_power_w: float | None = None
         self.hub_samples: list[float] = []
 
-    async def run(self, port: int, creds, topics: Topics) -> None:
-        async with aiomqtt.Client(
-            "127.0.0.1", port, username=creds.username, password=creds.password, identifier="loop-watch"
-        ) as client:
-            await client.subscribe(topics.all_measurements(), qos=0)
-            async for message in client.messages:
-                info = topics.parse(str(message.topic))
-                m = decode(Measurement, bytes(message.payload))
-                if info.device and info.device.startswith("meter") and m.values.get("power_w") is not None:
-                    self.meters[info.gateway] = m.values["power_w"]
+    async def run(self, services, topics: Topics) -> None:
+        link = await link_as(services, "ehub-ingest")
+        try:
+            await link.subscribe([(topics.all_measurements(), 0)])
+            while True:
+                message = await link.next_message()
+                info = topics.parse(message.topic)
+                m = decode(Measurement, message.payload)
+                if info.device and info.device.startswith("meter") and m.values.get(POWER_W) is not None:
+                    self.meters[info.gateway] = m.values[POWER_W]
                     if len(self.meters) == 2:
                         self.hub_samples.append(sum(self.meters.values()))
                 if info.device and info.device.startswith("pv"):
                     enabled = m.values.get("power_limit_enabled")
-                    self.pv_limit_pct = m.values.get("power_limit_pct") if enabled else 100.0
-                    self.pv_power_w = m.values.get("power_w")
+                    self.pv_limit_pct = m.values.get(POWER_LIMIT_PCT) if enabled else 100.0
+                    self.pv_power_w = m.values.get(POWER_W)
+        finally:
+            link.abort()
 
 
 async def until(condition, timeout_s: float, what: str, explain=lambda: "") -> None:
@@ -117,9 +120,7 @@ async def until(condition, timeout_s: float, what: str, explain=lambda: "") -> N
 
 def community_keys(community) -> list[tuple[str, str, str]]:
     return [
-        (community.gateway_of(c, d), d.id, "active_power_limit_pct")
-        for c, d in community.devices()
-        if d.role == "pv"
+        (community.gateway_of(c, d), d.id, PV_LIMIT_PCT) for c, d in community.devices() if d.role == "pv"
     ]
 
 
@@ -134,7 +135,7 @@ def diagnose(watch: Watch, control: OnlineController, tmp_path: Path) -> str:
         f"cycles {control.cycles}; binding {last.binding if last else None}; "
         f"pv used {last.pv_used_kw if last else None}; node {last.node_kw if last else None}\n"
         f"snapshot load {snap.load_kw if snap else None} pv {snap.pv_available_kw if snap else None} "
-        f"stale {snap.stale if snap else None}\nsent {control._sent}\n{logs}"
+        f"stale {snap.stale if snap else None}\nsent {control.sent}\n{logs}"
     )
 
 
@@ -159,9 +160,7 @@ async def test_control_keeps_the_hub_at_zero_feed_in_and_setpoints_expire_into_f
             heartbeat_timeout_s=3.0,
         )
         watch = Watch()
-        watcher = asyncio.create_task(
-            watch.run(settings.mqtt_port, services.accounts.credentials("ehub-ingest"), topics)
-        )
+        watcher = asyncio.create_task(watch.run(services, topics))
         try:
             # Without control the estate feeds in: PV above load at midday (the agents hold PV at their safe 30 %
             # once they have waited for a heartbeat that never came, which may or may not be enough).
@@ -184,10 +183,10 @@ async def test_control_keeps_the_hub_at_zero_feed_in_and_setpoints_expire_into_f
             stop = asyncio.Event()
             running = asyncio.create_task(control.run(stop))
             # Control takes over: it limits the inverter itself (its own figure, not the safe 30 %).
-            pv_key = next(k for k in community_keys(community) if k[2] == "active_power_limit_pct")
+            pv_key = next(k for k in community_keys(community) if k[2] == PV_LIMIT_PCT)
 
             def controlled() -> bool:
-                sent = control._sent.get(pv_key)
+                sent = control.sent.get(pv_key)
                 return (
                     sent is not None
                     and watch.pv_limit_pct is not None
@@ -325,10 +324,11 @@ async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(serv
     )
     beats: list[tuple[float, ControllerHeartbeat]] = []
 
-    async def listen(client) -> None:
-        async for message in client.messages:
-            beat = decode(ControllerHeartbeat, bytes(message.payload))
-            if not message.retain and beat.period_s == cycle_s:  # live, from this control
+    async def listen(link: MqttLink) -> None:
+        while True:
+            message = await link.next_message()
+            beat = decode(ControllerHeartbeat, message.payload)
+            if not message.retained and beat.period_s == cycle_s:  # live, from this control
                 beats.append((time.monotonic(), beat))
 
     def output() -> str:
@@ -336,9 +336,10 @@ async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(serv
         return (tmp_path / "control.log").read_text()[-3000:]
 
     try:
-        async with mqtt_client(services, "ehub-ingest") as client:
-            await client.subscribe(topics.heartbeat(), qos=1)
-            listener = asyncio.create_task(listen(client))
+        link = await link_as(services, "ehub-ingest")
+        try:
+            await link.subscribe([(topics.heartbeat(), 1)])
+            listener = asyncio.create_task(listen(link))
             try:
                 await until(lambda: any(b.alive for _, b in beats), 30, "control's heartbeat", output)
                 control.send_signal(signal.SIGSTOP)
@@ -355,6 +356,8 @@ async def test_a_hung_control_s_last_will_comes_within_the_failsafe_timeout(serv
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+        finally:
+            link.abort()
     finally:
         control.send_signal(signal.SIGCONT)
         control.kill()
@@ -376,11 +379,12 @@ async def test_a_hung_control_puts_every_gateway_in_failsafe_until_it_beats_agai
     gateways = ["gw-stop-1", "gw-stop-2"]
     states: list[tuple[float, str, GatewayState]] = []
 
-    async def listen(client) -> None:
-        async for message in client.messages:
-            info = topics.parse(str(message.topic))
-            if info.gateway in gateways and not message.retain:
-                states.append((time.monotonic(), info.gateway, decode(GatewayState, bytes(message.payload))))
+    async def listen(link: MqttLink) -> None:
+        while True:
+            message = await link.next_message()
+            info = topics.parse(message.topic)
+            if info.gateway in gateways and not message.retained:
+                states.append((time.monotonic(), info.gateway, decode(GatewayState, message.payload)))
 
     def failsafe(gateway: str, since: float) -> bool | None:
         """The newest failsafe flag ``gateway`` reported after ``since`` (None: no state since)."""
@@ -391,9 +395,10 @@ async def test_a_hung_control_puts_every_gateway_in_failsafe_until_it_beats_agai
     log = (tmp_path / "control.log").open("w")
     control: subprocess.Popen[bytes] | None = None
     try:
-        async with mqtt_client(services, "ehub-api") as client:
-            await client.subscribe(topics.all_states(), qos=1)
-            listener = asyncio.create_task(listen(client))
+        link = await link_as(services, "ehub-api")
+        try:
+            await link.subscribe([(topics.all_states(), 1)])
+            listener = asyncio.create_task(listen(link))
             try:
                 estate.start(speed=1, start="2026-06-15T10:30:00Z", seed=5, interval_s=0.5, timeout_s=0.2)
                 control = subprocess.Popen(
@@ -461,6 +466,8 @@ async def test_a_hung_control_puts_every_gateway_in_failsafe_until_it_beats_agai
                 listener.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await listener
+        finally:
+            link.abort()
     finally:
         if control is not None:
             control.send_signal(signal.SIGCONT)
@@ -594,3 +601,59 @@ def test_the_default_keepalive_brings_the_will_within_the_gateways_default_fails
     assert control.failsafe_timeout_s == AgentConfig.model_fields["heartbeat_timeout_s"].default
     slower = ControlSettings(mqtt_keepalive_s=12, failsafe_timeout_s=25, cycle_s=5)
     assert slower.mqtt_keepalive_s == 12
+
+
+async def test_a_clean_stop_says_goodbye_itself_and_leaves_no_will(services, tmp_path, unique_id):
+    """Stopped, control publishes alive=false with its last cycle before it disconnects cleanly (so the broker sends
+    no Will), rather than leave the gateways to the Will or the timeout."""
+    settings = services.settings
+    path = tmp_path / "community.yaml"
+    path.write_text(
+        yaml.safe_dump(community_doc(settings.site, [free_port(), free_port()], f"gw-{unique_id}"))
+    )
+    topics = Topics(site=settings.site)
+    cycle_s = 0.3  # its heartbeats' period_s: tells this control's apart from any other's
+    control = OnlineController(
+        ControlSettings(
+            community=path,
+            site=settings.site,
+            cycle_s=cycle_s,
+            mqtt_port=settings.mqtt_port,
+            mqtt_credentials_file=services.accounts.credentials_path("ehub-control"),
+            influx_url=settings.influx_url,
+            influx_db=settings.influx_db,
+            day_ahead_dir=None,
+        )
+    )
+    beats: list[ControllerHeartbeat] = []
+
+    async def listen(link: MqttLink) -> None:
+        while True:
+            message = await link.next_message()
+            beat = decode(ControllerHeartbeat, message.payload)
+            if not message.retained and beat.period_s == cycle_s:
+                beats.append(beat)
+
+    link = await link_as(services, "ehub-ingest")
+    listener: asyncio.Task[None] | None = None
+    stop = asyncio.Event()
+    running = asyncio.create_task(control.run(stop))
+    try:
+        await link.subscribe([(topics.heartbeat(), 1)])
+        listener = asyncio.create_task(listen(link))
+        await until(lambda: sum(b.alive for b in beats) >= 3, 20, "three heartbeats")
+        stop.set()
+        await running
+        await until(lambda: any(not b.alive for b in beats), 10, "the goodbye")
+        # Control's own, with its last cycle: a Will would carry the cycle of its connect (0).
+        gone = [b for b in beats if not b.alive]
+        assert [(b.cycle, b.policy) for b in gone] == [(control.cycles, "mpc")], beats[-4:]
+        assert control.cycles >= 3
+    finally:
+        stop.set()
+        await running
+        if listener is not None:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+        link.abort()

@@ -23,7 +23,7 @@ from tests.chain import Estate
 from tests.control.test_control_loop import community_doc
 
 REPO = Path(__file__).resolve().parents[2]
-PROVISIONING = REPO / "dashboards" / "provisioning"
+PROVISIONING = REPO / "src" / "energyhub" / "dashboards" / "provisioning"
 
 
 def test_committed_json_is_current():

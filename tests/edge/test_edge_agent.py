@@ -13,13 +13,13 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import aiomqtt
 import pytest
 import yaml
 
 from energyhub.cli.services import broker_accounts, free_port, start_broker
 from energyhub.edge.agent import Agent
 from energyhub.edge.config import ConfigError, load_agent_config
+from energyhub.io.mqtt import MqttLink, MqttLinkError
 from energyhub.runtime.settings import ServiceSettings
 from energyhub.runtime.supervisor import Supervisor
 from energyhub.simulators.devices import InverterDevice, InverterState, MeterDevice
@@ -37,6 +37,7 @@ from energyhub.wire.messages import (
     encode,
 )
 from energyhub.wire.topics import Topics
+from tests.mqtt_helpers import Observer as LinkClient
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-test"
@@ -95,6 +96,23 @@ def agent_config(
     return path
 
 
+@contextlib.asynccontextmanager
+async def control_link(settings, creds, client_id: str, **options):
+    """A connection of the project's own client as ``creds`` (a service account), closed at the end."""
+    link = await MqttLink.connect(
+        "127.0.0.1",
+        settings.mqtt_port,
+        client_id=client_id,
+        username=creds.username,
+        password=creds.password,
+        **options,
+    )
+    try:
+        yield LinkClient(link)
+    finally:
+        link.abort()
+
+
 class Observer:
     """The ingest account with a persistent session, so a broker restart keeps what is queued for it."""
 
@@ -112,25 +130,17 @@ class Observer:
         creds = self.accounts.credentials("ehub-ingest")
         while True:
             try:
-                async with aiomqtt.Client(
-                    "127.0.0.1",
-                    self.settings.mqtt_port,
-                    username=creds.username,
-                    password=creds.password,
-                    identifier="observer",
-                    protocol=aiomqtt.ProtocolVersion.V311,
-                    clean_session=False,
-                ) as client:
+                async with control_link(self.settings, creds, "observer", session_expiry_s=3600) as client:
                     await client.subscribe(self.topics.all_measurements(), qos=1)
                     await client.subscribe(self.topics.all_states(), qos=1)
                     self.subscribed.set()
                     async for message in client.messages:
-                        info = self.topics.parse(str(message.topic))
+                        info = self.topics.parse(message.topic)
                         if info.kind == "state":
                             self.states.append(decode(GatewayState, message.payload))
                         else:
                             self.messages.append((info.device, decode(Measurement, message.payload)))
-            except aiomqtt.MqttError:
+            except MqttLinkError:
                 await asyncio.sleep(0.1)  # broker away: retry, as a real consumer does
 
     async def wait_for(self, condition, timeout_s: float = 20.0) -> None:
@@ -320,7 +330,7 @@ async def test_agent_killed_with_sigkill_loses_nothing(tmp_path, broker, devices
             log.close()
 
 
-async def collect_acks(control: aiomqtt.Client, acks: dict[str, SetpointAck]) -> None:
+async def collect_acks(control: LinkClient, acks: dict[str, SetpointAck]) -> None:
     """Every acknowledgement control's client receives, by setpoint id."""
     async for message in control.messages:
         ack = decode(SetpointAck, message.payload)
@@ -350,13 +360,7 @@ async def test_setpoints_acks_and_failsafe(tmp_path, broker, devices):
     async with (
         observing(settings, accounts) as observer,
         running_agent(path) as agent,
-        aiomqtt.Client(
-            "127.0.0.1",
-            settings.mqtt_port,
-            username=creds.username,
-            password=creds.password,
-            identifier="control-test",
-        ) as control,
+        control_link(settings, creds, "control-test") as control,
     ):
         await control.subscribe(topics.all_acks(), qos=1)
 
@@ -460,13 +464,7 @@ async def test_sunspec_device_without_a_profile(tmp_path, broker, devices):
         )
         pv = next(m for d, m in observer.messages if d == "pv" and m.quality is Quality.GOOD)
         assert pv.values["power_w"] == -20_000.0
-        async with aiomqtt.Client(
-            "127.0.0.1",
-            settings.mqtt_port,
-            username=creds.username,
-            password=creds.password,
-            identifier="control-sunspec",
-        ) as control:
+        async with control_link(settings, creds, "control-sunspec") as control:
             await control.subscribe(topics.all_acks(), qos=1)
             now = datetime.now(UTC)
             await control.publish(
@@ -513,13 +511,7 @@ async def test_failsafe_cannot_be_fooled_by_an_old_heartbeat(tmp_path, broker, d
 
     async with (
         observing(settings, accounts) as observer,
-        aiomqtt.Client(
-            "127.0.0.1",
-            settings.mqtt_port,
-            username=creds.username,
-            password=creds.password,
-            identifier="control-old-beat",
-        ) as control,
+        control_link(settings, creds, "control-old-beat") as control,
     ):
         # What a gateway reconnecting to a hung control gets: its last heartbeat, retained, 13 s old.
         await control.publish(topics.heartbeat(), beat(13.0), qos=1, retain=True)

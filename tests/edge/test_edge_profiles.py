@@ -8,7 +8,8 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from energyhub.cli.services import free_port
-from energyhub.edge.profile import PROFILE_DIR, ProfileError, load_profile
+from energyhub.domain.topology import DeviceRole
+from energyhub.edge.profile import PROFILE_DIR, ProfileError, load_profile, shipped_profiles
 from energyhub.edge.register_map import decode_values, plan_reads
 from energyhub.simulators.devices import (
     BatteryDevice,
@@ -124,42 +125,126 @@ async def test_profiles_decode_the_simulated_devices():
     assert not math.isnan(broken_inverter["state"])
 
 
+HEAD = "name: x\ndescription: d\nroles: [load]\n"  # a load needs power_w only
+
+
 @pytest.mark.parametrize(
     ("yaml_text", "words"),
     [
-        ("name: x\ndescription: d\nvalues: []\n", "values: List should have at least 1 item"),
+        (HEAD + "values: []\n", "bad.yaml:4: values: List should have at least 1 item"),
         (
-            "name: x\ndescription: d\nvalues:\n  - {name: p, address: 1, type: float16}\n",
-            "values[0].type: Input should be",
+            HEAD + "values:\n  - {name: power_w, address: 1, type: float16}\n",
+            "bad.yaml:5: values[0].type: Input should be",
         ),
         (
-            "name: x\ndescription: d\nvalues:\n  - {name: p, address: 1, type: string}\n",
-            "a string needs count",
+            HEAD + "values:\n  - {name: power_w, address: 1, type: string}\n",
+            "values[0]: a string needs count",
         ),
         (
-            "name: x\ndescription: d\nvalues:\n  - {name: p, address: 1, type: int32, count: 1}\n",
+            HEAD + "values:\n  - {name: power_w, address: 1, type: int32, count: 1}\n",
             "count 1 does not fit int32",
         ),
         (
-            "name: x\ndescription: d\nvalues:\n  - {name: p, address: 1, type: int16}\n  - {name: p, address: 2, type: int16}\n",
-            "names used twice: p",
+            HEAD + "values:\n  - {name: power_w, address: 1, type: int16}\n"
+            "  - {name: power_w, address: 2, type: int16}\n",
+            "names used twice: power_w",
         ),
         (
-            "name: x\ndescription: d\nvalues:\n  - {name: p, address: 1, type: int16, colour: red}\n",
+            HEAD + "values:\n  - {name: power_w, address: 1, type: int16, colour: red}\n",
             "values[0].colour: Extra inputs are not permitted",
         ),
         (
-            "name: x\ndescription: d\nvalues:\n  - {name: p, address: 1, type: int16}\nsetpoints:\n"
+            HEAD + "values:\n  - {name: power_w, address: 1, type: int16}\nsetpoints:\n"
             "  - {name: s, address: 2, type: int16, min: 5, max: 1}\n",
-            "min 5.0 is above max 1.0",
+            "bad.yaml:7: setpoints[0]: min 5.0 is above max 1.0",
+        ),
+        (
+            HEAD + "values:\n  - {name: power_w, address: 1, type: int16}\nsetpoints:\n"
+            "  - {name: s, address: 2, type: string, count: 2, min: 0, max: 1}\n",
+            "setpoints[0]: a setpoint is a number",
+        ),
+        (
+            HEAD
+            + "values:\n  - {name: power_w, address: 1, type: int16}\nword_order: big\nword_order: little\n",
+            "bad.yaml:7: word_order: duplicate key (first on line 6)",
         ),
         ("name: [\n", "not valid YAML"),
     ],
 )
-def test_bad_profiles_name_file_field_and_problem(tmp_path, yaml_text, words):
+def test_bad_profiles_name_file_line_field_and_problem(tmp_path, yaml_text, words):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ProfileError) as info:
         load_profile(path)
     assert str(path) in str(info.value)
     assert words in str(info.value)
+
+
+def test_every_shipped_profile_names_the_roles_it_serves():
+    assert {name: load_profile(name).roles for name in shipped_profiles()} == {
+        "eastron_sdm630": (DeviceRole.METER, DeviceRole.LOAD),
+        "ev_charger": (DeviceRole.EV,),
+        "sunspec_battery": (DeviceRole.BATTERY,),
+        "sunspec_inverter": (DeviceRole.PV,),
+    }
+    for name in shipped_profiles():
+        profile = load_profile(name)
+        assert profile.unserved_roles() == []
+        assert all(profile.serves(role) for role in profile.roles)
+
+
+def test_a_profile_without_roles_is_refused_saying_what_to_add(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("name: x\ndescription: d\nvalues:\n  - {name: power_w, address: 1, type: int16}\n")
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    assert f"{path}:1: roles: is missing: add `roles: [...]` with the roles this profile serves" in str(
+        info.value
+    )
+    assert "meter, pv, battery, ev, load" in str(info.value)
+
+
+def test_a_role_without_its_values_is_refused_on_the_line_of_that_role(tmp_path):
+    path = tmp_path / "half.yaml"
+    path.write_text(
+        "name: half\n"
+        "description: a meter that claims to be a battery too\n"
+        "roles:\n"
+        "  - meter\n"
+        "  - battery\n"
+        "  - pv\n"
+        "values:\n"
+        "  - {name: power_w, address: 1, type: float32}\n"
+        "  - {name: soc_pct, address: 3, type: uint16}\n"
+    )
+    with pytest.raises(ProfileError) as info:
+        load_profile(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 2 errors")
+    assert (
+        f"{path}:5: roles[1]: lacks setpoint 'charge_rate_pct', setpoint 'discharge_rate_pct': role 'battery' "
+        "needs values power_w, soc_pct and setpoints charge_rate_pct, discharge_rate_pct" in message
+    )
+    assert f"{path}:6: roles[2]: lacks setpoint 'active_power_limit_pct'" in message
+    assert "roles[0]" not in message  # the meter is served
+
+
+def test_unknown_and_repeated_roles_are_refused_on_their_line(tmp_path):
+    path = tmp_path / "odd.yaml"
+    values = "values:\n  - {name: power_w, address: 1, type: float32}\n"
+    path.write_text("name: odd\ndescription: d\nroles: [meter, inverter]\n" + values)
+    with pytest.raises(ProfileError, match=r"odd.yaml:3: roles\[1\]: Input should be 'meter', 'pv'"):
+        load_profile(path)
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\ndescription: d\nroles: [meter, meter]\n" + values)
+    with pytest.raises(ProfileError, match=r"twice.yaml:3: roles: names role meter twice"):
+        load_profile(path)
+
+
+def test_an_unknown_profile_name_lists_the_shipped_ones():
+    with pytest.raises(ProfileError) as info:
+        load_profile("eastron_sdm63")
+    assert "unknown profile 'eastron_sdm63': the shipped profiles are eastron_sdm630, ev_charger" in str(
+        info.value
+    )
+    assert "'sunspec' discovers a SunSpec device" in str(info.value)

@@ -15,7 +15,7 @@ __all__ = ["api_command"]
 @connection_flags
 def api_command(
     config: Annotated[
-        Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/api/app.py`).")
+        Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/api/settings.py`).")
     ] = None,
     community: Annotated[Path | None, typer.Option(help="Community YAML file.")] = None,
     host: Annotated[str | None, typer.Option(help="Address to serve on.")] = None,

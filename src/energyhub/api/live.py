@@ -1,11 +1,13 @@
 """What the API shows live: the latest reading of every device and gateway, and every node's flow against its limits.
 
-One MQTT subscriber (the ``ehub-api`` account reads the whole site) keeps the newest measurement per device and
-the newest state per gateway; node flows are the sums of the grid meters under each node, limits are the
-contracts' for this quarter hour. A node whose meters are all silent has no flow (shown as unknown, not zero).
+It is fed by the API's one MQTT connection (``energyhub.api.link.BrokerLink``, the ``ehub-api`` account, which reads
+the whole site) and keeps the newest measurement per device and the newest state per gateway; node flows are the
+sums of the grid meters under each node, limits are the contracts' for this quarter hour. A node whose meters are
+all silent has no flow (shown as unknown, not zero). Setpoint acknowledgements go to ``AckBook``.
 
 What is not a reading (a retained measurement, one dated well ahead of the data clock or before 2000) is ignored
-and counted by ``energyhub.wire.readings.MeasurementGate``, as control does.
+and counted by ``energyhub.wire.readings.MeasurementGate``, as control does. A retained acknowledgement is ignored
+too: a gateway never retains one, and one from the broker's store was not sent since the API started.
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiomqtt
 import numpy as np
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from energyhub.api.acks import AckBook
 from energyhub.domain.clock import Clock, clock_from_env
 from energyhub.domain.limits import LimitBook
 from energyhub.domain.network import Network
 from energyhub.domain.topology import Community, DeviceRole
-from energyhub.wire.messages import GatewayState, Measurement, MessageError, decode
+from energyhub.io.mqtt import IncomingMessage
+from energyhub.wire.messages import GatewayState, Measurement, MessageError, SetpointAck, decode
 from energyhub.wire.readings import MAX_AHEAD_S, MeasurementGate
+from energyhub.wire.roles import POWER_W
 from energyhub.wire.topics import TopicError, TopicKind, Topics
 
 __all__ = ["LiveView"]
@@ -46,6 +49,8 @@ class LiveView:
     received: int = 0
     clock: Clock = field(default_factory=clock_from_env)  # the limits in force are the data clock's
     max_ahead_s: float = MAX_AHEAD_S  # real seconds; on the data clock this times its speed
+    acks: AckBook = field(default_factory=AckBook)
+    retained_acks: int = 0  # ignored: see the module's docstring
 
     def __post_init__(self) -> None:
         self.gate = MeasurementGate(self.clock, self.max_ahead_s)
@@ -56,10 +61,27 @@ class LiveView:
             if device.role is DeviceRole.METER:
                 self.meters[(self.community.gateway_of(connection, device), device.id)] = index[connection.id]
 
+    def filters(self) -> list[tuple[str, int]]:
+        """What to subscribe to: readings and states at QoS 0 (the next one replaces a lost one), acks at QoS 1."""
+        return [
+            (self.topics.all_measurements(), 0),
+            (self.topics.all_states(), 0),
+            (self.topics.all_acks(), 1),
+        ]
+
+    def take_message(self, message: IncomingMessage) -> None:
+        self.take(message.topic, message.payload, retained=message.retained)
+
     def take(self, topic: str, payload: bytes, *, retained: bool = False) -> None:
         """One message off the broker; ``retained``: it came from the broker's store (MQTT's retain flag)."""
         try:
             info = self.topics.parse(topic)
+            if info.kind is TopicKind.ACK and info.gateway and info.device:
+                if retained:
+                    self.retained_acks += 1
+                else:
+                    self.acks.take(info.gateway, info.device, decode(SetpointAck, payload))
+                return  # not a flow: the live page need not redraw
             if info.kind is TopicKind.MEASUREMENT and info.gateway and info.device:
                 measurement = self.gate.admit(topic, payload, retained=retained)
                 if measurement is None:
@@ -94,7 +116,7 @@ class LiveView:
             found = self.latest.get(key)
             if found is None or mono - found[0] > self.stale_after_s:
                 continue
-            power = found[1].values.get("power_w")
+            power = found[1].values.get(POWER_W)
             if power is not None:
                 connection_kw[c] += power / 1000.0
                 known[c] = True
@@ -128,28 +150,3 @@ class LiveView:
                 }
             )
         return out
-
-    async def run(self, host: str, port: int, login: tuple[str | None, str | None]) -> None:
-        username, password = login
-        while True:
-            try:
-                async with aiomqtt.Client(
-                    host,
-                    port,
-                    username=username,
-                    password=password,
-                    identifier=None,
-                    protocol=aiomqtt.ProtocolVersion.V5,
-                ) as client:
-                    # Retain as published: a measurement published retained shows as such live too, not only
-                    # when the broker hands it out from its store.
-                    await client.subscribe(
-                        self.topics.all_measurements(),
-                        options=SubscribeOptions(qos=0, retainAsPublished=True),
-                    )
-                    await client.subscribe(self.topics.all_states(), qos=0)
-                    async for message in client.messages:
-                        self.take(str(message.topic), bytes(message.payload), retained=message.retain)
-            except aiomqtt.MqttError as exc:
-                log.warning("broker connection lost (%s); retrying", exc)
-                await asyncio.sleep(1.0)

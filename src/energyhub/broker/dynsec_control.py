@@ -14,25 +14,25 @@ and ``modifyRole`` disconnect no one. After each change the plugin saves its who
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import secrets
-import time
-from collections.abc import Mapping
+import threading
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import Any, TypeVar
 
 from energyhub.broker.dynsec import ANONYMOUS
+from energyhub.io.mqtt import MqttLink, MqttLinkError
 
 __all__ = ["BrokerState", "DynsecControl", "DynsecControlError", "plan_changes", "sync"]
 
 COMMAND_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = f"{COMMAND_TOPIC}/response"
 _QUERIES = ("getDefaultACLAccess", "listClients", "listRoles", "listGroups", "getAnonymousGroup")
+_T = TypeVar("_T")
 
 
 class DynsecControlError(RuntimeError):
@@ -40,40 +40,60 @@ class DynsecControlError(RuntimeError):
 
 
 class DynsecControl:
-    """A short-lived admin connection to one broker (paho without a network thread: served while waiting)."""
+    """A short-lived admin connection to one broker, through the project's one MQTT client.
+
+    Callers are synchronous (the command line, account changes made from a service or a test that may itself run
+    an event loop), so the connection lives on a private event loop in its own thread for the ``with`` block."""
 
     def __init__(self, host: str, port: int, *, username: str, password: str, timeout_s: float = 5.0) -> None:
         self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._paho = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{username}-{secrets.token_hex(4)}",
-            protocol=mqtt.MQTTv5,
-        )
-        self._paho.username_pw_set(username, password)
-        self._connack: ReasonCode | None = None
-        self._suback: list[ReasonCode] | None = None
-        self._closed: ReasonCode | None = None
+        self._login = (username, password)
+        self._client_id = f"{username}-{secrets.token_hex(4)}"
         self._responses: dict[str, dict[str, Any]] = {}
-        self._paho.on_connect = self._on_connect
-        self._paho.on_subscribe = self._on_subscribe
-        self._paho.on_message = self._on_message
-        self._paho.on_disconnect = self._on_disconnect
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._link: MqttLink | None = None
 
-    # -- paho callbacks -------------------------------------------------------------------------------------
-    def _on_connect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
-        self._connack = rc
+    @property
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
 
-    def _on_subscribe(
-        self, _c: mqtt.Client, _u: object, _mid: int, rcs: list[ReasonCode], _p: object
-    ) -> None:
-        self._suback = rcs
-
-    def _on_disconnect(self, _c: mqtt.Client, _u: object, _f: object, rc: ReasonCode, _p: object) -> None:
-        self._closed = rc
-
-    def _on_message(self, _c: mqtt.Client, _u: object, message: mqtt.MQTTMessage) -> None:
+    # -- the private loop -----------------------------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, _T], what: str) -> _T:
+        assert self._loop is not None
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            document = json.loads(message.payload)
+            return future.result(self.timeout_s + 1.0)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise DynsecControlError(
+                f"no {what} from the broker at {self.where} within {self.timeout_s:.0f} s"
+            ) from None
+
+    async def _open(self) -> None:
+        username, password = self._login
+        try:
+            self._link = await MqttLink.connect(
+                self.host,
+                self.port,
+                client_id=self._client_id,
+                username=username,
+                password=password,
+                keepalive_s=30,
+                timeout_s=self.timeout_s,
+            )
+        except MqttLinkError as exc:  # refused, unreachable, timed out, or the admin login refused
+            raise DynsecControlError(f"admin connection: {exc}") from None
+        (granted,) = await self._link.subscribe([(RESPONSE_TOPIC, 0)])
+        if granted >= 0x80:
+            raise DynsecControlError(
+                f"the broker at {self.where} does not let the admin account read {RESPONSE_TOPIC} "
+                f"(0x{granted:02x}): it does not run the dynamic-security plugin with our config"
+            )
+
+    def _take(self, payload: bytes) -> None:
+        try:
+            document = json.loads(payload)
         except ValueError:
             return
         responses = document.get("responses") if isinstance(document, dict) else None
@@ -81,49 +101,53 @@ class DynsecControl:
             if isinstance(response, dict) and isinstance(response.get("correlationData"), str):
                 self._responses[response["correlationData"]] = response
 
-    # -- connection -----------------------------------------------------------------------------------------
-    def _serve_until(self, done: Any, what: str) -> None:
-        deadline = time.monotonic() + self.timeout_s
-        while not done():
-            if self._closed is not None:
-                raise DynsecControlError(
-                    f"the broker at {self.where} closed the admin connection ({self._closed})"
-                )
-            if time.monotonic() > deadline:
-                raise DynsecControlError(
-                    f"no {what} from the broker at {self.where} within {self.timeout_s:.0f} s"
-                )
-            self._paho.loop(timeout=0.02)  # read and write what is pending, run the callbacks
-
-    @property
-    def where(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    def __enter__(self) -> DynsecControl:
+    async def _exchange(self, payload: bytes, ids: list[str]) -> None:
+        assert self._link is not None
         try:
-            self._paho.connect(self.host, self.port, keepalive=30)
-        except OSError as exc:  # refused, unreachable, or timed out
-            raise DynsecControlError(f"cannot reach the broker at {self.where}: {exc}") from None
-        self._serve_until(lambda: self._connack is not None, "CONNACK")
-        assert self._connack is not None
-        if self._connack.is_failure:
-            raise DynsecControlError(f"the broker at {self.where} refused the admin login: {self._connack}")
-        self._paho.subscribe(RESPONSE_TOPIC, qos=0)
-        self._serve_until(lambda: self._suback is not None, "SUBACK")
-        assert self._suback is not None
-        if self._suback[0].is_failure:
+            await self._link.publish(COMMAND_TOPIC, payload, qos=1)
+            async with asyncio.timeout(self.timeout_s):
+                while not all(i in self._responses for i in ids):
+                    self._take((await self._link.next_message()).payload)
+        except MqttLinkError as exc:
             raise DynsecControlError(
-                f"the broker at {self.where} does not let the admin account read {RESPONSE_TOPIC} "
-                f"({self._suback[0]}): it does not run the dynamic-security plugin with our config"
-            )
+                f"the broker at {self.where} closed the admin connection ({exc})"
+            ) from None
+        except TimeoutError:
+            raise DynsecControlError(
+                f"no answer to the dynsec commands from the broker at {self.where} within {self.timeout_s:.0f} s"
+            ) from None
+
+    # -- the API --------------------------------------------------------------------------------------------
+    def __enter__(self) -> DynsecControl:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="dynsec-admin", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._open(), "CONNACK")
+        except BaseException:
+            self._stop()
+            raise
         return self
 
     def __exit__(
         self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None
     ) -> None:
-        if self._closed is None:
-            self._paho.disconnect()
-            self._paho.loop(timeout=0.01)  # flush the DISCONNECT
+        self._stop()
+
+    def _stop(self) -> None:
+        link, loop = self._link, self._loop
+        if loop is None:
+            return
+        if link is not None:
+            try:
+                self._run(link.disconnect(), "goodbye")
+            except (DynsecControlError, MqttLinkError):
+                link.abort()
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(self.timeout_s)
+        loop.close()
+        self._loop = self._thread = self._link = None
 
     def execute(self, commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send ``commands`` in one message; return the plugin's responses in the same order."""
@@ -133,9 +157,8 @@ class DynsecControl:
         ids = [f"{token}-{n}" for n in range(len(commands))]
         payload = json.dumps(
             {"commands": [{**c, "correlationData": i} for c, i in zip(commands, ids, strict=True)]}
-        )
-        self._paho.publish(COMMAND_TOPIC, payload, qos=1)
-        self._serve_until(lambda: all(i in self._responses for i in ids), "answer to the dynsec commands")
+        ).encode()
+        self._run(self._exchange(payload, ids), "answer to the dynsec commands")
         return [self._responses.pop(i) for i in ids]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -14,7 +15,17 @@ from energyhub.api.cli import api_command
 from energyhub.broker.cli import app as broker_app
 from energyhub.control.cli import control_command, simulate_command
 from energyhub.dashboards.cli import app as dashboards_app
-from energyhub.domain.community import CommunityError, load_community, only_gateways, summarize
+from energyhub.domain.community import (
+    CommunityError,
+    ConfigIssue,
+    format_path,
+    line_of,
+    load_community,
+    only_gateways,
+    read_yaml,
+    summarize,
+)
+from energyhub.domain.topology import Community, Connection, Device, DeviceRole
 from energyhub.edge.cli import edge as edge_command
 from energyhub.ingest.cli import ingest as ingest_command
 from energyhub.planning.cli import plan_command, report_command, settle_command
@@ -71,13 +82,71 @@ def version() -> None:
 
 @community_app.command("check")
 def community_check(file: Annotated[Path, typer.Argument(help="Community YAML file.")]) -> None:
-    """Validate a community file: a summary when it is valid; otherwise every error, and exit code 1."""
+    """Validate a community file, and that every device's profile exists and serves the device's role: a summary
+    when it is valid; otherwise every error, and exit code 1."""
     try:
         community = load_community(file)
+        issues = _device_profile_issues(file, community)
     except CommunityError as exc:
         raise _fail(str(exc), 1) from None
+    if issues:
+        raise _fail(str(CommunityError(str(file), issues)), 1)
     typer.echo(f"{file}: valid")
     typer.echo(summarize(community).format())
+
+
+PathT = tuple[str | int, ...]
+
+
+def _device_paths(community: Community) -> Iterator[tuple[PathT, Connection, Device]]:
+    """Each device with its path in the community file (``loops[0].connections[2].devices[1]``)."""
+    for i, loop in enumerate(community.loops):
+        placed: list[tuple[PathT, list[Connection]]] = [
+            (("loops", i, "micro_groups", m), micro.connections) for m, micro in enumerate(loop.micro_groups)
+        ]
+        placed.append((("loops", i), loop.connections))
+        for parent, connections in placed:
+            for j, connection in enumerate(connections):
+                for k, device in enumerate(connection.devices):
+                    yield (*parent, "connections", j, "devices", k), connection, device
+
+
+def _profile_problem(device: Device) -> str | None:
+    """Why ``device``'s profile cannot serve it: it cannot be loaded (unknown, or refused by the profile loader),
+    or it does not serve the device's role; None when it can."""
+    from energyhub.edge.profile import SUNSPEC, ProfileError, load_profile
+    from energyhub.edge.sunspec import SUNSPEC_ROLES
+
+    roles: tuple[DeviceRole, ...] = SUNSPEC_ROLES
+    if device.profile != SUNSPEC:
+        try:
+            roles = load_profile(device.profile).roles
+        except ProfileError as exc:
+            found = "; ".join(i.format(exc.file) if i.line or i.path else i.message for i in exc.issues)
+            return f"profile {device.profile!r} cannot be used: {found}"
+    if device.role in roles:
+        return None
+    return (
+        f"has role {device.role.value!r}, but profile {device.profile!r} serves "
+        f"{', '.join(role.value for role in roles)}: give it a profile that serves {device.role.value!r}, "
+        "or correct the role"
+    )
+
+
+def _device_profile_issues(file: Path, community: Community) -> list[ConfigIssue]:
+    """Every device whose profile cannot serve it, on the line of its ``profile:``. Checked here, not in
+    ``load_community``: the domain does not know the edge's profiles."""
+    _doc, lines, _duplicates = read_yaml(
+        file.read_text(encoding="utf-8"), file=str(file), error=CommunityError
+    )
+    issues = []
+    for path, connection, device in _device_paths(community):
+        problem = _profile_problem(device)
+        if problem is not None:
+            where = (*path, "profile")
+            message = f"device {device.id!r} of connection {connection.id!r}: {problem}"
+            issues.append(ConfigIssue(line_of(where, lines), format_path(where), message))
+    return issues
 
 
 @community_app.command("schema")
@@ -86,8 +155,6 @@ def community_schema(
 ) -> None:
     """Print the JSON schema of community files (for editors that validate YAML as you type)."""
     import json
-
-    from energyhub.domain.topology import Community
 
     text = json.dumps(Community.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
     if out is None:

@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from energyhub.control.registry import DEFAULT_POLICY, POLICIES, online_policies
 from energyhub.runtime.connection import connection_flags
+
+if TYPE_CHECKING:
+    from energyhub.control.simulate import SimulationResult
+    from energyhub.domain.network import Network
 
 __all__ = ["control_command", "simulate_command"]
 
@@ -42,7 +47,7 @@ def simulate_command(
     from_: Annotated[str, typer.Option("--from", help="Start, ISO date or date-time (UTC).")],
     to: Annotated[str, typer.Option(help="End (exclusive), ISO date or date-time (UTC).")],
     out: Annotated[Path, typer.Option(help="Folder for nodes.csv and summary.json.")],
-    policy: Annotated[str, typer.Option(help="greedy, mpc or oracle.")] = "mpc",
+    policy: Annotated[str, typer.Option(help=f"{', '.join(POLICIES)}.")] = DEFAULT_POLICY,
     inputs: Annotated[
         Path | None,
         typer.Option(
@@ -71,22 +76,16 @@ def simulate_command(
     from energyhub.control.forecast import read_clearness
     from energyhub.control.inputs import InputError, Inputs
     from energyhub.control.limits import LimitTable
-    from energyhub.control.oracle import oracle
-    from energyhub.control.shortfall import explain
-    from energyhub.control.simulate import (
-        SHARE_KEYS,
-        ShareKeyError,
-        make_policy,
-        share_key,
-        simulate,
-        write_outputs,
-    )
+    from energyhub.control.registry import OfflineRun, UnknownPolicy, policy_spec
+    from energyhub.control.simulate import SHARE_KEYS, ShareKeyError, share_key, write_outputs
     from energyhub.domain.community import CommunityError, load_community
     from energyhub.domain.network import Network
 
     start, end = _date(from_, "--from"), _date(to, "--to")
-    if policy not in ("greedy", "mpc", "oracle"):
-        raise typer.BadParameter(f"--policy {policy!r}: greedy, mpc or oracle")
+    try:
+        spec = policy_spec(policy)
+    except UnknownPolicy as exc:
+        raise typer.BadParameter(f"--policy: {exc}") from None
     if key not in SHARE_KEYS:
         raise typer.BadParameter(f"--key {key!r}: one of {', '.join(SHARE_KEYS)}")
     try:
@@ -126,57 +125,50 @@ def simulate_command(
         TimeRemainingColumn(),
     )
     with Progress(*columns, transient=True) as bar:
-        if policy == "oracle":
-            task = bar.add_task(policy, total=None)
-            result = oracle(network, data, limits, margin=margin, key=key, priority=weights)
-        else:
-            task = bar.add_task(policy, total=data.isps)
-            result = simulate(
-                network,
-                data,
-                limits,
-                make_policy(policy, network, weather=weather),
-                margin=margin,
-                key=key,
-                priority=weights,
-                progress=lambda n: bar.advance(task, n),
-            )
-    write_outputs(out, network, data, limits, result)
-    summary = result.summary()
-    typer.echo(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in (
-                    "policy",
-                    "violations",
-                    "violation_kwh",
-                    "curtailed_kwh",
-                    "ev_undelivered_kwh",
-                    "self_consumption_pct",
-                    "battery_throughput_kwh",
-                    "infeasible_isps",
-                    "runtime_s",
-                )
-            },
-            indent=2,
+        # A whole-period policy has no steps to show while it solves: an open-ended bar.
+        task = bar.add_task(policy, total=None if spec.whole_period else data.isps)
+        run = OfflineRun(
+            margin=margin, key=key, priority=weights, weather=weather, progress=lambda n: bar.advance(task, n)
         )
-    )
-    episodes = explain(result.shortfalls, network.node_ids, data.isp_starts)
+        result = spec.run(network, data, limits, run)
+    write_outputs(out, network, data, limits, result)
+    _report(result, network, data.isp_starts)
+    typer.echo(f"wrote {out / 'nodes.csv'} and {out / 'summary.json'}")
+
+
+SUMMARY_SHOWN = (
+    "policy",
+    "violations",
+    "violation_kwh",
+    "curtailed_kwh",
+    "ev_undelivered_kwh",
+    "self_consumption_pct",
+    "battery_throughput_kwh",
+    "infeasible_isps",
+    "runtime_s",
+)
+
+
+def _report(result: SimulationResult, network: Network, isp_starts: list[datetime]) -> None:
+    """The run's main figures, and the first limits it could not keep with what would have kept them."""
+    from energyhub.control.shortfall import explain
+
+    summary = result.summary()
+    typer.echo(json.dumps({k: summary[k] for k in SUMMARY_SHOWN}, indent=2))
+    episodes = explain(result.shortfalls, network.node_ids, isp_starts)
     for episode in episodes[:5]:
         typer.echo(f"could not keep: {episode.text()}")
     if len(episodes) > 5:
         typer.echo(f"... and {len(episodes) - 5} more in summary.json (shortfalls)")
-    typer.echo(f"wrote {out / 'nodes.csv'} and {out / 'summary.json'}")
 
 
 @connection_flags
 def control_command(
     config: Annotated[
-        Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/control/online.py`).")
+        Path | None, typer.Option(help="Settings YAML (keys as in `src/energyhub/control/settings.py`).")
     ] = None,
     community: Annotated[Path | None, typer.Option(help="Community YAML file.")] = None,
-    policy: Annotated[str | None, typer.Option(help="mpc or greedy.")] = None,
+    policy: Annotated[str | None, typer.Option(help=f"{' or '.join(online_policies())}.")] = None,
     cycle_s: Annotated[float | None, typer.Option(help="Seconds per control cycle.")] = None,
     mqtt_keepalive_s: Annotated[
         int | None,

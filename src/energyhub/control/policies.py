@@ -226,6 +226,7 @@ class Mpc:
             if size[n] > 1 and n != self.hub and not (network.incidence[n] * self._steered).any()
         ]
         self._lp: LinearProgram | None = None
+        self._slots = 1  # cars planned per charger at once; more when more are plugged in (then rebuilt)
         self._forecaster: Forecaster | None = None
         self._forecast_times: list[datetime] | None = None
 
@@ -274,7 +275,9 @@ class Mpc:
         dt, dt_e = ISP_H * self.lengths, ISP_H * self.ev_lengths  # hours per step
         step_of = np.repeat(np.arange(h), self.lengths)  # H: the battery step each quarter hour lies in
         ev_step_of = np.repeat(np.arange(h_e), self.ev_lengths)
-        n_b, n_e, n_n = len(self.batteries), len(self.chargers), len(self.nodes)
+        # A car's columns per plugged-in session: ``self._slots`` per charger (car e at charger e % chargers), so
+        # each car is planned with its own energy and departure.
+        n_b, n_e, n_n = len(self.batteries), self._slots * len(self.chargers), len(self.nodes)
         k = np.arange(h)[:, None]
         ch = k * 3 * n_b + np.arange(n_b)[None, :]  # h x n_b column indices
         dis, soc = ch + n_b, ch + 2 * n_b
@@ -291,7 +294,9 @@ class Mpc:
         undelivered = 3 * n_b * h + n_e * h_e + H + 2 * n_n * H + np.arange(n_e)
         # The chargers' kW per connection and quarter hour: node rows see one column per charging connection, not
         # one per charger (a plaza of 18 chargers was most of the program's entries).
-        charger_connections = np.array([c.connection for c in self.chargers], dtype=np.int64)
+        charger_connections = np.tile(
+            np.array([c.connection for c in self.chargers], dtype=np.int64), self._slots
+        )
         sites = np.unique(charger_connections)
         site_of = np.searchsorted(sites, charger_connections)
         first_site = 3 * n_b * h + n_e * h_e + H + 2 * n_n * H + n_e
@@ -416,6 +421,10 @@ class Mpc:
         n_sessions = len(step.d.session_connection)
         if not self.batteries and not self.chargers:
             return np.zeros(0), step.d.session_max_kwh.copy()
+        sessions = step.sessions
+        car = np.zeros(0, np.int64)
+        if sessions is not None and len(sessions.charger) and self.chargers:
+            car = self._cars(sessions.charger)
         if self._lp is None:
             self._build()
         assert self._lp is not None
@@ -429,7 +438,7 @@ class Mpc:
         imp = np.minimum.reduceat(step.imp_plan[np.ix_(self._same, ahead)], self._same_starts, axis=0)
         exp = np.minimum.reduceat(step.exp_plan[np.ix_(self._same, ahead)], self._same_starts, axis=0)
         lower = np.full(self._rows, -np.inf)
-        n_e = len(self.chargers)
+        n_e = self._slots * len(self.chargers)
         hub_flow = node_flow[self._hub_pos]
         upper = np.concatenate(
             [
@@ -449,12 +458,11 @@ class Mpc:
         # Only these columns' bounds change from plan to plan: PV that can be curtailed, what a car can take.
         curtailable = (below @ pv_high).T
         room = np.zeros((n_e, h))
-        sessions = step.sessions
-        if sessions is not None and n_e:
+        if sessions is not None and len(car):
             wanted = np.zeros(n_e)
-            np.add.at(wanted, sessions.charger, sessions.remaining_kwh)
+            wanted[car] = sessions.remaining_kwh
             lower[self._session_rows] = upper[self._session_rows] = wanted
-            np.add.at(room, sessions.charger, sessions.available_kwh[:, :h])
+            room[car] = sessions.available_kwh[:, :h]
         else:
             lower[self._session_rows] = upper[self._session_rows] = 0.0
         col_upper = np.concatenate(
@@ -468,14 +476,28 @@ class Mpc:
         battery: Array = x[ch] - x[dis]
         if sessions is None or not n_sessions:
             return battery, step.d.session_max_kwh.copy()
-        # A charger's kWh of the first step, for the session plugged in there now (two in one quarter hour, one
-        # leaving and one arriving, share it by what each can take).
-        first = sessions.available_kwh[:, 0]
-        share = np.zeros(n_e)
-        np.add.at(share, sessions.charger, first)
-        part = np.divide(first, share[sessions.charger], out=np.zeros(n_sessions), where=first > 0)
-        target: Array = x[self._ev[0]][sessions.charger] * part
+        # Each car's kWh of the first step: its own column, planned with its own energy and departure.
+        target: Array = x[self._ev[0]][car]
         return battery, np.minimum(target, step.d.session_max_kwh)
+
+    def _cars(self, charger: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Each present session's car columns: the n-th session at a charger takes that charger's n-th slot.
+        Planning a charger's sessions as one (their energy summed, their room summed) let the plan deliver a car's
+        energy after it had left, in the room of the car beside it, and split the charger's kWh between the two by
+        what each could take, not by what each still needed before leaving: the car leaving first went short, and
+        a finished car took half of every plan for the other one. More sessions at a charger than slots: the
+        program is built again with more."""
+        n_c = len(self.chargers)
+        order = np.argsort(charger, kind="stable")
+        ranked = charger[order]
+        rank = np.empty(len(charger), np.int64)
+        rank[order] = np.arange(len(charger)) - np.searchsorted(ranked, ranked)
+        needed = int(rank.max()) + 1
+        if needed > self._slots:
+            self._slots = needed
+            self._lp = None
+        cars: npt.NDArray[np.int64] = rank * n_c + charger
+        return cars
 
     def decide(self, step: Step) -> DispatchResult:
         battery, sessions = self.plan(step)

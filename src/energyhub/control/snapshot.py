@@ -19,11 +19,23 @@ from energyhub.control.isp_energy import IspEnergy
 from energyhub.domain.network import Network
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.wire.messages import Measurement, Quality
+from energyhub.wire.roles import (
+    APPLIED_CURRENT_A,
+    ENERGY_EXPORT_WH,
+    ENERGY_IMPORT_WH,
+    MODE3_STATE,
+    POWER_LIMIT_ENABLED,
+    POWER_LIMIT_PCT,
+    POWER_W,
+    SOC_PCT,
+)
 
 __all__ = ["DeviceRef", "LiveState", "Snapshot"]
 
 Array = npt.NDArray[np.float64]
 VEHICLE_SLACK_KW = 1.0  # a vehicle drawing this much less than offered is taking what it can
+# Optional values that wire/roles.py does not declare (yet): the SunSpec inverter's limit switch (WMaxLim_Ena)
+# and a charger's IEC 61851 state as a number (A = 0, B1 = 1 ... F).
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +59,23 @@ class Snapshot:
     battery_soc_kwh: Array
     grid_kw: Array  # per connection, as the meter says (worst case where it says nothing)
     stale: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Frame:
+    """A snapshot while it is being read, device by device."""
+
+    grid: Array
+    pv_out: Array
+    pv_avail: Array
+    battery: Array
+    soc: Array
+    charger: Array
+    connected: npt.NDArray[np.bool_]
+    charger_max: Array
+    stale: list[str] = field(default_factory=list)
+    limited: list[tuple[int, float, float]] = field(default_factory=list)  # (connection, output, rating)
+    free_yield: list[float] = field(default_factory=list)  # per unlimited inverter: output per kW of rating
 
 
 @dataclass
@@ -82,8 +111,8 @@ class LiveState:
         self.latest[(gateway, device)] = (time.monotonic(), message)
         connection = self.grid_meters.get((gateway, device))
         if connection is not None and message.quality is not Quality.BAD:
-            imported = message.values.get("energy_import_wh")
-            exported = message.values.get("energy_export_wh")
+            imported = message.values.get(ENERGY_IMPORT_WH)
+            exported = message.values.get(ENERGY_EXPORT_WH)
             if imported is not None and exported is not None:
                 self.energy.count(connection, message.ts.timestamp(), imported, exported)
 
@@ -94,79 +123,101 @@ class LiveState:
         value = found[1].values.get(name)
         return value if value is not None and math.isfinite(value) else None
 
-    def snapshot(self) -> Snapshot:
-        now = time.monotonic()
+    def snapshot(self, now: float | None = None) -> Snapshot:
+        """The arrays of this cycle; ``now`` (monotonic seconds, now by default) tells what is stale."""
+        now = time.monotonic() if now is None else now
         net = self.network
         n_c = len(net.connection_ids)
-        grid = np.full(n_c, np.nan)
-        pv_out = np.zeros(n_c)
-        pv_avail = np.zeros(n_c)
-        battery = np.zeros(len(net.batteries))
-        soc = np.array([b.capacity_kwh / 2 for b in net.batteries])
-        charger = np.zeros(len(net.chargers))
-        connected = np.zeros(len(net.chargers), bool)
-        charger_max = np.array([c.power_kw for c in net.chargers], dtype=float)
-        stale: list[str] = []
-        limited: list[tuple[int, float, float, float]] = []  # (connection, output, rating, limit fraction)
-        free_yield: list[float] = []
+        frame = _Frame(
+            grid=np.full(n_c, np.nan),
+            pv_out=np.zeros(n_c),
+            pv_avail=np.zeros(n_c),
+            battery=np.zeros(len(net.batteries)),
+            soc=np.array([b.capacity_kwh / 2 for b in net.batteries]),
+            charger=np.zeros(len(net.chargers)),
+            connected=np.zeros(len(net.chargers), bool),
+            charger_max=np.array([c.power_kw for c in net.chargers], dtype=float),
+        )
         for ref in self.devices:
-            key = f"{self.community_connection(ref)}/{ref.device}"
             if ref.role is DeviceRole.METER:
-                value = self._value(ref, "power_w", now)
-                if value is None:
-                    stale.append(f"{ref.gateway}/{ref.device}")
-                else:
-                    grid[ref.connection] = value / 1000.0
+                self._meter(ref, now, frame)
             elif ref.role is DeviceRole.PV:
-                value = self._value(ref, "power_w", now)
-                if value is None:
-                    stale.append(f"{ref.gateway}/{ref.device}")
-                    pv_avail[ref.connection] += ref.rating_kw  # worst case for feed-in: all of it
-                    continue
-                produced = max(-value / 1000.0, 0.0)
-                pv_out[ref.connection] += produced
-                limit = self._value(ref, "power_limit_pct", now)
-                enabled = self._value(ref, "power_limit_enabled", now)
-                # A limit of 0 % is a limit (the least-harm answer when nothing else keeps the hub's zero feed-in),
-                # not a missing value: read as "unlimited", the inverter's 0 kW once made control lift it to 100 %.
-                fraction = (100.0 if limit is None else limit) / 100.0 if enabled else 1.0
-                if fraction < 0.999 and produced >= 0.98 * fraction * ref.rating_kw:
-                    limited.append((ref.connection, produced, ref.rating_kw, fraction))
-                else:
-                    pv_avail[ref.connection] += produced
-                    if ref.rating_kw > 0:
-                        free_yield.append(produced / ref.rating_kw)
+                self._pv(ref, now, frame)
             elif ref.role is DeviceRole.BATTERY:
-                b = self.battery_index.get(key)
-                value = self._value(ref, "power_w", now)
-                if b is not None and value is not None:
-                    battery[b] = value / 1000.0
-                    level = self._value(ref, "soc_pct", now)
-                    if level is not None:
-                        soc[b] = net.batteries[b].capacity_kwh * level / 100.0
+                self._battery(ref, now, frame)
             elif ref.role is DeviceRole.EV:
-                c = self.charger_index.get(key)
-                value = self._value(ref, "power_w", now)
-                state = self._value(ref, "mode3_state", now)
-                if c is not None and value is not None:
-                    charger[c] = value / 1000.0
-                    connected[c] = state is not None and 1 <= state <= 6  # B1 to D2: a vehicle is plugged in
-                    offered = self._value(ref, "applied_current_a", now)
-                    charger_max[c] = self._vehicle_max(c, charger[c], offered, state, charger_max[c])
+                self._charger(ref, now, frame)
         # A limited inverter hides what the sun offers: take the best yield per kW of the free ones, at least
         # what it gives now and at most its rating.
-        best = max(free_yield, default=1.0)
-        for connection, produced, rating, _fraction in limited:
-            pv_avail[connection] += min(rating, max(produced, best * rating))
+        best = max(frame.free_yield, default=1.0)
+        for connection, produced, rating in frame.limited:
+            frame.pv_avail[connection] += min(rating, max(produced, best * rating))
         # Missing meter: no load to count on (worst case for feed-in).
-        flex = np.bincount([b.connection for b in net.batteries], battery, minlength=n_c) + np.bincount(
-            [c.connection for c in net.chargers], charger, minlength=n_c
+        flex = np.bincount([b.connection for b in net.batteries], frame.battery, minlength=n_c) + np.bincount(
+            [c.connection for c in net.chargers], frame.charger, minlength=n_c
         )
-        grid_known = np.where(np.isnan(grid), -pv_out + flex, grid)
-        load = np.maximum(grid_known + pv_out - flex, 0.0)
+        grid_known = np.where(np.isnan(frame.grid), -frame.pv_out + flex, frame.grid)
+        load = np.maximum(grid_known + frame.pv_out - flex, 0.0)
         return Snapshot(
-            load, pv_avail, pv_out, battery, charger, connected, charger_max, soc, grid_known, stale
+            load,
+            frame.pv_avail,
+            frame.pv_out,
+            frame.battery,
+            frame.charger,
+            frame.connected,
+            frame.charger_max,
+            frame.soc,
+            grid_known,
+            frame.stale,
         )
+
+    def _meter(self, ref: DeviceRef, now: float, frame: _Frame) -> None:
+        value = self._value(ref, POWER_W, now)
+        if value is None:
+            frame.stale.append(f"{ref.gateway}/{ref.device}")
+        else:
+            frame.grid[ref.connection] = value / 1000.0
+
+    def _pv(self, ref: DeviceRef, now: float, frame: _Frame) -> None:
+        value = self._value(ref, POWER_W, now)
+        if value is None:
+            frame.stale.append(f"{ref.gateway}/{ref.device}")
+            frame.pv_avail[ref.connection] += ref.rating_kw  # worst case for feed-in: all of it
+            return
+        produced = max(-value / 1000.0, 0.0)
+        frame.pv_out[ref.connection] += produced
+        limit = self._value(ref, POWER_LIMIT_PCT, now)
+        enabled = self._value(ref, POWER_LIMIT_ENABLED, now)
+        # A limit of 0 % is a limit (the least-harm answer when nothing else keeps the hub's zero feed-in),
+        # not a missing value: read as "unlimited", the inverter's 0 kW once made control lift it to 100 %.
+        fraction = (100.0 if limit is None else limit) / 100.0 if enabled else 1.0
+        if fraction < 0.999 and produced >= 0.98 * fraction * ref.rating_kw:
+            frame.limited.append((ref.connection, produced, ref.rating_kw))
+        else:
+            frame.pv_avail[ref.connection] += produced
+            if ref.rating_kw > 0:
+                frame.free_yield.append(produced / ref.rating_kw)
+
+    def _battery(self, ref: DeviceRef, now: float, frame: _Frame) -> None:
+        b = self.battery_index.get(f"{self.community_connection(ref)}/{ref.device}")
+        value = self._value(ref, POWER_W, now)
+        if b is not None and value is not None:
+            frame.battery[b] = value / 1000.0
+            level = self._value(ref, SOC_PCT, now)
+            if level is not None:
+                frame.soc[b] = self.network.batteries[b].capacity_kwh * level / 100.0
+
+    def _charger(self, ref: DeviceRef, now: float, frame: _Frame) -> None:
+        c = self.charger_index.get(f"{self.community_connection(ref)}/{ref.device}")
+        value = self._value(ref, POWER_W, now)
+        state = self._value(ref, MODE3_STATE, now)
+        if c is not None and value is not None:
+            frame.charger[c] = value / 1000.0
+            frame.connected[c] = state is not None and 1 <= state <= 6  # B1 to D2: a vehicle is plugged in
+            offered = self._value(ref, APPLIED_CURRENT_A, now)
+            frame.charger_max[c] = self._vehicle_max(
+                c, frame.charger[c], offered, state, frame.charger_max[c]
+            )
 
     def _vehicle_max(
         self, charger: int, taking_kw: float, offered_a: float | None, state: float | None, rating_kw: float

@@ -3,7 +3,7 @@
 Every panel queries what the ingest and control write (see docs/ingest.md and docs/control.md) with InfluxQL, so
 the same JSON works on InfluxDB 1.x, and on 2.x and 3.x through their v1 compatibility (DBRP mapping). Target:
 Grafana 11.6 (grafana-foundation-sdk 11.6, pinned). ``energyhub dashboards generate`` writes them to
-``dashboards/json``; a test fails when the committed JSON is not what this module makes.
+``src/energyhub/dashboards/json``; a test fails when the committed JSON is not what this module makes.
 """
 
 from __future__ import annotations

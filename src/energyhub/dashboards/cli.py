@@ -12,7 +12,9 @@ app = typer.Typer(help="Grafana dashboards as code.", no_args_is_help=True)
 
 @app.command()
 def generate(
-    out: Annotated[Path | None, typer.Option(help="Folder for the JSON (default: dashboards/json).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the JSON (default: src/energyhub/dashboards/json).")
+    ] = None,
 ) -> None:
     """Write every dashboard's JSON."""
     from energyhub.dashboards.build import JSON_DIR, write_all
@@ -24,7 +26,7 @@ def generate(
 @app.command()
 def check(
     folder: Annotated[
-        Path | None, typer.Option(help="Folder of the JSON (default: dashboards/json).")
+        Path | None, typer.Option(help="Folder of the JSON (default: src/energyhub/dashboards/json).")
     ] = None,
 ) -> None:
     """Exit 1 when a JSON file is missing or not what the code makes (run `energyhub dashboards generate`)."""

@@ -22,7 +22,6 @@ import gc
 import itertools
 import json
 import logging
-import random
 import sqlite3
 import ssl
 import time
@@ -38,7 +37,8 @@ from energyhub.edge.poller import Bus, DevicePoller, PollResult
 from energyhub.edge.profile import DeviceProfile, load_profile
 from energyhub.edge.setpoints import DeviceControl
 from energyhub.edge.sunspec import discover_profile
-from energyhub.io.mqtt import MqttLink, MqttLinkError, Will
+from energyhub.io.mqtt import MqttLink, Will
+from energyhub.runtime.connection import keep_connected
 from energyhub.wire.messages import (
     ControllerHeartbeat,
     DeliveryConfirmation,
@@ -289,47 +289,32 @@ class Agent:
         return encode(measurement.model_copy(update={"replay": True}))
 
     async def publish_loop(self) -> None:
-        backoff = 0.5
-        down_since: float | None = None
-        while True:
-            link: MqttLink | None = None
-            try:
-                link = await self._connect()
-                # Subscribed before the birth, so no confirmation of what the ingest stores next is missed.
-                granted = await link.subscribe(
-                    [
-                        (self.topics.setpoints_for(self.config.gateway), 1),
-                        (self.topics.heartbeat(), 1),
-                        (self.topics.confirm(self.config.gateway), 1),
-                    ]
-                )
-                if any(code >= 0x80 for code in granted):
-                    log.error(
-                        "the broker refused our setpoint, heartbeat or confirmation subscription (codes %s)",
-                        granted,
-                    )
-                await link.publish(
-                    self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True
-                )
-                if down_since is not None:
-                    log.info("broker connection back after %.0f s", time.monotonic() - down_since)
-                down_since, backoff = None, 0.5
-                self.connected.set()
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self._send(link), name="send")
-                    group.create_task(self._receive(link), name="receive")
-            except* MqttLinkError as group:
-                exc = group.exceptions[0]
-                self.connected.clear()
-                self._flush_deletes()
-                if down_since is None:
-                    down_since = time.monotonic()
-                    log.warning("broker connection lost or refused (%s); buffering on disk, retrying", exc)
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
-                backoff = min(backoff * 2, 30.0)
-            finally:
-                if link is not None:
-                    link.abort()
+        await keep_connected(
+            self._connect,
+            self._serve,
+            what=f"gateway {self.config.gateway} (buffering on disk)",
+            ready=self.connected,
+            on_lost=lambda _exc: self._flush_deletes(),
+        )
+
+    async def _serve(self, link: MqttLink) -> None:
+        # Subscribed before the birth, so no confirmation of what the ingest stores next is missed.
+        granted = await link.subscribe(
+            [
+                (self.topics.setpoints_for(self.config.gateway), 1),
+                (self.topics.heartbeat(), 1),
+                (self.topics.confirm(self.config.gateway), 1),
+            ]
+        )
+        if any(code >= 0x80 for code in granted):
+            log.error(
+                "the broker refused our setpoint, heartbeat or confirmation subscription (codes %s)", granted
+            )
+        await link.publish(self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True)
+        self.connected.set()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._send(link), name="send")
+            group.create_task(self._receive(link), name="receive")
 
     def _flush_deletes(self) -> None:
         """Delete what is confirmed stored (or refused for good): batched, since each delete is a synchronous disk
@@ -394,8 +379,11 @@ class Agent:
             batch = self.buffer.peek(limit, after_id=sent_up_to)
             if not batch:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for drops a cancel that comes as the event is
+                # set (failsafe sets it), and the agent would then never stop.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                    async with asyncio.timeout(1.0):
+                        await self._wake.wait()
                 continue
             sent = link.publish_batch(
                 [
@@ -476,6 +464,10 @@ class Agent:
             return SetpointAck(
                 id=setpoint_id, status=SetpointStatus.REJECTED, ts=self.clock.now(), reason=str(exc)[:200]
             )
+        ack = await self._answer(device, setpoint)
+        return ack.model_copy(update={"name": setpoint.name, "value": setpoint.value})
+
+    async def _answer(self, device: str, setpoint: Setpoint) -> SetpointAck:
         if self.failsafe:
             # Control is lost: whatever sent this is not the controller whose heartbeat keeps the limits.
             return SetpointAck(

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S
+from energyhub.wire.roles import ROLES
 
 __all__ = ["SAFE_MODES", "gateway_config"]
 
-# What each kind of device falls back to when control is gone: the hub takes no feed-in, so PV is held low,
-# batteries rest, chargers go to their minimum. Override per device in the written file.
+# What each kind of device falls back to when control is gone, as wire/roles.py declares it (PV held low,
+# batteries at rest, chargers at their minimum). Override per device in the written file.
 # By role, not by profile: a PV inverter found by SunSpec discovery (`profile: sunspec`) needs its safe mode too.
-SAFE_MODES: dict[DeviceRole, dict[str, float]] = {
-    DeviceRole.PV: {"active_power_limit_pct": 30.0},
-    DeviceRole.BATTERY: {"charge_rate_pct": 0.0, "discharge_rate_pct": 0.0},
-    DeviceRole.EV: {"max_current_a": 6.0},
-}
+SAFE_MODES: Final[Mapping[DeviceRole, Mapping[str, float]]] = MappingProxyType(
+    {role: spec.failsafe for role, spec in ROLES.items() if spec.failsafe}
+)
 
 
 def gateway_config(

@@ -7,15 +7,15 @@ input does), so one poll of a meter is one or two requests rather than one per v
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from energyhub.edge.profile import DeviceProfile, RegisterType, ValueSpec
+from energyhub.wire.registers import CODECS, RegisterCodec, WordOrder, decode_string, pack_words
 
 __all__ = ["BlockDecoder", "ReadBlock", "decode_values", "plan_reads"]
 
-_FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
+_SF = CODECS[RegisterType.INT16]
 
 
 @dataclass(frozen=True)
@@ -51,17 +51,6 @@ def plan_reads(profile: DeviceProfile, *, include_slow: bool = True) -> list[Rea
     return blocks
 
 
-_WORDS: dict[int, struct.Struct] = {}
-_SF = struct.Struct(">h")
-
-
-def _pack_words(words: Sequence[int]) -> bytes:
-    packer = _WORDS.get(len(words))
-    if packer is None:
-        packer = _WORDS[len(words)] = struct.Struct(f">{len(words)}H")
-    return packer.pack(*words)
-
-
 @dataclass(frozen=True, slots=True)
 class _Slot:
     """Where one value sits in the blocks of a plan, and how it turns into a number: worked out once."""
@@ -70,8 +59,8 @@ class _Slot:
     block: int
     word: int  # offset in the block, in registers
     registers: int
-    fmt: struct.Struct | None  # None for a string
-    little: bool  # word order reversed
+    codec: RegisterCodec | None  # None for a string
+    word_order: WordOrder
     not_implemented: frozenset[float]
     factor: float
     sf: tuple[int, int] | None  # (block, word) of the SunSpec scale factor
@@ -96,17 +85,14 @@ class BlockDecoder:
             sf = None
             if spec.sf_address is not None:
                 sf = self._locate(spec.function, spec.sf_address, 1) or (-1, 0)
-            word_order = spec.word_order or profile.word_order
             self._slots.append(
                 _Slot(
                     name=spec.name,
                     block=where[0],
                     word=where[1],
                     registers=spec.registers,
-                    fmt=None
-                    if spec.type is RegisterType.STRING
-                    else struct.Struct(_FORMATS[spec.type.value]),
-                    little=word_order == "little" and spec.registers > 1,
+                    codec=CODECS.get(spec.type),
+                    word_order=spec.order(profile.word_order),
                     not_implemented=frozenset(spec.not_implemented),
                     factor=spec.scale * spec.sign,
                     sf=sf,
@@ -130,34 +116,26 @@ class BlockDecoder:
 
     def decode(self, words: Sequence[Sequence[int] | None]) -> dict[str, float | None]:
         """``words[i]`` holds the registers read for block ``i``, or None when that read failed."""
-        data = [None if w is None else _pack_words(w) for w in words]
+        data = [None if w is None else pack_words(w) for w in words]
         values: dict[str, float | None] = {}
         for slot in self._slots:
             raw_bytes = data[slot.block]
             if raw_bytes is None:
                 values[slot.name] = None
                 continue
-            if slot.little:
-                block_words = words[slot.block]
-                assert block_words is not None
-                raw_bytes = _pack_words(block_words[slot.word : slot.word + slot.registers][::-1])
-                offset = 0
-            else:
-                offset = 2 * slot.word
-            if slot.fmt is None:
-                text = (
-                    raw_bytes[offset : offset + 2 * slot.registers].rstrip(b"\0").decode("ascii", "replace")
-                )
-                values[slot.name] = (slot.codes or {}).get(text.strip())  # an unknown text is no value
+            offset = 2 * slot.word
+            if slot.codec is None:
+                text = decode_string(raw_bytes[offset : offset + 2 * slot.registers])
+                values[slot.name] = (slot.codes or {}).get(text)  # an unknown text is no value
                 continue
-            raw = slot.fmt.unpack_from(raw_bytes, offset)[0]
+            raw = slot.codec.unpack_from(raw_bytes, offset, slot.word_order)
             if raw in slot.not_implemented or (isinstance(raw, float) and not math.isfinite(raw)):
                 values[slot.name] = None
                 continue
             factor = slot.factor
             if slot.sf is not None:
                 sf_bytes = data[slot.sf[0]] if slot.sf[0] >= 0 else None
-                sf = None if sf_bytes is None else _SF.unpack_from(sf_bytes, 2 * slot.sf[1])[0]
+                sf = None if sf_bytes is None else _SF.unpack_from(sf_bytes, 2 * slot.sf[1])
                 # Not implemented (0x8000) or garbage: no value, rather than a huge one.
                 if sf is None or not -10 <= sf <= 10:
                     values[slot.name] = None

@@ -9,39 +9,30 @@ mode, on the device itself, whatever the network does.
 from __future__ import annotations
 
 import logging
-import struct
 from dataclasses import dataclass, field
 
 from energyhub.domain.clock import Clock
 from energyhub.edge.config import DeviceConfig
 from energyhub.edge.poller import Bus
-from energyhub.edge.profile import DeviceProfile, RegisterType, SetpointSpec
+from energyhub.edge.profile import DeviceProfile, SetpointSpec
 from energyhub.edge.register_map import ReadBlock
 from energyhub.wire.messages import Setpoint, SetpointAck, SetpointStatus
+from energyhub.wire.registers import WordOrder, codec
 
-__all__ = ["DeviceControl", "encode_words"]
+__all__ = ["DeviceControl", "decode_words", "encode_words"]
 
 log = logging.getLogger(__name__)
-_PACK = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "float32": ">f", "float64": ">d"}
 
 
-def encode_words(spec: SetpointSpec, value: float) -> list[int]:
-    """Registers for ``value`` in real units (raw = value / scale), big-endian words."""
-    raw: float | int = value / spec.scale
-    if spec.type is RegisterType.STRING:
-        raise ValueError("string setpoints are not supported")
-    if spec.type.value not in ("float32", "float64"):
-        raw = round(raw)
-    data = struct.pack(_PACK[spec.type.value], raw)
-    words = list(struct.unpack(f">{len(data) // 2}H", data))
-    return list(reversed(words)) if spec.word_order == "little" else words
+def encode_words(spec: SetpointSpec, value: float, profile_order: WordOrder = "big") -> list[int]:
+    """Registers for ``value`` in real units (raw = value / scale), in the register's word order (its own, else
+    ``profile_order``, the profile's); ``ValueError`` if the raw value does not fit the register type."""
+    return codec(spec.type).encode(value / spec.scale, spec.order(profile_order))
 
 
-def _decode_words(spec: SetpointSpec, words: list[int]) -> float:
-    if spec.word_order == "little":
-        words = list(reversed(words))
-    raw = struct.unpack(_PACK[spec.type.value], struct.pack(f">{len(words)}H", *words))[0]
-    return float(raw) * spec.scale
+def decode_words(spec: SetpointSpec, words: list[int], profile_order: WordOrder = "big") -> float:
+    """The setpoint in real units that ``words`` hold: the inverse of ``encode_words``."""
+    return float(codec(spec.type).decode(words, spec.order(profile_order))) * spec.scale
 
 
 @dataclass
@@ -90,7 +81,11 @@ class DeviceControl:
         )
 
     async def _write(self, spec: SetpointSpec, value: float) -> str | None:
-        error = await self.bus.write(spec.address, encode_words(spec, value), self.config.unit_id)
+        try:
+            words = encode_words(spec, value, self.profile.word_order)
+        except ValueError as exc:  # within bounds, but the scaled raw value overflows the register type
+            return f"{spec.name} {value:g}: {exc}"
+        error = await self.bus.write(spec.address, words, self.config.unit_id)
         for address, extra in spec.also_write:
             if error is None:
                 error = await self.bus.write(address, [extra], self.config.unit_id)
@@ -100,7 +95,7 @@ class DeviceControl:
         words = await self.bus.read(
             ReadBlock(spec.function, spec.address, spec.registers, ()), self.config.unit_id
         )
-        return None if words is None else _decode_words(spec, words)
+        return None if words is None else decode_words(spec, words, self.profile.word_order)
 
     async def enter_safe_mode(self, why: str, *, control_lost: bool = True) -> None:
         """Apply the configured safe setpoints (once per episode). Logged as a warning when control is lost; a

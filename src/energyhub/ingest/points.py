@@ -9,6 +9,10 @@ Schema (what dashboards and control query):
 - ``gateway_state``: one point per state message (birth, death, health). Tags: ``site``, ``gateway``. Fields:
   ``online``, ``session``, ``agent_version`` and the health summary.
 
+- ``setpoint_ack``: one point per setpoint acknowledgement a gateway sends, at its timestamp. Tags: ``site``,
+  ``gateway``, ``device``, ``status`` (applied or rejected), plus ``connection`` and ``role`` when known. Fields:
+  ``id`` (the setpoint's), and where given ``name``, ``value`` (asked for), ``readback`` and ``reason``.
+
 Tags are bounded identifiers. ``session`` is a tag because it changes only when an agent restarts, and gaps are
 counted per session. Series and timestamp come from the message alone, so storing a message twice stores it once.
 """
@@ -20,12 +24,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from energyhub.io.line_protocol import FieldValue, encode_point, escape_key, timestamp_ns
-from energyhub.wire.messages import GatewayState, Measurement
+from energyhub.io.schema import DEVICE, GATEWAY_STATE, SETPOINT_ACK
+from energyhub.wire.messages import GatewayState, Measurement, SetpointAck
 
-__all__ = ["DEVICE", "GATEWAY_STATE", "DeviceTags", "measurement_point", "state_point"]
-
-DEVICE = "device"
-GATEWAY_STATE = "gateway_state"
+__all__ = [
+    "DEVICE",
+    "GATEWAY_STATE",
+    "SETPOINT_ACK",
+    "DeviceTags",
+    "ack_point",
+    "measurement_point",
+    "state_point",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,3 +101,19 @@ def state_point(site: str, gateway: str, message: GatewayState) -> tuple[str, in
             fields["last_publish_ns"] = timestamp_ns(health.last_publish)
     line = encode_point(GATEWAY_STATE, {"site": site, "gateway": gateway}, fields, timestamp_ns(message.ts))
     return line, len(fields)
+
+
+def ack_point(
+    site: str, gateway: str, device: str, ack: SetpointAck, known: Mapping[str, DeviceTags] | None = None
+) -> tuple[str, int]:
+    """The line for a setpoint acknowledgement: a rejection is stored with its reason, so it can be found later."""
+    tags = {"site": site, "gateway": gateway, "device": device, "status": ack.status.value}
+    extra = known.get(f"{gateway}/{device}") if known else None
+    if extra is not None:
+        tags["connection"], tags["role"] = extra.connection, extra.role
+    fields: dict[str, FieldValue] = {"id": ack.id}
+    for key in ("name", "value", "readback", "reason"):
+        given = getattr(ack, key)
+        if given is not None:
+            fields[key] = given
+    return encode_point(SETPOINT_ACK, tags, fields, timestamp_ns(ack.ts)), len(fields)

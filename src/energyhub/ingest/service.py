@@ -28,19 +28,21 @@ from typing import Any, TypeVar
 from energyhub.domain.clock import Clock, clock_from_env
 from energyhub.domain.community import load_community
 from energyhub.ingest.metrics import IngestMetrics
-from energyhub.ingest.points import DeviceTags, measurement_point, state_point
+from energyhub.ingest.points import DeviceTags, ack_point, measurement_point, state_point
 from energyhub.ingest.sequence import SequenceTracker
 from energyhub.ingest.settings import IngestSettings
 from energyhub.ingest.writer import write_batch
 from energyhub.io.influx import InfluxError
 from energyhub.io.line_protocol import LineProtocolError, encode_point
 from energyhub.io.mqtt import IncomingMessage, MqttLink, MqttLinkError
+from energyhub.io.schema import INGEST, INGEST_GATEWAY
 from energyhub.runtime.connection import keep_connected
 from energyhub.wire.messages import (
     DeadLetter,
     GatewayState,
     Measurement,
     MessageError,
+    SetpointAck,
     confirmations,
     decode,
     encode,
@@ -111,13 +113,13 @@ class IngestService:
 
     def _filters(self) -> list[tuple[str, int]]:
         base = self.topics.base
-        filters = [f"{base}/gw/+/meas/+", f"{base}/gw/+/state"]
+        filters = [f"{base}/gw/+/meas/+", f"{base}/gw/+/state", self.topics.all_acks()]
         if self.settings.share_group:
             filters = [f"$share/{self.settings.share_group}/{f}" for f in filters]
         return [(f, 1) for f in filters]
 
     async def consume_loop(self) -> None:
-        await keep_connected(self._connect, self._subscribed, what="ingest", connected=self.connected)
+        await keep_connected(self._connect, self._subscribed, what="ingest", ready=self.connected)
 
     async def _subscribed(self, link: MqttLink) -> None:
         # Retain as published: a measurement published with retain is then seen as such, live or stored.
@@ -130,6 +132,7 @@ class IngestService:
             "resumed" if link.session_present else "new",
             ", ".join(f for f, _ in self._filters()),
         )
+        self.connected.set()
         await self._consume(link)
 
     async def _consume(self, link: MqttLink) -> None:
@@ -231,8 +234,16 @@ class IngestService:
                 pending.line, pending.fields = state_point(self.topics.site, info.gateway, state)
                 if self.tracker is not None and state.online and not message.retained:
                     self.tracker.state(info.gateway, state.session, state.held_from)
+            elif info.kind is TopicKind.ACK and info.device is not None:
+                ack = decode(SetpointAck, message.payload)
+                self.metrics.message("ack")
+                pending.line, pending.fields = ack_point(
+                    self.topics.site, info.gateway, info.device, ack, self.known
+                )
             else:
-                raise TopicError(f"{message.topic!r} is neither a measurement nor a gateway state")
+                raise TopicError(
+                    f"{message.topic!r} is neither a measurement, a gateway state nor a setpoint acknowledgement"
+                )
         except _Refused as exc:
             pending.why, pending.reason = exc.why, str(exc)
         except TopicError as exc:
@@ -352,7 +363,7 @@ class IngestService:
     async def write_own_metrics(self) -> None:
         now = int(self.clock.timestamp() * 1e9)  # on the data clock, beside the data they describe
         site, worker = self.topics.site, self.settings.worker
-        lines = [encode_point("ingest", {"site": site, "worker": worker}, self.metrics.snapshot(), now)]
+        lines = [encode_point(INGEST, {"site": site, "worker": worker}, self.metrics.snapshot(), now)]
         lags = self.metrics.gateway_lags()
         for gateway in sorted(set(self.metrics.replayed) | set(self.metrics.gaps) | set(lags)):
             fields: dict[str, float | int] = {
@@ -363,7 +374,7 @@ class IngestService:
                 fields["lag_s"] = lags[gateway]
             lines.append(
                 encode_point(
-                    "ingest_gateway", {"site": site, "gateway": gateway, "worker": worker}, fields, now
+                    INGEST_GATEWAY, {"site": site, "gateway": gateway, "worker": worker}, fields, now
                 )
             )
         try:

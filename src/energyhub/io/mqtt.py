@@ -1,15 +1,17 @@
 """A lean MQTT 5 client: QoS 1 publishing with PUBACK tracking, subscriptions, Last Will, acknowledgement on demand.
 
-Why not paho or aiomqtt here: measured on this machine, aiomqtt costs about 90 µs of CPU per QoS 1 message and
-paho used directly about 40 µs (Properties and ReasonCode objects, one socket send per message), which is more than
-reading the device itself. The agent publishes one message per device per poll, so the client is its hot path.
-This module speaks only what the gateway and the ingest need (CONNECT, PUBLISH QoS 0/1 both ways, PUBACK,
-SUBSCRIBE, PINGREQ, DISCONNECT), writes a whole batch of PUBLISH packets in one socket write, and reports each
-PUBACK's reason code, which gmqtt (the asyncio-native alternative) ignores.
+The one MQTT client of every service (edge agent, ingest, control, API). docs/mqtt.md gives the reasons and the
+evidence: against paho-mqtt 2.x in the same run (bench/mqtt_clients.py) it takes about a fifth of the CPU per
+published QoS 1 message and a tenth per received one, and the protocol cases the services rely on (a persistent
+session across a reconnect, QoS 1 in flight when the broker is killed, packet ids wrapping, Receive Maximum) are
+proven on a real Mosquitto for it (tests/io/test_mqtt_link.py) and for paho (tests/io/test_mqtt_paho.py).
 
-The ingest needs what aiomqtt does not offer: acknowledging a received message only once it is stored
+It speaks only what the services need (CONNECT, PUBLISH QoS 0/1 both ways, PUBACK, SUBSCRIBE, PINGREQ,
+DISCONNECT), writes a whole batch of PUBLISH packets in one socket write, keeps to the broker's Receive Maximum, and
+reports each PUBACK's reason code. For the ingest: acknowledging a received message only once it is stored
 (``manual_ack``), a persistent session, and a Receive Maximum, which makes the broker hold back further messages
-while that many are unacknowledged: the ingest's back-pressure when the database is away.
+while that many are unacknowledged: the ingest's back-pressure when the database is away. No QoS 2; nothing kept
+across connections on the client's side: a caller sends again what it has no PUBACK for (the agent from its buffer).
 """
 
 from __future__ import annotations
@@ -267,7 +269,8 @@ class MqttLink:
             raise MqttLinkError(f"the broker at {host}:{port} refused the connection: {why}")
         link.receive_maximum = props.get(_PROP_RECEIVE_MAXIMUM, 65535)
         link.session_present = link._session_flag
-        link._pinger = loop.create_task(link._keepalive())
+        if keepalive_s > 0:  # 0: no keepalive (MQTT), so no pings and no silence limit
+            link._pinger = loop.create_task(link._keepalive())
         return link
 
     def _connect_packet(
@@ -500,7 +503,8 @@ class MqttLink:
                 if self._transport is not None:
                     self._transport.abort()
                 return
-            if now - self._last_sent > interval / 2:
+            # Also when we send but hear nothing (QoS 0 has no PUBACK): only a PINGRESP then shows the broker is there.
+            if now - self._last_sent > interval / 2 or now - self._last_heard > interval / 2:
                 self._write(bytes((_PINGREQ, 0)))
 
     def _lost(self, exc: MqttLinkError) -> None:

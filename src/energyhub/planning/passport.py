@@ -156,7 +156,9 @@ def write_passport(rows: list[dict[str, Any]], folder: Path, *, title: str) -> l
         writer = csv.DictWriter(handle, list(COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    env = Environment(loader=PackageLoader("planning"), autoescape=select_autoescape(["html", "j2"]))
+    env = Environment(
+        loader=PackageLoader("energyhub.planning"), autoescape=select_autoescape(["html", "j2"])
+    )
     html = env.get_template("passport.html.j2").render(
         title=title,
         columns=COLUMNS,

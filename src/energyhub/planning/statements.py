@@ -124,7 +124,7 @@ def write_settlement(
     written += write_statements(ledger, prices, contracted_kw, out / "statements", timezone=timezone)
     names = names or {}
     template = Environment(
-        loader=PackageLoader("planning"), autoescape=select_autoescape(["html", "j2"])
+        loader=PackageLoader("energyhub.planning"), autoescape=select_autoescape(["html", "j2"])
     ).get_template("statement.html.j2")
     for statement in monthly_statements(ledger, prices, contracted_kw, timezone=timezone):
         path = out / "statements" / f"{statement.member}-{statement.month}.html"

@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -143,29 +144,45 @@ async def keep_connected(
     use: Callable[[MqttLink], Awaitable[None]],
     *,
     what: str,
-    connected: asyncio.Event | None = None,
+    ready: asyncio.Event | None = None,
+    on_lost: Callable[[Exception], None] | None = None,
     first_backoff_s: float = 0.5,
     max_backoff_s: float = 30.0,
 ) -> None:
     """Connect, ``use`` the link until it breaks, and connect again, with jittered exponential back-off, until
-    ``use`` returns or this is cancelled. ``connected`` is set while a link is up. A refused login is retried too: an operator can fix the
-    account while the service waits."""
+    ``use`` returns or this is cancelled.
+
+    ``use`` sets ``ready`` once the link serves (subscribed: a message sent before that would be missed); it is
+    cleared whenever the link ends, and ``on_lost`` is called with why. An outage is logged once when it begins and
+    once when it ends, not at every attempt. A refused login is retried too: an operator can fix the account
+    while the service waits. ``use`` may run tasks in a TaskGroup: a group of link errors counts as one."""
     backoff = first_backoff_s
+    down_since: float | None = None
     while True:
         link: MqttLink | None = None
         try:
             link = await connect()
+            if down_since is not None:
+                log.info("%s: broker connection back after %.0f s", what, time.monotonic() - down_since)
+                down_since = None
             backoff = first_backoff_s
-            if connected is not None:
-                connected.set()
             await use(link)
             return  # ``use`` finished: the service is stopping
-        except MqttLinkError as exc:
-            log.warning("%s: broker connection lost or refused (%s); retrying", what, exc)
+        except* MqttLinkError as group:
+            exc = group.exceptions[0]
+            if on_lost is not None:
+                on_lost(exc)
+            if down_since is None:
+                down_since = time.monotonic()
+                log.warning("%s: broker connection lost or refused (%s); retrying", what, exc)
+            else:
+                log.debug("%s: still no broker (%s)", what, exc)
         finally:
-            if connected is not None:
-                connected.clear()
+            if ready is not None:
+                ready.clear()
             if link is not None:
                 link.abort()
+        # No check of ``current_task().cancelling()`` here: Python 3.11's TaskGroup leaves it raised after a
+        # child's error (it uncancels too early), so the check would end the loop for good after the first outage.
         await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
         backoff = min(backoff * 2, max_backoff_s)

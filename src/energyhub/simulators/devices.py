@@ -15,6 +15,7 @@ from pymodbus.constants import ExcCodes
 from energyhub.simulators.faults import Faults
 from energyhub.simulators.sdm630 import SDM630_SIZE, MeterState, render_sdm630
 from energyhub.simulators.sunspec import SUNSPEC_BASE, SunSpecMap
+from energyhub.wire.registers import CODECS, RegisterType
 
 __all__ = [
     "BatteryDevice",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 _WRITE_CODES = {6, 16}
+_INT16 = CODECS[RegisterType.INT16]
 _GATEWAY_TARGET_FAILED = 0x0B
 
 
@@ -341,7 +343,7 @@ class BatteryDevice(SunSpecDevice):
                     return ExcCodes.ILLEGAL_VALUE
                 updates[target] = word
             else:
-                signed = word - 0x10000 if word & 0x8000 else word
+                signed = _INT16.decode([word])
                 pct = signed * 10.0**self.RATE_SF
                 if not 0.0 <= pct <= 100.0:
                     return ExcCodes.ILLEGAL_VALUE

@@ -15,13 +15,13 @@ wanted, departure) is known to the simulator, not published by the charger, as o
 from __future__ import annotations
 
 import math
-import struct
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
 
 from energyhub.simulators.devices import SimulatedDevice
-from energyhub.simulators.registers import float32_words, string_words
+from energyhub.simulators.registers import float32_words, float64_words, string_words, uint32_words
+from energyhub.wire.registers import CODECS, RegisterType
 
 __all__ = ["ALFEN_REGISTERS", "ChargerDevice", "ChargerState", "Session"]
 
@@ -139,14 +139,14 @@ class ChargerDevice(SimulatedDevice):
         put("current_sum_a", current * 3)
         put("power_sum_w", power)
         energy = ALFEN_REGISTERS["energy_delivered_wh"]
-        registers[energy : energy + 4] = list(struct.unpack(">4H", struct.pack(">d", s.energy_wh)))
+        registers[energy : energy + 4] = float64_words(s.energy_wh)
         registers[ALFEN_REGISTERS["availability"]] = 1
         state = ALFEN_REGISTERS["mode3_state"]
         registers[state : state + 5] = string_words(s.mode3_state, 5)
         put("applied_max_current_a", s.applied_current_a)
         remaining = 0 if s.modbus_max_current_a is None else max(0, s.setpoint_valid_for_s - s.setpoint_age_s)
         valid = ALFEN_REGISTERS["max_current_valid_s"]
-        registers[valid : valid + 2] = [int(remaining) >> 16, int(remaining) & 0xFFFF]
+        registers[valid : valid + 2] = uint32_words(int(remaining))
         put("modbus_max_current_a", s.modbus_max_current_a or 0.0)
         put("safe_current_a", s.safe_current_a)
         registers[ALFEN_REGISTERS["setpoint_accounted"]] = 1 if s.modbus_max_current_a is not None else 0
@@ -155,7 +155,7 @@ class ChargerDevice(SimulatedDevice):
     def apply_write(self, offset: int, values: list[int], registers: list[int]) -> ExcCodes | None:
         if offset != ALFEN_REGISTERS["modbus_max_current_a"] or len(values) != 2:
             return ExcCodes.ILLEGAL_ADDRESS  # only the max current is writable, as two registers at once
-        current = struct.unpack(">f", struct.pack(">HH", *values))[0]
+        current = CODECS[RegisterType.FLOAT32].decode(values)
         if not math.isfinite(current) or current < 0:
             return ExcCodes.ILLEGAL_VALUE
         self.state.modbus_max_current_a = current

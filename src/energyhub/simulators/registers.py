@@ -1,15 +1,21 @@
-"""Encoding values into 16-bit Modbus registers as real devices do: big-endian bytes, high word first."""
+"""Encoding values into 16-bit Modbus registers as real devices do: big-endian bytes, high word first.
+
+The encoding itself is the shared register table's (``wire/registers.py``), the one the edge decodes with; what
+is the simulators' own is how a device says "no value" (SunSpec's not-implemented values) and rolls over.
+"""
 
 from __future__ import annotations
 
 import math
-import struct
+
+from energyhub.wire.registers import CODECS, RegisterType, encode_string
 
 __all__ = [
     "NOT_IMPLEMENTED_ACC32",
     "NOT_IMPLEMENTED_INT16",
     "NOT_IMPLEMENTED_UINT16",
     "float32_words",
+    "float64_words",
     "int16_word",
     "scaled",
     "string_words",
@@ -22,11 +28,21 @@ NOT_IMPLEMENTED_INT16 = 0x8000
 NOT_IMPLEMENTED_UINT16 = 0xFFFF
 NOT_IMPLEMENTED_ACC32 = 0
 
+_FLOAT32 = CODECS[RegisterType.FLOAT32]
+_FLOAT64 = CODECS[RegisterType.FLOAT64]
+_INT16 = CODECS[RegisterType.INT16]
+_UINT16 = CODECS[RegisterType.UINT16]
+_UINT32 = CODECS[RegisterType.UINT32]
+
 
 def float32_words(value: float) -> list[int]:
     """IEEE-754 single precision, high word first (Eastron, Alfen and most meters)."""
-    high, low = struct.unpack(">HH", struct.pack(">f", value))
-    return [high, low]
+    return _FLOAT32.encode(value)
+
+
+def float64_words(value: float) -> list[int]:
+    """IEEE-754 double precision, high word first (Alfen's energy counters)."""
+    return _FLOAT64.encode(value)
 
 
 def int16_word(value: float) -> int:
@@ -36,25 +52,23 @@ def int16_word(value: float) -> int:
     number = round(value)
     if not -0x7FFF <= number <= 0x7FFF:
         return NOT_IMPLEMENTED_INT16
-    return number & 0xFFFF
+    return _INT16.encode(number)[0]
 
 
 def uint16_word(value: float) -> int:
     if math.isnan(value):
         return NOT_IMPLEMENTED_UINT16
     number = round(value)
-    return number if 0 <= number < 0xFFFF else NOT_IMPLEMENTED_UINT16
+    return _UINT16.encode(number)[0] if 0 <= number < 0xFFFF else NOT_IMPLEMENTED_UINT16
 
 
 def uint32_words(value: float) -> list[int]:
-    number = round(value) % 2**32  # accumulators roll over, as SunSpec acc32 does
-    return [number >> 16, number & 0xFFFF]
+    return _UINT32.encode(round(value) % 2**32)  # accumulators roll over, as SunSpec acc32 does
 
 
 def string_words(text: str, registers: int) -> list[int]:
     """ASCII text padded with NULs to ``registers`` registers (two characters each)."""
-    raw = text.encode("ascii", "replace")[: registers * 2].ljust(registers * 2, b"\0")
-    return list(struct.unpack(f">{registers}H", raw))
+    return encode_string(text, registers)
 
 
 def scaled(value: float, sf: int) -> float:

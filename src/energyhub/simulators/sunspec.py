@@ -16,10 +16,12 @@ from energyhub.simulators.registers import (
     uint16_word,
     uint32_words,
 )
+from energyhub.wire.registers import CODECS, RegisterType
 
 __all__ = ["MODELS", "SUNSPEC_BASE", "SunSpecMap"]
 
 SUNSPEC_BASE = 40000
+_INT16 = CODECS[RegisterType.INT16]
 _SUNS = [0x5375, 0x6E53]  # "SunS"
 
 Point = tuple[str, str, int]  # name, type, registers
@@ -201,7 +203,7 @@ class SunSpecMap:
         if slot.kind in ("int16", "sunssf"):
             if word == NOT_IMPLEMENTED_INT16:
                 return None
-            word = word - 0x10000 if word & 0x8000 else word
+            word = int(_INT16.decode([word]))
         elif word == NOT_IMPLEMENTED_UINT16:
             return None
         return word * 10.0**sf

@@ -165,6 +165,8 @@ class SetpointAck(Message):
     ts: UtcDatetime
     reason: str | None = Field(None, max_length=200)
     readback: Finite | None = Field(None, description="Value read back from the device after writing.")
+    name: Name | None = Field(None, description="The setpoint's name, so a rejection says what was refused.")
+    value: Finite | None = Field(None, description="The value that was asked for.")
 
     @model_validator(mode="after")
     def _rejection_has_reason(self) -> Self:

@@ -23,6 +23,8 @@ __all__ = [
     "ENERGY_EXPORT_WH",
     "ENERGY_IMPORT_WH",
     "MAX_CURRENT_A",
+    "MODE3_STATE",
+    "POWER_LIMIT_ENABLED",
     "POWER_LIMIT_PCT",
     "POWER_W",
     "PV_LIMIT_PCT",
@@ -38,9 +40,11 @@ POWER_W: Final = "power_w"
 ENERGY_IMPORT_WH: Final = "energy_import_wh"
 ENERGY_EXPORT_WH: Final = "energy_export_wh"
 POWER_LIMIT_PCT: Final = "power_limit_pct"  # the limit an inverter reports it applies
+POWER_LIMIT_ENABLED: Final = "power_limit_enabled"  # 1 while that limit is in force
 SOC_PCT: Final = "soc_pct"
 APPLIED_CURRENT_A: Final = "applied_current_a"  # what a charger offers the car now
 ENERGY_DELIVERED_WH: Final = "energy_delivered_wh"
+MODE3_STATE: Final = "mode3_state"  # IEC 61851 state of a charger's socket (A no car ... F error), as a code
 
 # Setpoints (what control writes).
 PV_LIMIT_PCT: Final = "active_power_limit_pct"
@@ -73,7 +77,7 @@ ROLES: Final[MappingProxyType[DeviceRole, RoleSpec]] = MappingProxyType(
         DeviceRole.PV: RoleSpec(
             DeviceRole.PV,
             (POWER_W,),
-            (POWER_LIMIT_PCT,),
+            (POWER_LIMIT_PCT, POWER_LIMIT_ENABLED),
             (PV_LIMIT_PCT,),
             # Dutch grid-code practice for a lost control signal: hold PV at a low share, never at zero output.
             MappingProxyType({PV_LIMIT_PCT: 30.0}),
@@ -88,7 +92,7 @@ ROLES: Final[MappingProxyType[DeviceRole, RoleSpec]] = MappingProxyType(
         DeviceRole.EV: RoleSpec(
             DeviceRole.EV,
             (POWER_W,),
-            (APPLIED_CURRENT_A, ENERGY_DELIVERED_WH),
+            (APPLIED_CURRENT_A, ENERGY_DELIVERED_WH, MODE3_STATE),
             (MAX_CURRENT_A,),
             MappingProxyType(
                 {MAX_CURRENT_A: 6.0}

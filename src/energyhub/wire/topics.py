@@ -40,6 +40,14 @@ class TopicError(IdError):
     """A topic or identifier that does not fit the contract."""
 
 
+def _topic_id(value: str, *, what: str = "id") -> str:
+    """``check_id`` for a topic level: a bad one is a ``TopicError``, as every other fault of a topic is."""
+    try:
+        return check_id(value, what=what)
+    except IdError as exc:
+        raise TopicError(str(exc)) from None
+
+
 class TopicKind(StrEnum):
     STATE = "state"
     MEASUREMENT = "meas"
@@ -72,7 +80,7 @@ class Topics:
     root: str = DEFAULT_ROOT
 
     def __post_init__(self) -> None:
-        check_id(self.site, what="site")
+        _topic_id(self.site, what="site")
         if not _ROOT_PATTERN.match(self.root):
             raise TopicError(
                 f"topic root {self.root!r} must be levels of A-Z, a-z, 0-9, '-' or '_' joined by '/'"
@@ -85,19 +93,19 @@ class Topics:
     # -- builders -------------------------------------------------------------------------------------------
     def gateway_subtree(self, gateway: str) -> str:
         """The prefix of every topic a gateway owns (no trailing slash)."""
-        return f"{self.base}/gw/{check_id(gateway, what='gateway')}"
+        return f"{self.base}/gw/{_topic_id(gateway, what='gateway')}"
 
     def state(self, gateway: str) -> str:
         return f"{self.gateway_subtree(gateway)}/state"
 
     def measurement(self, gateway: str, device: str) -> str:
-        return f"{self.gateway_subtree(gateway)}/meas/{check_id(device, what='device')}"
+        return f"{self.gateway_subtree(gateway)}/meas/{_topic_id(device, what='device')}"
 
     def setpoint(self, gateway: str, device: str) -> str:
-        return f"{self.gateway_subtree(gateway)}/setpoint/{check_id(device, what='device')}"
+        return f"{self.gateway_subtree(gateway)}/setpoint/{_topic_id(device, what='device')}"
 
     def ack(self, gateway: str, device: str) -> str:
-        return f"{self.gateway_subtree(gateway)}/ack/{check_id(device, what='device')}"
+        return f"{self.gateway_subtree(gateway)}/ack/{_topic_id(device, what='device')}"
 
     def confirm(self, gateway: str) -> str:
         return f"{self.gateway_subtree(gateway)}/confirm"
@@ -106,7 +114,7 @@ class Topics:
         return f"{self.base}/control/heartbeat"
 
     def deadletter(self, service: str) -> str:
-        return f"{self.base}/deadletter/{check_id(service, what='service')}"
+        return f"{self.base}/deadletter/{_topic_id(service, what='service')}"
 
     # -- subscription filters ---------------------------------------------------------------------------------
     def all_measurements(self) -> str:
@@ -130,18 +138,18 @@ class Topics:
         parts = topic[len(prefix) :].split("/")
         try:
             if parts[0] == "gw" and len(parts) == 3 and parts[2] in (TopicKind.STATE, TopicKind.CONFIRM):
-                return TopicInfo(TopicKind(parts[2]), self.site, gateway=check_id(parts[1], what="gateway"))
+                return TopicInfo(TopicKind(parts[2]), self.site, gateway=_topic_id(parts[1], what="gateway"))
             if parts[0] == "gw" and len(parts) == 4 and parts[2] in _DEVICE_KINDS:
                 return TopicInfo(
                     TopicKind(parts[2]),
                     self.site,
-                    gateway=check_id(parts[1], what="gateway"),
-                    device=check_id(parts[3], what="device"),
+                    gateway=_topic_id(parts[1], what="gateway"),
+                    device=_topic_id(parts[3], what="device"),
                 )
             if parts == ["control", "heartbeat"]:
                 return TopicInfo(TopicKind.HEARTBEAT, self.site)
             if parts[0] == "deadletter" and len(parts) == 2:
-                return TopicInfo(TopicKind.DEADLETTER, self.site, service=check_id(parts[1], what="service"))
+                return TopicInfo(TopicKind.DEADLETTER, self.site, service=_topic_id(parts[1], what="service"))
         except TopicError as exc:
             raise TopicError(f"topic {topic!r}: {exc}") from None
         raise TopicError(

@@ -1,0 +1,142 @@
+"""The read routes: the live page, the estate, the flows, the gateways and their acknowledgements, control's
+decisions, and the event stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import HTMLResponse
+from sse_starlette.sse import EventSourceResponse
+
+from energyhub.api.acks import ack_rows, acks_query
+from energyhub.api.context import ApiContext
+from energyhub.domain.ids import IdError
+from energyhub.wire.messages import GatewayState, SetpointStatus
+from energyhub.wire.topics import check_id
+
+__all__ = ["gateway_router", "state_router"]
+
+PAGE = Path(__file__).with_name("page.html")
+# A gateway heard only through its acknowledgements: its state fields are there, and null.
+NO_STATE: dict[str, Any] = dict.fromkeys(GatewayState.model_fields)
+
+
+def state_router(ctx: ApiContext) -> APIRouter:
+    """The page, the estate, the flows, the clock, control's decisions and the stream."""
+    router = APIRouter()
+    live, topics, community = ctx.live, ctx.topics, ctx.community
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return PAGE.read_text()
+
+    @router.get(
+        "/api/topology", summary="The estate: hub, loops, micro groups, connections and their devices"
+    )
+    async def topology() -> dict[str, Any]:
+        return {
+            "site": topics.site,
+            "name": community.community.name,
+            "nodes": [
+                {
+                    "id": n.id,
+                    "level": str(n.level),
+                    "parent": n.parent,
+                    "children": list(n.children),
+                    "capacity_kva": n.capacity_kva,
+                }
+                for n in community.nodes().values()
+            ],
+            "devices": [
+                {"gateway": g, "device": d.id, "connection": c, "role": str(d.role), "profile": d.profile}
+                for (g, _), (c, d) in ctx.devices.items()
+            ],
+        }
+
+    @router.get("/api/flows", summary="Every node's flow now against its limits (kW, + taken from the grid)")
+    async def flows() -> list[dict[str, Any]]:
+        return live.flows()
+
+    @router.get(
+        "/api/clock",
+        summary="The time the figures are of: real time, or a simulation's data clock (start, speed) and its now",
+    )
+    async def clock() -> dict[str, Any]:
+        return live.clock_now()
+
+    @router.get("/api/decisions", summary="Recent control cycles with the binding limit")
+    async def decisions(limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[dict[str, Any]]:
+        series = await ctx.query(
+            'SELECT "binding", "curtailed_kw", "cycle_ms", "setpoints", "infeasible" FROM "control_cycle" '
+            f"WHERE \"site\" = '{topics.site}' ORDER BY time DESC LIMIT {limit}"
+        )
+        return [row for s in series for row in s.rows()]
+
+    @router.get(
+        "/api/stream",
+        summary="Server-sent events: the flows, each time a reading arrives (at most every push_interval_s)",
+    )
+    async def stream() -> EventSourceResponse:
+        async def events() -> AsyncIterator[dict[str, str]]:
+            yield {"event": "clock", "data": json.dumps(live.clock_now())}
+            yield {"event": "flows", "data": json.dumps(live.flows())}
+            while True:
+                live.changed.clear()
+                await live.changed.wait()
+                await asyncio.sleep(
+                    ctx.settings.push_interval_s
+                )  # coalesce a burst of readings into one update
+                yield {"event": "clock", "data": json.dumps(live.clock_now())}
+                yield {"event": "flows", "data": json.dumps(live.flows())}
+
+        return EventSourceResponse(events())
+
+    return router
+
+
+def gateway_router(ctx: ApiContext) -> APIRouter:
+    """The gateways' state and their setpoint acknowledgements: live, and stored."""
+    router = APIRouter()
+    live = ctx.live
+
+    @router.get(
+        "/api/gateways",
+        summary="Each gateway's latest state and health, and its setpoint acknowledgements since the API started",
+    )
+    async def gateways() -> list[dict[str, Any]]:
+        heard = sorted(set(live.states) | set(live.acks.gateways))
+        out = []
+        for g in heard:
+            state = live.states.get(g)
+            fields = NO_STATE if state is None else json.loads(state.model_dump_json())
+            out.append({"gateway": g, **fields, "acks": live.acks.summary(g)})
+        return out
+
+    @router.get(
+        "/api/gateways/{gateway}/acks",
+        summary="A gateway's stored setpoint acknowledgements (InfluxDB's setpoint_ack), newest first",
+    )
+    async def gateway_acks(
+        gateway: str,
+        status: Annotated[
+            SetpointStatus | None, Query(description="Only acks of this status: applied or rejected.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> list[dict[str, Any]]:
+        try:
+            check_id(gateway, what="gateway")
+        except IdError as exc:
+            raise HTTPException(422, str(exc)) from None
+        if gateway not in ctx.gateways:
+            raise HTTPException(
+                404, f"unknown gateway {gateway!r}: not in community {ctx.community.community.id!r}"
+            )
+        series = await ctx.query(acks_query(ctx.topics.site, gateway=gateway, status=status, limit=limit))
+        return ack_rows(series)
+
+    return router
