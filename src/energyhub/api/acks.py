@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from energyhub.io.influx import Series
-from energyhub.io.schema import SETPOINT_ACK
+from energyhub.io.schema import SETPOINT_ACK, SETPOINT_ACK_FIELDS
 from energyhub.wire.messages import SetpointAck, SetpointStatus
 
 __all__ = [
@@ -32,20 +32,9 @@ __all__ = [
     "acks_query",
 ]
 
-# The ingest's measurement (src/energyhub/ingest/points.py); a sibling part, so spelled here again.
-# Tags and fields of a stored ack; a missing tag or field comes back null.
-ACK_COLUMNS = (
-    "gateway",
-    "device",
-    "status",
-    "id",
-    "name",
-    "reason",
-    "readback",
-    "value",
-    "connection",
-    "role",
-)
+# Tags and fields of a stored ack (the ingest writes it; its names are in energyhub.io.schema); a missing tag or
+# field comes back null.
+ACK_COLUMNS = ("gateway", "device", "status", *SETPOINT_ACK_FIELDS, "connection", "role")
 # What a setpoint id may be to be looked up: Setpoint.id allows any 1-64 characters, but this goes into InfluxQL
 # between quotes, so only characters that need no escaping there.
 SETPOINT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

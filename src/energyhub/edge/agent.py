@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import sqlite3
-import ssl
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -38,7 +37,7 @@ from energyhub.edge.profile import DeviceProfile, load_profile
 from energyhub.edge.setpoints import DeviceControl
 from energyhub.edge.sunspec import discover_profile
 from energyhub.io.mqtt import MqttLink, Will
-from energyhub.runtime.connection import keep_connected
+from energyhub.runtime.connection import broker_login, broker_tls, keep_connected
 from energyhub.wire.messages import (
     ControllerHeartbeat,
     DeliveryConfirmation,
@@ -264,13 +263,7 @@ class Agent:
 
     async def _connect(self) -> MqttLink:
         mqtt = self.config.mqtt
-        username, password = mqtt.username, mqtt.password
-        if mqtt.credentials_file is not None:
-            creds = json.loads(mqtt.credentials_file.read_text())
-            username, password = creds["username"], creds["password"]
-        tls = None
-        if mqtt.ca_file is not None:
-            tls = ssl.create_default_context(cafile=str(mqtt.ca_file))  # checks the broker's name too
+        username, password = broker_login(mqtt.credentials_file, mqtt.username, mqtt.password)
         return await MqttLink.connect(
             mqtt.host,
             mqtt.port,
@@ -278,7 +271,7 @@ class Agent:
             username=username,
             password=password,
             keepalive_s=mqtt.keepalive_s,
-            tls=tls,
+            tls=broker_tls(mqtt.ca_file),
             will=Will(self.topics.state(self.config.gateway), self._state(False), qos=1, retain=True),
         )
 

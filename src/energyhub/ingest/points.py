@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from energyhub.io.line_protocol import FieldValue, encode_point, escape_key, timestamp_ns
-from energyhub.io.schema import DEVICE, GATEWAY_STATE, SETPOINT_ACK
+from energyhub.io.schema import DEVICE, GATEWAY_STATE, SETPOINT_ACK, SETPOINT_ACK_FIELDS
 from energyhub.wire.messages import GatewayState, Measurement, SetpointAck
 
 __all__ = [
@@ -111,8 +111,8 @@ def ack_point(
     extra = known.get(f"{gateway}/{device}") if known else None
     if extra is not None:
         tags["connection"], tags["role"] = extra.connection, extra.role
-    fields: dict[str, FieldValue] = {"id": ack.id}
-    for key in ("name", "value", "readback", "reason"):
+    fields: dict[str, FieldValue] = {}
+    for key in SETPOINT_ACK_FIELDS:
         given = getattr(ack, key)
         if given is not None:
             fields[key] = given

@@ -15,12 +15,15 @@ __all__ = [
     "INGEST",
     "INGEST_GATEWAY",
     "SETPOINT_ACK",
+    "SETPOINT_ACK_FIELDS",
 ]
 
 # Written by the ingest, one point per message.
 DEVICE: Final = "device"  # a measurement: tags site, gateway, device, session (+ connection, role)
 GATEWAY_STATE: Final = "gateway_state"  # a gateway's birth, death and health: tags site, gateway
 SETPOINT_ACK: Final = "setpoint_ack"  # a gateway's answer to a setpoint: tags site, gateway, device, status
+# Its fields: the setpoint's id always, the others where the gateway gave them (SetpointAck's attributes).
+SETPOINT_ACK_FIELDS: Final = ("id", "name", "value", "readback", "reason")
 # The ingest's own figures.
 INGEST: Final = "ingest"
 INGEST_GATEWAY: Final = "ingest_gateway"

@@ -28,9 +28,25 @@ from energyhub.io.influx import InfluxClient
 from energyhub.io.mqtt import MqttLink, MqttLinkError, Will
 from energyhub.runtime.layered_settings import LayeredSettings
 
-__all__ = ["ConnectedSettings", "connection_flags", "keep_connected"]
+__all__ = ["ConnectedSettings", "broker_login", "broker_tls", "connection_flags", "keep_connected"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def broker_login(
+    credentials_file: Path | None, username: str | None, password: str | None
+) -> tuple[str | None, str | None]:
+    """A broker login: the credentials file (as `energyhub broker` writes it) when given, else the user and
+    password (none: anonymous). The services' settings and a gateway's agent config both name theirs this way."""
+    if credentials_file is not None:
+        creds = json.loads(credentials_file.read_text())
+        return creds["username"], creds["password"]
+    return username, password
+
+
+def broker_tls(ca_file: Path | None) -> ssl.SSLContext | None:
+    """TLS to the broker when a CA is given; the context checks the broker's name too."""
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
 
 
 class ConnectedSettings(LayeredSettings):
@@ -63,14 +79,11 @@ class ConnectedSettings(LayeredSettings):
 
     def mqtt_login(self) -> tuple[str | None, str | None]:
         """The credentials file when given, else ``mqtt_username`` and ``mqtt_password`` (none: anonymous)."""
-        if self.mqtt_credentials_file is not None:
-            creds = json.loads(self.mqtt_credentials_file.read_text())
-            return creds["username"], creds["password"]
-        return self.mqtt_username, self.mqtt_password
+        return broker_login(self.mqtt_credentials_file, self.mqtt_username, self.mqtt_password)
 
     def mqtt_tls(self) -> ssl.SSLContext | None:
         """TLS to the broker when a CA is given (the broker's certificate must name ``mqtt_host``)."""
-        return ssl.create_default_context(cafile=str(self.mqtt_ca_file)) if self.mqtt_ca_file else None
+        return broker_tls(self.mqtt_ca_file)
 
     async def connect_mqtt(self, client_id: str, *, will: Will | None = None, **options: Any) -> MqttLink:
         """A connected ``MqttLink`` with this service's host, port, TLS and login; ``options`` as ``MqttLink.connect``."""
