@@ -32,7 +32,9 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "tests"))
 
 from energyhub.domain.community import load_community  # noqa: E402
+from energyhub.domain.topology import Community  # noqa: E402
 from tests.estate_run import DemoRun, ProcessUse, wait_until  # noqa: E402
+from tests.faults import per_session  # noqa: E402
 from tests.yardstick import infeasible_isps, measure, query  # noqa: E402
 
 SITE = "de-koumen"
@@ -68,13 +70,14 @@ def gaps(run: DemoRun, before: datetime) -> tuple[int, int, dict[str, int]]:
     part of it: a count of everything up to now found 21 missing that the ingest had all stored."""
     stored = missing = 0
     per: dict[str, int] = {}
-    q = f"SELECT count(seq), max(seq), min(seq) FROM device WHERE time < '{before.isoformat()}' GROUP BY gateway, session"
-    for series in query(run.influx, DB, q):
-        _t, count, high, _low = series["values"][0]
+    where = f"time < '{before.isoformat()}'"
+    for (gateway, session), (count, high) in per_session(
+        run.influx, DB, where, "count(seq), max(seq)"
+    ).items():
         stored += count
         missing += high + 1 - count
         if high + 1 - count:
-            per[f"{series['tags']['gateway']}/{series['tags']['session']}"] = high + 1 - count
+            per[f"{gateway}/{session}"] = high + 1 - count
     return stored, missing, per
 
 
@@ -211,7 +214,7 @@ def run_estate(args: argparse.Namespace, folder: Path) -> float:
     return total / devices
 
 
-def _level(community, node: str) -> str:
+def _level(community: Community, node: str) -> str:
     from tests.yardstick import node_members
 
     return node_members(community)[node][0]

@@ -70,6 +70,15 @@ class Estate:
             config_path.write_text(yaml.safe_dump(config))
             self._start(gateway, [sys.executable, "-m", "energyhub", "edge", "--config", str(config_path)])
 
+    def restart_simulator(self, *args: str) -> None:
+        """Stop the simulator (the first process) and start it again with ``args``: its meters count from zero
+        again, as a meter that lost power does. The new one is stopped with the rest."""
+        sim = self.processes[0]
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=15)
+        argv = [sys.executable, "-m", "energyhub.cli.main", "sim", "--community", str(self.path), *args]
+        self._start("sim-restarted", argv)
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(self.folder.glob("*.log")))
 

@@ -37,6 +37,8 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServic
         influx_rpc_port=free_port(),
         influx_db="ehub_test",
         site="test-site",
+        # The tests' data lies at fixed times (June 2026): raw points must outlive the wall clock's distance to it.
+        raw_retention_days=3650,
     )
     with Supervisor() as supervisor:
         yield start_services(supervisor, settings)

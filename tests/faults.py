@@ -8,9 +8,10 @@ caller wants.
 
 What was lost is counted as an outsider counts it, per (gateway, session):
 
-- InfluxDB (InfluxQL over HTTP): every stored ``seq`` of the ``device`` measurement, grouped by the ``gateway`` and
-  ``session`` tags; a seq stored at more than one point is a duplicate (a redelivery of the same message overwrites
-  its own point, so only a seq reused for another message shows up as one).
+- InfluxDB (InfluxQL over HTTP): every stored ``seq`` of the ``device`` measurement with its ``session`` field,
+  grouped by the ``gateway`` tag, then by session here; a seq stored at more than one point is a duplicate (a
+  redelivery of the same message overwrites its own point, so only a seq reused for another message shows up as
+  one). ``per_session`` has influxd compute aggregates per (gateway, session) instead, for counts while running.
 - each agent's SQLite buffer, opened read-only: the seqs it still holds, from the JSON payloads (so the count works
   whatever other columns the table grows).
 - made: every seq from 0 up to the highest one seen anywhere (database, buffer, or a buffer read while running).
@@ -55,13 +56,14 @@ __all__ = [
     "community_doc",
     "count_losses",
     "fault_run",
+    "per_session",
     "read_buffer",
     "stored_newest",
     "stored_seqs",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
-Key = tuple[str, str]  # (gateway, session); the session as InfluxDB's tag holds it: a string
+Key = tuple[str, int]  # (gateway, session)
 
 
 # -- load and community ----------------------------------------------------------------------------------------
@@ -160,9 +162,60 @@ def _query(url: str, db: str, q: str) -> list[dict[str, Any]]:
     return list(merged.values())
 
 
-def _key(series: dict[str, Any]) -> Key:
-    tags = series.get("tags") or {}
-    return str(tags.get("gateway", "")), str(tags.get("session", ""))
+def _statements(url: str, db: str, statements: list[str]) -> list[list[dict[str, Any]]]:
+    """The series of each statement, all sent in one request (for aggregates: a row or a few per series)."""
+    response = httpx.post(
+        f"{url}/query", data={"db": db, "q": ";".join(statements), "epoch": "ns"}, timeout=60
+    )
+    response.raise_for_status()
+    out: list[list[dict[str, Any]]] = [[] for _ in statements]
+    for result in response.json().get("results", []):
+        at = int(result.get("statement_id", 0))
+        if "error" in result:
+            raise RuntimeError(f"{statements[at]}: {result['error']}")
+        out[at] = result.get("series", [])
+    return out
+
+
+def per_session(url: str, db: str, where: str, aggregates: str) -> dict[Key, list[Any]]:
+    """The values of ``aggregates`` (an InfluxQL select list, e.g. ``count(seq), max(seq)``) over the ``device``
+    points that match ``where``, per (gateway, session), computed by influxd.
+
+    ``session`` is a field, and InfluxQL groups by tags only. One pass groups by gateway and also gives each
+    gateway's lowest and highest session: where they agree (a gateway that did not restart) that is the answer.
+    For each gateway that did, its distinct sessions are read, then the aggregates of each asked for with
+    ``session = N`` within that gateway's series. Nothing is fetched point by point (``bench/series.py`` measures
+    this against fetching every seq)."""
+    # Only points with the field: a database written before session became one holds points with the tag only.
+    where = f"({where}) AND session >= 0"
+    first = f"SELECT {aggregates}, min(session), max(session) FROM device WHERE {where} GROUP BY gateway"
+    out: dict[Key, list[Any]] = {}
+    restarted: list[str] = []
+    for series in _statements(url, db, [first])[0]:
+        gateway = series["tags"]["gateway"]
+        *values, low, high = series["values"][0][1:]
+        if low == high:
+            out[gateway, int(low)] = values
+        else:
+            restarted.append(gateway)
+    if not restarted:
+        return out
+    # Always quoted with '', and ids never hold one (the community file's ids are checked on load).
+    which = " OR ".join(f"gateway = '{gateway}'" for gateway in restarted)
+    distinct = f"SELECT DISTINCT(session) FROM device WHERE {where} AND ({which}) GROUP BY gateway"
+    keys = [
+        (series["tags"]["gateway"], int(row[1]))
+        for series in _statements(url, db, [distinct])[0]
+        for row in series["values"]
+    ]
+    statements = [
+        f"SELECT {aggregates} FROM device WHERE {where} AND gateway = '{gateway}' AND session = {session}"
+        for gateway, session in keys
+    ]
+    for key, found in zip(keys, _statements(url, db, statements), strict=True):
+        if found:
+            out[key] = found[0]["values"][0][1:]
+    return out
 
 
 @dataclass
@@ -178,18 +231,20 @@ class Stored:
 
 
 def stored_seqs(url: str, db: str, site: str) -> Stored:
-    """Every stored measurement's seq, per gateway and session tag."""
+    """Every stored measurement's seq, per gateway and session: each point is needed (a seq stored twice is a
+    duplicate), so the rows come here and are grouped by their session field."""
     out = Stored()
-    q = f"SELECT seq, replay FROM device WHERE site = '{site}' GROUP BY gateway, session"
+    q = f"SELECT seq, session, replay FROM device WHERE site = '{site}' GROUP BY gateway"
     for series in _query(url, db, q):
-        key = _key(series)
+        gateway = str(series["tags"]["gateway"])
         columns = series["columns"]
-        at_seq, at_replay = columns.index("seq"), columns.index("replay")
-        counter = out.seqs.setdefault(key, Counter())
+        at_seq, at_session = columns.index("seq"), columns.index("session")
+        at_replay = columns.index("replay")
         for row in series["values"]:
-            if row[at_seq] is None:
+            if row[at_seq] is None or row[at_session] is None:
                 continue
-            counter[int(row[at_seq])] += 1
+            key = (gateway, int(row[at_session]))
+            out.seqs.setdefault(key, Counter())[int(row[at_seq])] += 1
             if row[at_replay] is True:
                 out.replayed[key] += 1
     return out
@@ -197,32 +252,27 @@ def stored_seqs(url: str, db: str, site: str) -> Stored:
 
 def stored_newest(url: str, db: str, site: str) -> dict[Key, int]:
     """The highest stored seq per (gateway, session): cheap, for progress while running."""
-    q = f"SELECT max(seq) FROM device WHERE site = '{site}' GROUP BY gateway, session"
-    out: dict[Key, int] = {}
-    for series in _query(url, db, q):
-        value = series["values"][0][1] if series.get("values") else None
-        if value is not None:
-            out[_key(series)] = int(value)
-    return out
+    found = per_session(url, db, f"site = '{site}'", "max(seq)")
+    return {key: int(values[0]) for key, values in found.items() if values[0] is not None}
 
 
-def _session_seq(payload: bytes | str) -> tuple[str, int] | None:
+def _session_seq(payload: bytes | str) -> tuple[int, int] | None:
     try:
         message = json.loads(payload)
     except ValueError:
         return None
     if not isinstance(message, dict) or "seq" not in message or "session" not in message:
         return None  # not a measurement
-    return str(message["session"]), int(message["seq"])
+    return int(message["session"]), int(message["seq"])
 
 
-def read_buffer(path: Path, *, after_id: int = 0) -> tuple[dict[str, set[int]], int, int]:
+def read_buffer(path: Path, *, after_id: int = 0) -> tuple[dict[int, set[int]], int, int]:
     """(seqs held per session, rows held, highest row id) of one agent's buffer file, opened read-only.
 
     With ``after_id`` only the rows above that id are decoded (the row count is of all of them)."""
     if not path.exists():
         return {}, 0, after_id
-    held: dict[str, set[int]] = {}
+    held: dict[int, set[int]] = {}
     uri = f"{path.resolve().as_uri()}?mode=ro"
     with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as db:
         rows = db.execute("SELECT id, payload FROM messages WHERE id > ? ORDER BY id", (after_id,)).fetchall()
@@ -239,7 +289,7 @@ def read_buffer(path: Path, *, after_id: int = 0) -> tuple[dict[str, set[int]], 
 @dataclass(frozen=True)
 class SessionCount:
     gateway: str
-    session: str
+    session: int
     made: int  # seqs 0..highest seen anywhere
     stored: int  # distinct seqs in InfluxDB
     held: int  # distinct seqs still in the agent's buffer and not in InfluxDB
@@ -302,10 +352,6 @@ class Count:
         return "\n".join([head, *(f"  {s.describe()}" for s in self.sessions)])
 
 
-def _session_order(session: str) -> tuple[int, str]:
-    return (int(session), "") if session.isdigit() else (1 << 62, session)
-
-
 def count_losses(
     url: str, db: str, site: str, buffers: dict[str, Path], seen: dict[Key, int] | None = None
 ) -> Count:
@@ -324,7 +370,7 @@ def count_losses(
         if seqs:
             highest[key] = max(highest.get(key, -1), max(seqs))
     sessions = []
-    for key in sorted(highest, key=lambda k: (k[0], _session_order(k[1]))):
+    for key in sorted(highest):
         made = highest[key] + 1
         in_db = stored.seqs.get(key, Counter())
         in_buffer = held.get(key, set())

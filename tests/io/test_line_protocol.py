@@ -46,7 +46,9 @@ def test_tags_and_strings_survive_influxd_unchanged(influx, unique_id, tag, text
     tags = {"probe": unique_id, "t": tag}
     if key not in tags:
         tags[key] = "k"
-    line = encode_point("lp_roundtrip", tags, {"s": text, "v": 1.5}, 1_000)
+    line = encode_point(
+        "lp_roundtrip", tags, {"s": text, "v": 1.5}, 1_780_000_000_000_000_000
+    )  # in raw's policy
 
     async def round_trip() -> list[dict]:
         async with InfluxClient(url=influx.influx_url, database=influx.influx_db) as client:
@@ -82,8 +84,8 @@ def test_a_measurement_line_leaves_out_unread_values_and_round_trips_every_float
         "s", "gw-1", "meter", message, {"gw-1/meter": DeviceTags("c-001", "meter")}
     )
     assert line == (
-        "device,connection=c-001,device=meter,gateway=gw-1,role=meter,session=3,site=s "
-        'power_w=0.30000000000000004,energy_import_wh=1e+21,seq=41i,quality="partial",replay=true '
+        "device,connection=c-001,device=meter,gateway=gw-1,role=meter,site=s "
+        'power_w=0.30000000000000004,energy_import_wh=1e+21,seq=41i,session=3i,quality="partial",replay=true '
         "1780315200123456000"
     )
-    assert fields == 5
+    assert fields == 6  # power, energy, seq, session, quality, replay

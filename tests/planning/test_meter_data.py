@@ -141,35 +141,52 @@ def test_long_utc_channels_join_into_one_quarter_hour(tmp_path):
     assert series.duplicates_dropped == 0
 
 
-async def test_quarter_hours_from_what_the_ingest_stored(services, unique_id):
-    """The meter's counters as stored, read back as kWh per quarter hour; a quarter hour without readings is a gap."""
+async def test_quarter_hours_from_what_the_aggregator_stored(services, unique_id, tmp_path):
+    """The meter's counters as stored, made quarter hours by the aggregator and read back as kWh; an hour without
+    readings is bridged by the counter, a quarter hour after the last reading is a gap, not a zero."""
+    from energyhub.aggregates.service import Aggregator
+    from energyhub.aggregates.settings import AggregateSettings
     from energyhub.io.influx import InfluxClient
     from energyhub.io.line_protocol import encode_point
     from energyhub.planning.meter_data import read_from_influx
+    from tests import communities
 
+    doc = communities.base()
+    doc["community"]["id"] = unique_id  # a site of its own in the shared database
+    (tmp_path / "community.yaml").write_text(communities.dump(doc))
     t0 = datetime(2026, 6, 1, 10, 0, tzinfo=UTC)
     lines = []
-    for minute in range(0, 60, 1):  # one reading a minute for an hour, but none in 10:30-10:45
+    for minute in range(0, 75):  # one reading a minute, 10:00-11:15, but none in 10:30-10:45
         if 30 <= minute < 45:
             continue
         t = t0 + timedelta(minutes=minute, seconds=59)
         fields = {
             "energy_import_wh": 1_000_000.0 + 1_000.0 * minute,
             "energy_export_wh": 50_000.0 + 250.0 * minute,
+            "seq": minute,  # as every stored measurement has
         }
-        tags = {"connection": unique_id, "role": "meter", "device": "meter", "gateway": "gw", "site": "s"}
+        tags = {"site": unique_id, "gateway": "gw-001", "device": "meter"}
         lines.append(encode_point("device", tags, fields, t))
     s = services.settings
+    aggregator = Aggregator(
+        AggregateSettings(
+            community=tmp_path / "community.yaml", influx_url=s.influx_url, influx_db=s.influx_db
+        )
+    )
     async with InfluxClient(url=s.influx_url, database=s.influx_db) as client:
         await client.write(lines)
+        assert await aggregator.catch_up() >= 5  # 10:00 to 11:15, in whole chunks
         series = await read_from_influx(
-            client, unique_id, t0 + timedelta(minutes=15), t0 + timedelta(hours=1)
+            client, "c-001", t0 + timedelta(minutes=15), t0 + timedelta(minutes=90), site=unique_id
         )
+    await aggregator.raw.aclose()
+    await aggregator.quarters.aclose()
     assert series.isp_starts[0] == t0 + timedelta(minutes=15)
-    assert series.import_kwh[0] == pytest.approx(15.0)  # 10:15-10:30: counter at 10:29:59 minus at 10:14:59
-    assert series.export_kwh[0] == pytest.approx(3.75)
-    # 10:30-10:45 had no readings and 10:45-11:00 has no reading at its start: both are gaps, not zeros.
-    assert series.gaps == [t0 + timedelta(minutes=30), t0 + timedelta(minutes=45)]
+    # 1 kWh a minute in, 0.25 out: 10:15-10:30 interpolated at both ends, 10:30-10:45 bridged by the counter.
+    assert series.import_kwh[:3] == pytest.approx([15.0, 15.0, 15.0])
+    assert series.export_kwh[:3] == pytest.approx([3.75, 3.75, 3.75])
+    # 11:15-11:30 lies after the last reading: a gap, not a zero.
+    assert series.gaps == [t0 + timedelta(minutes=75)]
 
 
 def test_headroom_of_connections_and_their_loop():

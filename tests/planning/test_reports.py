@@ -223,11 +223,11 @@ def test_settle_reads_what_the_ingest_stored(services, unique_id: str, tmp_path:
     from energyhub.io.influx import InfluxClient
     from energyhub.io.line_protocol import encode_point
 
-    # A time of its own in the shared database: other tests write c-001 points at the present time.
-    t0 = datetime(2031, 1, 1, tzinfo=UTC) + timedelta(days=int(unique_id[1:], 16) % 300)
+    # A site of its own in the shared database (other tests write c-001 points), two hours of last month.
+    t0 = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=30)
     lines = []
-    for minute in range(121):
-        t = t0 + timedelta(minutes=minute, seconds=-1)
+    for minute in range(123):  # and past the end: the last quarter hour's end lies between two readings
+        t = t0 + timedelta(minutes=minute)  # a reading counts the minute up to it
         for member, imp, exp in (
             ("c-001", 400.0 * minute, 0.0),  # 24 kW all the time
             ("c-002", 100.0 * min(minute, 60), 500.0 * max(minute - 60, 0)),  # 6 kW, then 30 kW fed in
@@ -236,10 +236,10 @@ def test_settle_reads_what_the_ingest_stored(services, unique_id: str, tmp_path:
                 "connection": member,
                 "role": "meter",
                 "device": "meter",
-                "gateway": unique_id,
-                "site": "s",
+                "gateway": "gw-001" if member == "c-001" else "gw-002",
+                "site": unique_id,
             }
-            fields = {"energy_import_wh": 1e6 + imp, "energy_export_wh": 2e5 + exp}
+            fields = {"energy_import_wh": 1e6 + imp, "energy_export_wh": 2e5 + exp, "seq": minute}
             lines.append(encode_point("device", tags, fields, t))
 
     async def write() -> None:
@@ -249,7 +249,22 @@ def test_settle_reads_what_the_ingest_stored(services, unique_id: str, tmp_path:
             await client.write(lines)
 
     asyncio.run(write())
-    (tmp_path / "community.yaml").write_text(dump(base()))
+    doc = base()
+    doc["community"]["id"] = unique_id
+    (tmp_path / "community.yaml").write_text(dump(doc))
+    # Settlement reads the quarter hours the aggregator made of the counters, as a user runs them.
+    aggregated = _run(
+        "aggregate",
+        "--once",
+        "--community",
+        str(tmp_path / "community.yaml"),
+        "--influx-url",
+        services.settings.influx_url,
+        "--influx-db",
+        services.settings.influx_db,
+    )
+    assert aggregated.returncode == 0, aggregated.stderr[-3000:]
+    assert "quarter hour(s) done" in aggregated.stdout
     out = tmp_path / "settlement"
     run = _run(
         "settle",

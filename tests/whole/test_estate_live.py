@@ -15,6 +15,7 @@ from energyhub.control.online import ControlSettings
 from energyhub.domain.community import load_community
 from tests.communities import ean
 from tests.estate_run import DemoRun, wait_until
+from tests.faults import per_session
 from tests.yardstick import energy_between, infeasible_isps, measure, meter_counters, node_members, query
 
 SITE = "estate-test"
@@ -118,11 +119,12 @@ def sequence_gaps(run: DemoRun, before: datetime) -> dict[str, int]:
     """Per gateway session: seq numbers missing in what InfluxDB stored before ``before`` (sessions start at seq 0).
     Only what is a few real seconds old: a query while a batch is being written sees part of it."""
     out = {}
-    q = f"SELECT count(seq), max(seq), min(seq) FROM device WHERE time < '{before.isoformat()}' GROUP BY gateway, session"
-    for series in query(run.influx, DB, q):
-        _t, count, high, low = series["values"][0]
-        assert low == 0, series  # a session's first measurement is seq 0
-        out[f"{series['tags']['gateway']}/{series['tags']['session']}"] = high + 1 - count
+    where = f"time < '{before.isoformat()}'"
+    for (gateway, session), (count, high, low) in per_session(
+        run.influx, DB, where, "count(seq), max(seq), min(seq)"
+    ).items():
+        assert low == 0, (gateway, session, count, high)  # a session's first measurement is seq 0
+        out[f"{gateway}/{session}"] = high + 1 - count
     return out
 
 
@@ -212,6 +214,19 @@ def control_against_meters(
     return out
 
 
+def aggregated(run: DemoRun, start: datetime, end: datetime) -> dict[tuple[str, datetime], float]:
+    """The aggregator's mean kW per (node, quarter hour) in [start, end)."""
+    q = (
+        f'SELECT "mean_kw" FROM "forever"."node_qh" WHERE "site" = \'{SITE}\' AND time >= \'{start.isoformat()}\' '
+        f"AND time < '{end.isoformat()}' GROUP BY \"node\""
+    )
+    return {
+        (series["tags"]["node"], datetime.fromtimestamp(t / 1000, UTC)): kw
+        for series in query(run.influx, DB, q)
+        for t, kw in series["values"]
+    }
+
+
 @pytest.mark.timeout(420)
 def test_the_estate_at_demo_speed_keeps_every_quarter_hour_limit_as_the_meters_count_it(
     estate_file, tmp_path
@@ -244,9 +259,34 @@ def test_the_estate_at_demo_speed_keeps_every_quarter_hour_limit_as_the_meters_c
         failsafe = failsafe_reports(run, warm, end)
         counted = control_against_meters(run, community, warm, end, 5 * speed, speed)
         states = run.get("/api/gateways")
+        # The aggregator's quarter hours, once it has closed the last one (30 real s after its end).
+        wait_until(
+            lambda: len(aggregated(run, warm, end)) >= len(yard.node_kw), 90, "the aggregates", run.logs
+        )
+        quarters = aggregated(run, warm, end)
+        policies = {
+            r[0]: (r[1], r[4]) for s in query(run.influx, DB, "SHOW RETENTION POLICIES") for r in s["values"]
+        }
+        minutes = {
+            s["name"]
+            for name in ("device_1m", "control_node_1m")
+            for s in query(run.influx, DB, f'SELECT count(*) FROM "year"."{name}"')
+        }
     finally:
         code = run.stop()
     assert code == 0, run.logs()
+    # The demo set up raw points (default, kept 30 days past its June data clock), minutes and quarter hours.
+    assert policies["raw"][1] is True
+    assert policies["year"] == ("8784h0m0s", False)
+    assert policies["forever"] == ("0s", False)
+    assert minutes == {"device_1m", "control_node_1m"}
+    # Every node's stored quarter hour is the yardstick's, counted from the same meters by other code.
+    wrong = {
+        key: (quarters.get(key), kw)
+        for key, kw in yard.node_kw.items()
+        if key not in quarters or abs(quarters[key] - kw) > 0.001 * abs(kw) + 0.01
+    }
+    assert not wrong, wrong
     # Every node of every quarter hour was measured: five connections, two loops and the hub, four times.
     assert len(yard.isps) == 4
     assert len(yard.node_kw) == 8 * 4, sorted(yard.node_kw)

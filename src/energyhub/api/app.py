@@ -24,7 +24,7 @@ from energyhub.api.context import ApiContext
 from energyhub.api.guard import RequestGuard
 from energyhub.api.levers import day_ahead_router, override_router
 from energyhub.api.settings import ApiSettings, load_api_settings
-from energyhub.api.views import gateway_router, state_router
+from energyhub.api.views import aggregate_router, gateway_router, state_router
 
 __all__ = ["ApiSettings", "create_app", "load_api_settings"]
 
@@ -72,6 +72,6 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # The token of a write and the size of a body, before the body is read (FastAPI reads it before it runs a
     # route's dependencies).
     app.add_middleware(RequestGuard, token=settings.token, max_body_bytes=settings.max_body_bytes)
-    for router in (state_router, gateway_router, day_ahead_router, override_router):
+    for router in (state_router, gateway_router, aggregate_router, day_ahead_router, override_router):
         app.include_router(router(ctx))
     return app

@@ -1,11 +1,12 @@
 """The read routes: the live page, the estate, the flows, the gateways and their acknowledgements, control's
-decisions, and the event stream."""
+decisions, the event stream, and the aggregator's quarter hours."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,11 +16,25 @@ from sse_starlette.sse import EventSourceResponse
 
 from energyhub.api.acks import ack_rows, acks_query
 from energyhub.api.context import ApiContext
+from energyhub.api.models import CounterReset, DeviceQuarterHours, NodeQuarterHours
+from energyhub.api.quarter_hours import (
+    DEVICE_FIELDS,
+    MAX_RANGE,
+    NODE_FIELDS,
+    RESET_COLUMNS,
+    RangeError,
+    TimeRange,
+    device_totals,
+    node_totals,
+    quarter_query,
+    resets_query,
+    rows,
+)
 from energyhub.domain.ids import IdError
 from energyhub.wire.messages import GatewayState, SetpointStatus
 from energyhub.wire.topics import check_id
 
-__all__ = ["gateway_router", "state_router"]
+__all__ = ["aggregate_router", "gateway_router", "state_router"]
 
 PAGE = Path(__file__).with_name("page.html")
 # A gateway heard only through its acknowledgements: its state fields are there, and null.
@@ -138,5 +153,100 @@ def gateway_router(ctx: ApiContext) -> APIRouter:
             )
         series = await ctx.query(acks_query(ctx.topics.site, gateway=gateway, status=status, limit=limit))
         return ack_rows(series)
+
+    return router
+
+
+def _checked(value: str, what: str) -> str:
+    try:
+        return check_id(value, what=what)
+    except IdError as exc:
+        raise HTTPException(422, str(exc)) from None
+
+
+START = Query(description="UTC with a time zone (RFC 3339); default a day before end.")
+END = Query(description="UTC with a time zone; default the data clock's now. At most 31 days after start.")
+
+
+def aggregate_router(ctx: ApiContext) -> APIRouter:
+    """A node's and a device's quarter hours and the counters that fell, as the aggregator stored them."""
+    router = APIRouter()
+    site, nodes, community = ctx.topics.site, ctx.community.nodes(), ctx.community.community
+
+    def span(start: datetime | None, end: datetime | None) -> TimeRange:
+        try:
+            return TimeRange.of(start, end, ctx.live.clock.now())
+        except RangeError as exc:
+            raise HTTPException(422, str(exc)) from None
+
+    @router.get(
+        "/api/nodes/{node}/quarter-hours",
+        summary="A node's quarter hours from its meters' counters: energy, limits, energy beyond them, resets",
+    )
+    async def node_quarter_hours(
+        node: str,
+        start: Annotated[datetime | None, START] = None,
+        end: Annotated[datetime | None, END] = None,
+    ) -> NodeQuarterHours:
+        if _checked(node, "node") not in nodes:
+            raise HTTPException(404, f"unknown node {node!r}: not in community {community.id!r}")
+        asked = span(start, end)
+        found = rows(await ctx.query(quarter_query(site, asked, node=node)), NODE_FIELDS)
+        return NodeQuarterHours.model_validate(
+            {
+                "node": node,
+                "level": str(nodes[node].level),
+                **asked.to_json(),
+                "quarter_hours": found,
+                "totals": node_totals(found, asked, ctx.live.clock.now()),
+            }
+        )
+
+    @router.get(
+        "/api/devices/{gateway}/{device}/quarter-hours",
+        summary="A device's quarter hours: energy from its counters (meters), power, coverage, counter resets",
+    )
+    async def device_quarter_hours(
+        gateway: str,
+        device: str,
+        start: Annotated[datetime | None, START] = None,
+        end: Annotated[datetime | None, END] = None,
+    ) -> DeviceQuarterHours:
+        key = (_checked(gateway, "gateway"), _checked(device, "device"))
+        if key not in ctx.devices:
+            raise HTTPException(
+                404,
+                f"unknown device {device!r} behind gateway {gateway!r}: not in community {community.id!r}",
+            )
+        connection, known = ctx.devices[key]
+        asked = span(start, end)
+        found = rows(
+            await ctx.query(quarter_query(site, asked, gateway=gateway, device=device)), DEVICE_FIELDS
+        )
+        return DeviceQuarterHours.model_validate(
+            {
+                "gateway": gateway,
+                "device": device,
+                "connection": connection,
+                "role": str(known.role),
+                **asked.to_json(),
+                "quarter_hours": found,
+                "totals": device_totals(found, asked, ctx.live.clock.now()),
+            }
+        )
+
+    @router.get(
+        "/api/counter-resets",
+        summary=f"Energy counters that fell (a meter replaced or reset), oldest first; at most {MAX_RANGE.days} days",
+    )
+    async def counter_resets(
+        start: Annotated[datetime | None, START] = None,
+        end: Annotated[datetime | None, END] = None,
+        gateway: str | None = None,
+    ) -> list[CounterReset]:
+        if gateway is not None and _checked(gateway, "gateway") not in ctx.gateways:
+            raise HTTPException(404, f"unknown gateway {gateway!r}: not in community {community.id!r}")
+        series = await ctx.query(resets_query(site, span(start, end), gateway))
+        return [CounterReset.model_validate(row) for row in rows(series, RESET_COLUMNS, time_as="ts")]
 
     return router

@@ -26,6 +26,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from energyhub.broker.bridge import (
+    BRIDGE_PREFIX,
+    BridgeError,
+    BridgeSettings,
+    bridge_site,
+    bridge_username,
+    read_bridge,
+    write_bridge,
+)
 from energyhub.broker.dynsec import ClientEntry, DynsecFile, Role, password_id, read_dynsec, render_dynsec
 from energyhub.broker.dynsec_control import DynsecControl, DynsecControlError, sync
 from energyhub.broker.passwords import DynsecPassword
@@ -101,6 +110,11 @@ class BrokerAccounts:
     def legacy_paths(self) -> tuple[Path, Path]:
         """The password and ACL files of the acl_file setup, which Mosquitto no longer reads."""
         return self.directory / "passwd", self.directory / "acl"
+
+    @property
+    def bridge_path(self) -> Path:
+        """This estate broker's bridge to a core broker (``energyhub broker bridge``); absent: no bridge."""
+        return self.directory / "bridge.json"
 
     @property
     def credentials_dir(self) -> Path:
@@ -197,6 +211,56 @@ class BrokerAccounts:
             self._save_accounts(accounts)
             self._write_files(accounts)
         return credentials
+
+    def add_bridge(self, site: str, *, rotate: bool = False) -> Credentials:
+        """On a core broker: create the account of estate ``site``'s bridge (``ehub-bridge-<site>``).
+
+        Its role may publish only that estate's subtree and subscribe only to its confirmations; the ingest's role
+        on this broker grows to read and confirm that estate too."""
+        try:
+            name = bridge_username(site)
+        except BridgeError as exc:
+            raise AccountError(str(exc)) from None
+        if site == self.topics.site:
+            raise AccountError(
+                f"site {site!r} is this broker's own site: a bridge brings in another estate's site"
+            )
+        with self._locked():
+            accounts = self.accounts()
+            if name in accounts and not rotate:
+                raise AccountError(
+                    f"estate {site!r} already has a bridge account {name!r} in {self.directory}: to give it a new "
+                    f"password use `energyhub broker add-bridge {site} --rotate` (in Python: rotate=True), then "
+                    "copy the credentials file to the estate broker again and restart it"
+                )
+            credentials = self._create(name, Role.BRIDGE)
+            accounts[name] = Role.BRIDGE
+            self._save_accounts(accounts)
+            self._write_files(accounts)
+        return credentials
+
+    def bridge(self) -> BridgeSettings | None:
+        """This broker's bridge to a core broker, None if it has none."""
+        try:
+            return read_bridge(self.bridge_path)
+        except BridgeError as exc:
+            raise AccountError(str(exc)) from None
+
+    def set_bridge(self, settings: BridgeSettings | None) -> None:
+        """On an estate broker: bridge it to a core broker (None: no longer). Mosquitto reads bridges only at start,
+        so the ``connection`` section takes effect at the broker's next start; the ingest's role here (empty while
+        bridged) changes at the next ``reload_broker``."""
+        if settings is not None:
+            try:
+                settings.login(
+                    self.topics.site
+                )  # a wrong or missing credentials file fails now, not at start
+            except BridgeError as exc:
+                raise AccountError(str(exc)) from None
+        with self._locked():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_bridge(self.bridge_path, settings)
+            self._write_files(self.accounts())
 
     def remove(self, name: str) -> None:
         """Delete account ``name``: it can no longer log in, and is disconnected, once the broker reloads."""
@@ -385,7 +449,9 @@ class BrokerAccounts:
                     username=username, role=accounts[username], password=hashed, password_id=fingerprint
                 )
             )
-        return render_dynsec(clients, accounts, self.topics, dev_mode=dev_mode)
+        return render_dynsec(
+            clients, accounts, self.topics, dev_mode=dev_mode, bridged_estate=self.bridge_path.exists()
+        )
 
     def _write_files(self, accounts: dict[str, Role], *, dev_mode: bool | None = None) -> None:
         if dev_mode is None:
@@ -399,6 +465,8 @@ class BrokerAccounts:
 
 
 def _renew_hint(username: str) -> str:
+    if username.startswith(BRIDGE_PREFIX):
+        return f"give it a new password with `energyhub broker add-bridge {bridge_site(username)} --rotate`"
     if username in SERVICE_ACCOUNTS:
         return "run `energyhub broker init` to give it a new password"
     return f"give it a new password with `energyhub broker add-gateway {username} --rotate`"

@@ -19,7 +19,8 @@ from energyhub.wire.topics import DEFAULT_ROOT, TopicError, Topics
 __all__ = ["app"]
 
 app = typer.Typer(
-    help="Broker accounts (one per gateway, isolated by ACLs and client id), service accounts and TLS certificates.",
+    help="Broker accounts (one per gateway, isolated by ACLs and client id), service accounts, TLS certificates, "
+    "and the bridge of an estate broker to a core broker (add-bridge on the core, bridge on the estate).",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -200,3 +201,99 @@ def certs(
     typer.echo(f"CA certificate (copy to gateways): {paths.ca_cert}")
     typer.echo(f"server certificate: {paths.server_cert}")
     typer.echo(f"server key: {paths.server_key}")
+
+
+@app.command("add-bridge")
+def add_bridge(
+    estate: Annotated[
+        str, typer.Argument(help="Site id of the estate whose broker bridges to this (core) broker.")
+    ],
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="Give an existing bridge account a new password.")
+    ] = False,
+    state_dir: StateDir = Path("var"),
+    site: Site = "de-koumen",
+    topic_root: TopicRoot = DEFAULT_ROOT,
+) -> None:
+    """On the CORE broker: create the account ehub-bridge-ESTATE for an estate broker's bridge.
+
+    Its role may publish only the estate's measurements, states, acks and dead letters (ehub/v1/ESTATE/...) and
+    subscribe only to its confirmations (ehub/v1/ESTATE/gw/+/confirm), with client id ehub-bridge-ESTATE; the
+    ingest's role here grows to read every bridged estate. Copy the credentials file it prints to the estate
+    broker and run `energyhub broker bridge` there.
+    """
+    accounts = _accounts(state_dir, site, topic_root)
+    try:
+        credentials = accounts.add_bridge(estate, rotate=rotate)
+        note = _reload_note(accounts)
+    except (AccountError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(f"username and client id: {credentials.username}")
+    typer.echo(
+        f"credentials file: {accounts.credentials_path(credentials.username)} (copy it to the estate broker)"
+    )
+    typer.echo(
+        f"may publish: {topic_root}/{estate}/gw/+/{{meas/+,state,ack/+}}, {topic_root}/{estate}/deadletter/#"
+    )
+    typer.echo(f"may subscribe: {topic_root}/{estate}/gw/+/confirm")
+    typer.echo(note)
+
+
+@app.command("bridge")
+def bridge(
+    core_host: Annotated[
+        str | None,
+        typer.Option("--core-host", help="Address of the core broker (a name in its certificate with TLS)."),
+    ] = None,
+    core_port: Annotated[
+        int, typer.Option("--core-port", help="The core's MQTT port (its TLS port with --ca-file).")
+    ] = 1883,
+    credentials: Annotated[
+        Path | None,
+        typer.Option(
+            "--credentials",
+            help="The ehub-bridge-<site>.json made on the core by `energyhub broker add-bridge`.",
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option("--ca-file", help="The core's CA certificate (certs/ca.crt there): TLS to the core."),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Remove the bridge.")] = False,
+    state_dir: StateDir = Path("var"),
+    site: Site = "de-koumen",
+    topic_root: TopicRoot = DEFAULT_ROOT,
+) -> None:
+    """On an ESTATE broker: bridge it to the core broker (MQTT 5), or with --off no longer.
+
+    Out to the core go this site's measurements, gateway states, setpoint acks and dead letters; in come only the
+    ingest's confirmations (.../gw/+/confirm), so nothing sent out comes back. While bridged, the ehub-ingest
+    account here may read nothing: the core's ingest workers store this estate, and an ingest group here would
+    store and confirm every measurement a second time. Stored in STATE_DIR/broker/bridge.json; the connection
+    is in mosquitto.conf from the broker's next start (`energyhub services` or `write-config`), since Mosquitto
+    reads bridges only at start.
+    """
+    from energyhub.broker.bridge import BridgeError, BridgeSettings
+
+    accounts = _accounts(state_dir, site, topic_root)
+    try:
+        if off:
+            accounts.set_bridge(None)
+            typer.echo(f"removed the bridge of {accounts.directory}; restart the broker")
+            return
+        if core_host is None or credentials is None:
+            _fail("--core-host and --credentials are needed to bridge (or --off to remove the bridge)")
+        settings = BridgeSettings(
+            core_host=core_host,
+            core_port=core_port,
+            credentials_file=credentials.resolve(),
+            ca_file=None if ca_file is None else ca_file.resolve(),
+        )
+        accounts.set_bridge(settings)
+        note = _reload_note(accounts)
+    except (AccountError, BridgeError, OSError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"bridge of site {site} to {core_host}:{core_port}{' (TLS)' if ca_file else ''} stored in {accounts.bridge_path}"
+    )
+    typer.echo("restart the broker so Mosquitto opens the bridge; the ingest's role here: " + note)

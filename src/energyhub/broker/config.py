@@ -12,7 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from energyhub.broker.accounts import BrokerAccounts, write_atomic
+from energyhub.broker.accounts import AccountError, BrokerAccounts, write_atomic
+from energyhub.broker.bridge import BridgeError, render_bridge
 from energyhub.broker.certs import CertificatePaths
 
 __all__ = [
@@ -142,7 +143,19 @@ def render_mosquitto_conf(config: BrokerConfig, accounts: BrokerAccounts) -> str
             f"keyfile {_value(certs.server_key)}",
             "tls_version tlsv1.2",  # the minimum version in Mosquitto 2.0; TLS 1.3 is offered too
         ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _bridge_lines(accounts)) + "\n"
+
+
+def _bridge_lines(accounts: BrokerAccounts) -> list[str]:
+    """The bridge to a core broker (src/energyhub/broker/bridge.py), if this estate broker has one; last, since
+    every line after ``connection`` belongs to the bridge."""
+    try:
+        bridge = accounts.bridge()
+        if bridge is None:
+            return []
+        return ["", *render_bridge(bridge, accounts.topics)]
+    except (AccountError, BridgeError) as exc:
+        raise BrokerConfigError(f"{accounts.bridge_path}: {exc}") from None
 
 
 def write_mosquitto_conf(config: BrokerConfig, accounts: BrokerAccounts) -> Path:
@@ -152,5 +165,7 @@ def write_mosquitto_conf(config: BrokerConfig, accounts: BrokerAccounts) -> Path
     accounts.write_files(dev_mode=config.dev_mode)
     accounts.write_listener(config.host, config.port)
     path = config.directory / "mosquitto.conf"
-    write_atomic(path, render_mosquitto_conf(config, accounts), mode=0o644)
+    # With a bridge it holds the bridge's password to the core: the owner's only then.
+    mode = 0o600 if accounts.bridge_path.exists() else 0o644
+    write_atomic(path, render_mosquitto_conf(config, accounts), mode=mode)
     return path

@@ -39,6 +39,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from energyhub.broker.bridge import bridge_site, bridge_topics
 from energyhub.broker.passwords import DynsecPassword
 from energyhub.wire.topics import TopicKind, Topics
 
@@ -80,6 +81,7 @@ class Role(StrEnum):
     INGEST = "ingest"
     API = "api"
     ADMIN = "admin"  # changes the running broker's accounts through $CONTROL/dynamic-security/v1
+    BRIDGE = "bridge"  # on a core broker: ehub-bridge-<site>, one estate broker's bridge (broker/bridge.py)
 
 
 class AclType(StrEnum):
@@ -104,8 +106,10 @@ class Acl:
 
 def client_id_for(username: str, role: Role) -> str | None:
     """The only client id ``username`` may connect with; None for service accounts (several connections share
-    one: ingest workers, API and control instances)."""
-    return f"{username}-agent" if role is Role.GATEWAY else None
+    one: ingest workers, API and control instances). A bridge uses its account name, which no other account may use."""
+    if role is Role.GATEWAY:
+        return f"{username}-agent"
+    return username if role is Role.BRIDGE else None
 
 
 def _read(*topics: str) -> list[Acl]:
@@ -138,6 +142,35 @@ def _gateway_acls(gateway: str, topics: Topics) -> list[Acl]:
     ]
 
 
+def _bridge_acls(username: str, topics: Topics) -> list[Acl]:
+    """Estate ``site``'s bridge on the core: publish what the estate sends out, take back only its confirmations."""
+    estate = Topics(site=bridge_site(username), root=topics.root)
+    out = [p.pattern for p in bridge_topics(estate) if p.direction == "out"]
+    inward = [p.pattern for p in bridge_topics(estate) if p.direction == "in"]
+    # Literal only: the bridge subscribes to exactly these filters, and never through a shared group.
+    return [*_write(*out), *[Acl(AclType.SUBSCRIBE_LITERAL, t) for t in inward], *_receive(*inward)]
+
+
+def _receive(*topics: str) -> list[Acl]:
+    return [Acl(AclType.PUBLISH_RECEIVE, t) for t in topics]
+
+
+def _ingest_acls(topics: Topics) -> list[Acl]:
+    base = topics.base
+    control = f"{base}/control/#"
+    return [
+        *_read(f"{base}/gw/#", control),
+        *_shared(f"{base}/gw/#", control),  # workers in one group split the load
+        *_write(
+            f"{base}/{TopicKind.DEADLETTER}/#",
+            f"{base}/gw/+/{TopicKind.CONFIRM}",
+            # An empty retained message clears a retained measurement a gateway left (the broker cannot
+            # refuse retain per topic), so that no new subscriber is handed it.
+            topics.all_measurements(),
+        ),
+    ]
+
+
 def _service_acls(role: Role, topics: Topics) -> list[Acl]:
     base = topics.base
     setpoints = f"{base}/gw/+/{TopicKind.SETPOINT}/+"
@@ -148,17 +181,7 @@ def _service_acls(role: Role, topics: Topics) -> list[Acl]:
             *_write(setpoints, control),
         ]
     if role is Role.INGEST:
-        return [
-            *_read(f"{base}/gw/#", control),
-            *_shared(f"{base}/gw/#", control),  # workers in one group split the load
-            *_write(
-                f"{base}/{TopicKind.DEADLETTER}/#",
-                f"{base}/gw/+/{TopicKind.CONFIRM}",
-                # An empty retained message clears a retained measurement a gateway left (the broker cannot
-                # refuse retain per topic), so that no new subscriber is handed it.
-                topics.all_measurements(),
-            ),
-        ]
+        return _ingest_acls(topics)
     if role is Role.API:
         # Reads everything of the site for the live page; writes setpoints for manual overrides.
         return [*_read(f"{base}/#"), *_write(setpoints)]
@@ -168,9 +191,33 @@ def _service_acls(role: Role, topics: Topics) -> list[Acl]:
     raise ValueError(f"no service ACLs for role {role!r}")
 
 
-def account_acls(username: str, role: Role, topics: Topics) -> list[Acl]:
-    """The ACLs of account ``username``, sorted."""
-    acls = _gateway_acls(username, topics) if role is Role.GATEWAY else _service_acls(role, topics)
+def account_acls(
+    username: str,
+    role: Role,
+    topics: Topics,
+    *,
+    bridged_sites: Sequence[str] = (),
+    bridged_estate: bool = False,
+) -> list[Acl]:
+    """The ACLs of account ``username``, sorted.
+
+    On a core broker (``bridged_sites``: the estates with a bridge account) the ingest reads and confirms every
+    estate too. On an estate broker that is bridged to a core (``bridged_estate``) the ingest gets nothing: the
+    core's workers store this estate's measurements, and a second group here would store and confirm each again.
+    """
+    if role is Role.GATEWAY:
+        acls = _gateway_acls(username, topics)
+    elif role is Role.BRIDGE:
+        acls = _bridge_acls(username, topics)
+    elif role is Role.INGEST and bridged_estate:
+        acls = []
+    elif role is Role.INGEST:
+        acls = [
+            *_ingest_acls(topics),
+            *(a for site in bridged_sites for a in _ingest_acls(Topics(site=site, root=topics.root))),
+        ]
+    else:
+        acls = _service_acls(role, topics)
     return sorted(set(acls))
 
 
@@ -217,14 +264,32 @@ class ClientEntry:
 
 
 def render_dynsec(
-    clients: Sequence[ClientEntry], roles: Mapping[str, Role], topics: Topics, *, dev_mode: bool
+    clients: Sequence[ClientEntry],
+    roles: Mapping[str, Role],
+    topics: Topics,
+    *,
+    dev_mode: bool,
+    bridged_estate: bool = False,
 ) -> dict[str, Any]:
-    """The plugin's config document: ``clients`` with their hashes, one role per account in ``roles``."""
+    """The plugin's config document: ``clients`` with their hashes, one role per account in ``roles``.
+
+    ``bridged_estate``: this broker forwards its estate to a core broker (see ``account_acls``)."""
+    bridged = sorted(bridge_site(u) for u, r in roles.items() if r is Role.BRIDGE)
     role_entries = [
         {
             "rolename": username,
-            "textname": f"energyhub {role}",
-            "acls": [acl.to_json() for acl in account_acls(username, role, topics)],
+            "textname": f"energyhub {role}"
+            + (
+                " (none here: this estate is bridged to a core, whose ingest stores it)"
+                if role is Role.INGEST and bridged_estate
+                else ""
+            ),
+            "acls": [
+                acl.to_json()
+                for acl in account_acls(
+                    username, role, topics, bridged_sites=bridged, bridged_estate=bridged_estate
+                )
+            ],
         }
         for username, role in sorted(roles.items())
     ]

@@ -121,6 +121,7 @@ def demo_processes(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
         _ingest(plan),
         *_agents(plan, community),
         _control(plan, control_community),
+        _aggregator(plan),
         _api(plan, control_community),
     ]
 
@@ -236,6 +237,25 @@ def _control(plan: DemoPlan, control_community: Path) -> ProcessSpec:
     )
     # It connects and keeps its heartbeat on its own; nothing to wait for before the next part starts.
     return _process(plan, "control", argv, lambda: True)
+
+
+def _aggregator(plan: DemoPlan) -> ProcessSpec:
+    s = plan.settings
+    argv = _cli(
+        "aggregate",
+        "--site",
+        s.site,
+        "--community",
+        str(plan.community_path),
+        "--influx-url",
+        s.influx_url,
+        "--influx-db",
+        s.influx_db,
+        "--raw-retention-days",
+        f"{s.raw_retention_days:g}",
+    )
+    # It waits for the database and the first data itself.
+    return _process(plan, "aggregator", argv, lambda: True)
 
 
 def _api(plan: DemoPlan, control_community: Path) -> ProcessSpec:

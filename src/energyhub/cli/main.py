@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from energyhub.aggregates.cli import aggregate as aggregate_command
 from energyhub.api.cli import api_command
 from energyhub.broker.cli import app as broker_app
 from energyhub.control.cli import control_command, simulate_command
@@ -49,6 +51,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(dashboards_app, name="dashboards")
 app.command("edge")(edge_command)
 app.command("ingest")(ingest_command)
+app.command("aggregate")(aggregate_command)
 app.command("simulate")(simulate_command)
 app.command("control")(control_command)
 app.command("api")(api_command)
@@ -320,13 +323,18 @@ def demo(
         begin = datetime.fromisoformat(start.replace("Z", "+00:00"))
     except ValueError:
         raise _fail(f"error: --start {start!r} is not an ISO time, e.g. 2026-06-01T05:00:00Z") from None
-    # The topics, accounts and ACL are the community's: its id is the site.
-    settings = ServiceSettings(state_dir=state_dir, site=parsed.community.id)
+    begin = begin if begin.tzinfo else begin.replace(tzinfo=UTC)
+    # The topics, accounts and ACL are the community's: its id is the site. Raw points are kept 30 days of data
+    # time: a run of last June keeps them 30 days past its data clock (InfluxDB refuses older ones).
+    lag_days = max(0.0, (datetime.now(UTC) - begin).total_seconds() / 86400)
+    settings = ServiceSettings(
+        state_dir=state_dir, site=parsed.community.id, raw_retention_days=30.0 + math.ceil(lag_days)
+    )
     plan = DemoPlan(
         settings=settings,
         community_path=community,
         gateways=chosen,
-        clock=Clock.simulated(begin if begin.tzinfo else begin.replace(tzinfo=UTC), speed),
+        clock=Clock.simulated(begin, speed),
         agents_per_process=agents_per_process or (1 if len(chosen) <= 8 else 25),
     )
     # Every port first, before a word is printed: a second demo must not report "up" on the first one's ports.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.client
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,15 +180,19 @@ class RunningServices:
 
 def start_services(supervisor: Supervisor, settings: ServiceSettings) -> RunningServices:
     """Start the broker and the database, and create the measurement database."""
-    from energyhub.io.influx import (
-        InfluxClient,
-    )  # local: keeps `energyhub` start-up light for commands that need no DB
+    # local: keeps `energyhub` start-up light for commands that need no DB
+    from energyhub.domain.clock import clock_from_env
+    from energyhub.io.influx import InfluxClient
+    from energyhub.io.retention import ensure_retention_blocking, raw_keep_s
 
     # All at once, so a taken broker port is reported before the database is started, with the others.
     check_all_free(service_ports(settings))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     influxd = start_influxd(supervisor, settings)
-    InfluxClient(url=settings.influx_url, database=settings.influx_db).create_database_sync()
+    ensure_retention_blocking(
+        InfluxClient(url=settings.influx_url, database=settings.influx_db),
+        raw_keep_s(settings.raw_retention_days, time.time() - clock_from_env().timestamp()),
+    )
     broker = start_broker(supervisor, settings)
     return RunningServices(
         settings=settings, broker=broker, influxd=influxd, accounts=broker_accounts(settings)

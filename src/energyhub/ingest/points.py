@@ -3,9 +3,9 @@
 Schema (what dashboards and control query):
 
 - ``device``: one point per measurement message, at the device's timestamp. Tags: ``site``, ``gateway``,
-  ``device``, ``session``, plus ``connection`` and ``role`` when the ingest knows the community. Fields: every
-  value that was read (float; a value that could not be read is left out: InfluxDB has no null), and ``seq``
-  (integer), ``quality`` (string), ``replay`` (boolean).
+  ``device``, plus ``connection`` and ``role`` when the ingest knows the community. Fields: every value that was
+  read (float; a value that could not be read is left out: InfluxDB has no null), and ``seq`` and ``session``
+  (integers), ``quality`` (string), ``replay`` (boolean).
 - ``gateway_state``: one point per state message (birth, death, health). Tags: ``site``, ``gateway``. Fields:
   ``online``, ``session``, ``agent_version`` and the health summary.
 
@@ -13,8 +13,11 @@ Schema (what dashboards and control query):
   ``gateway``, ``device``, ``status`` (applied or rejected), plus ``connection`` and ``role`` when known. Fields:
   ``id`` (the setpoint's), and where given ``name``, ``value`` (asked for), ``readback`` and ``reason``.
 
-Tags are bounded identifiers. ``session`` is a tag because it changes only when an agent restarts, and gaps are
-counted per session. Series and timestamp come from the message alone, so storing a message twice stores it once.
+Tags are bounded identifiers: a device has one series for its whole life. ``session`` is a field because every
+agent restart gives a new one, and as a tag it would open new series for all of a gateway's devices each time
+(``bench/series.py``). Series and timestamp come from the message alone, so storing a message twice stores it once.
+Two messages of one device at the same timestamp share a point even across sessions; docs/ingest.md says why that
+cannot happen unnoticed.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
-from energyhub.io.line_protocol import FieldValue, encode_point, escape_key, timestamp_ns
+from energyhub.io.line_protocol import (
+    FieldValue,
+    encode_floats,
+    encode_point,
+    json_number_fields,
+    timestamp_ns,
+)
 from energyhub.io.schema import DEVICE, GATEWAY_STATE, SETPOINT_ACK, SETPOINT_ACK_FIELDS
 from energyhub.wire.messages import GatewayState, Measurement, SetpointAck
 
@@ -47,41 +56,39 @@ class DeviceTags:
 
 
 @lru_cache(maxsize=16_384)
-def _device_head(site: str, gateway: str, device: str, session: int, extra: DeviceTags | None) -> str:
-    """Measurement and tags of a device's points: the same for every message of a session, so built once."""
-    tags = {"site": site, "gateway": gateway, "device": device, "session": str(session)}
+def _device_head(site: str, gateway: str, device: str, extra: DeviceTags | None) -> str:
+    """Measurement and tags of a device's points: the same for every message of the device, so built once."""
+    tags = {"site": site, "gateway": gateway, "device": device}
     if extra is not None:
         tags["connection"], tags["role"] = extra.connection, extra.role
     line = encode_point(DEVICE, tags, {"x": 0.0}, 0)
     return line[: line.index(" x=")]
 
 
-@lru_cache(maxsize=4_096)
-def _field_prefixes(names: tuple[str, ...]) -> tuple[str, ...]:
-    """``escaped_name=`` for each value name: a device sends the same names every poll, so built once."""
-    return tuple(f"{escape_key(name, 'field key')}=" for name in names)
-
-
 def measurement_point(
-    site: str, gateway: str, device: str, message: Measurement, known: Mapping[str, DeviceTags] | None = None
+    site: str,
+    gateway: str,
+    device: str,
+    message: Measurement,
+    known: Mapping[str, DeviceTags] | None = None,
+    payload: bytes | None = None,
 ) -> tuple[str, int]:
-    """The line for ``message`` and its number of fields."""
-    values = message.values
-    prefixes = _field_prefixes(tuple(values))
-    # The values are finite floats or None (the Measurement model says so): None is left out, the rest written
-    # with repr, which round-trips every float exactly.
-    parts = [
-        prefix + repr(value)
-        for prefix, value in zip(prefixes, values.values(), strict=True)
-        if value is not None
-    ]
-    parts.append(
-        f'seq={message.seq}i,quality="{message.quality.value}"'
-    )  # good, partial or bad: nothing to escape
-    parts.append("replay=true" if message.replay else "replay=false")
+    """The line for ``message`` and its number of fields; ``payload``, the JSON it was decoded from, lends its
+    values' text where it can (``json_number_fields``)."""
+    count = len(message.values)
+    floats = json_number_fields(payload, count) if payload is not None else None
+    if floats is None:
+        # The values are finite floats or None (the Measurement model says so): None is left out, the rest
+        # written with repr, which round-trips every float exactly.
+        floats, count = encode_floats(message.values)
+    # The message's own four fields: seq, session, quality (good, partial or bad: nothing to escape), replay.
+    own = f'seq={message.seq}i,session={message.session}i,quality="{message.quality.value}",' + (
+        "replay=true" if message.replay else "replay=false"
+    )
     extra = known.get(f"{gateway}/{device}") if known else None
-    head = _device_head(site, gateway, device, message.session, extra)
-    return f"{head} {','.join(parts)} {timestamp_ns(message.ts)}", len(parts) + 1
+    head = _device_head(site, gateway, device, extra)
+    fields = f"{floats},{own}" if count else own
+    return f"{head} {fields} {timestamp_ns(message.ts)}", count + 4
 
 
 def state_point(site: str, gateway: str, message: GatewayState) -> tuple[str, int]:

@@ -35,7 +35,8 @@ from energyhub.ingest.writer import write_batch
 from energyhub.io.influx import InfluxError
 from energyhub.io.line_protocol import LineProtocolError, encode_point
 from energyhub.io.mqtt import IncomingMessage, MqttLink, MqttLinkError
-from energyhub.io.schema import INGEST, INGEST_GATEWAY
+from energyhub.io.retention import ensure_retention, raw_keep_s
+from energyhub.io.schema import AGGREGATE_LATE, INGEST, INGEST_GATEWAY
 from energyhub.runtime.connection import keep_connected
 from energyhub.wire.messages import (
     DeadLetter,
@@ -55,15 +56,20 @@ __all__ = ["IngestService"]
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SERVICE = "ingest"
+PREPARE_SLICE = 500  # messages prepared between two turns of the event loop: some 10 ms
+LATE_S = 10.0  # real seconds after its time: a measurement stored later is marked for the aggregator
 
 
 @dataclass(slots=True)
 class _Pending:
     message: IncomingMessage
     gateway: str | None = None
+    site: str | None = None  # of the topic
     line: str | None = None
     fields: int = 0
     device_ts: float | None = None  # live measurements only: for the lag
+    ts: float | None = None  # measurements: the device's time, for the late marks
+    replay: bool = False
     session: int | None = None  # measurements: what to confirm to the gateway
     seq: int | None = None
     retained: bool = False  # a retained measurement: cleared from the broker once dead-lettered
@@ -85,6 +91,8 @@ class IngestService:
         # Device timestamps are on the data clock: lag is measured on it and told in real seconds.
         self.clock = clock or clock_from_env()
         self.topics = Topics(site=settings.site, root=settings.topic_root)
+        # Every site this worker reads (several on a core broker that estate brokers bridge to).
+        self.site_topics = {site: Topics(site=site, root=settings.topic_root) for site in settings.all_sites}
         self.metrics = IngestMetrics()
         self.tracker = SequenceTracker() if settings.track_gaps else None
         self.known = _device_tags(settings)
@@ -112,8 +120,12 @@ class IngestService:
         )
 
     def _filters(self) -> list[tuple[str, int]]:
-        base = self.topics.base
-        filters = [f"{base}/gw/+/meas/+", f"{base}/gw/+/state", self.topics.all_acks()]
+        # One group for all sites: a worker takes its share of every estate, so the load evens out across them.
+        filters = [
+            f
+            for topics in self.site_topics.values()
+            for f in (topics.all_measurements(), topics.all_states(), topics.all_acks())
+        ]
         if self.settings.share_group:
             filters = [f"$share/{self.settings.share_group}/{f}" for f in filters]
         return [(f, 1) for f in filters]
@@ -125,7 +137,12 @@ class IngestService:
         # Retain as published: a measurement published with retain is then seen as such, live or stored.
         granted = await link.subscribe(self._filters(), retain_as_published=True)
         if any(code >= 0x80 for code in granted):
-            raise MqttLinkError(f"the broker refused the subscriptions (codes {granted})")
+            hint = (
+                ": on an estate broker bridged to a core, run the ingest against the core (docs/estates.md)"
+                if 0x87 in granted
+                else ""
+            )
+            raise MqttLinkError(f"the broker refused the subscriptions (codes {granted}){hint}")
         log.info(
             "connected as %s (%s session), reading %s",
             self.client_id,
@@ -152,7 +169,10 @@ class IngestService:
                 if got:
                     if not batch:
                         deadline = loop.time() + s.batch_max_delay_s
-                    batch.extend(self._prepare(m) for m in link.take(s.batch_max_points - len(batch)))
+                    # A slice at a time: between slices the loop serves the writer's socket, so InfluxDB gets the
+                    # body and the acknowledgements go out while this batch fills (bench/ingest.py).
+                    room = min(s.batch_max_points - len(batch), PREPARE_SLICE)
+                    batch.extend(self._prepare(m) for m in link.take(room))
                     self._filling = len(batch)
                     self._show_pending()
                     if len(batch) < s.batch_max_points and loop.time() < deadline:
@@ -198,13 +218,13 @@ class IngestService:
         try:
             info = self._topic_info.get(message.topic)
             if info is None:
-                info = self.topics.parse(message.topic)
+                info = self._parse(message.topic)
                 if len(self._topic_info) > 100_000:  # bounded: topics are per device, but a client may spray
                     self._topic_info.clear()
                 self._topic_info[message.topic] = info
             if info.gateway is None:
                 raise TopicError(f"{message.topic!r} names no gateway")
-            pending.gateway = info.gateway
+            pending.gateway, pending.site = info.gateway, info.site
             if info.kind is TopicKind.MEASUREMENT and info.device is not None:
                 if message.retained:
                     pending.retained = True
@@ -216,29 +236,31 @@ class IngestService:
                 measurement = decode(Measurement, message.payload)
                 self.metrics.message("measurement")
                 pending.session, pending.seq = measurement.session, measurement.seq
+                pending.ts, pending.replay = measurement.ts.timestamp(), measurement.replay
                 self._check_reading(info.gateway, info.device, measurement)
                 pending.line, pending.fields = measurement_point(
-                    self.topics.site, info.gateway, info.device, measurement, self.known
+                    info.site, info.gateway, info.device, measurement, self.known, message.payload
                 )
                 if measurement.replay:
                     self.metrics.replay(info.gateway)
                 else:
                     pending.device_ts = measurement.ts.timestamp()
                 if self.tracker is not None:
-                    missing = self.tracker.see(info.gateway, measurement.session, measurement.seq)
+                    tracked = self._tracked(info.site, info.gateway)
+                    missing = self.tracker.see(tracked, measurement.session, measurement.seq)
                     if missing:
-                        self._log_gap(info.gateway, measurement.session, missing, measurement.seq)
+                        self._log_gap(tracked, measurement.session, missing, measurement.seq)
             elif info.kind is TopicKind.STATE:
                 state = decode(GatewayState, message.payload)
                 self.metrics.message("state")
-                pending.line, pending.fields = state_point(self.topics.site, info.gateway, state)
+                pending.line, pending.fields = state_point(info.site, info.gateway, state)
                 if self.tracker is not None and state.online and not message.retained:
-                    self.tracker.state(info.gateway, state.session, state.held_from)
+                    self.tracker.state(self._tracked(info.site, info.gateway), state.session, state.held_from)
             elif info.kind is TopicKind.ACK and info.device is not None:
                 ack = decode(SetpointAck, message.payload)
                 self.metrics.message("ack")
                 pending.line, pending.fields = ack_point(
-                    self.topics.site, info.gateway, info.device, ack, self.known
+                    info.site, info.gateway, info.device, ack, self.known
                 )
             else:
                 raise TopicError(
@@ -255,6 +277,22 @@ class IngestService:
         if pending.why is not None:
             self.metrics.message("rejected")
         return pending
+
+    def _tracked(self, site: str, gateway: str) -> str:
+        """The gap tracker's name of a gateway: ``<site>/<gateway>`` when several sites may share gateway ids."""
+        return gateway if len(self.site_topics) == 1 else f"{site}/{gateway}"
+
+    def _parse(self, topic: str) -> TopicInfo:
+        """Parse ``topic`` with the topics of its own site (the level after the root), one this worker reads."""
+        root = self.settings.topic_root + "/"
+        site = topic[len(root) :].split("/", 1)[0] if topic.startswith(root) else ""
+        topics = self.site_topics.get(site)
+        if topics is None:
+            raise TopicError(
+                f"topic {topic!r} is not under {root}<site>/ for a site this ingest reads "
+                f"({', '.join(self.site_topics)})"
+            )
+        return topics.parse(topic)
 
     def _check_reading(self, gateway: str, device: str, measurement: Measurement) -> None:
         """Refuse what cannot be a reading of this estate: a time far ahead or never set, an unknown device."""
@@ -304,6 +342,7 @@ class IngestService:
         for p in stored:
             if p.device_ts is not None:
                 self.metrics.lag(self.clock.real_s(now - p.device_ts), p.gateway)
+        await self._mark_late(stored)
         dead = [p for p in batch if p.why is not None]
         if dead:
             await self._dead_letters(link, dead)
@@ -311,22 +350,51 @@ class IngestService:
         # Only now does the broker forget them: a crash before this line gets them all again.
         link.ack([p.message for p in batch])
 
+    async def _mark_late(self, stored: list[_Pending]) -> None:
+        """Tell the aggregator which stored measurements came late (replayed, or stored ``LATE_S`` real seconds
+        or more after their time), per site: it does their quarter hours again. Written before the broker is
+        acknowledged, so a crash in between stores (and marks) them again."""
+        now = self.clock.timestamp()
+        spans: dict[str, tuple[float, float, int]] = {}
+        for p in stored:
+            if p.ts is None or not (p.replay or self.clock.real_s(now - p.ts) >= LATE_S):
+                continue
+            site = p.site or self.topics.site
+            low, high, n = spans.get(site, (p.ts, p.ts, 0))
+            spans[site] = (min(low, p.ts), max(high, p.ts), n + 1)
+        if not spans:
+            return
+        at = int(now * 1e9)
+        lines = [
+            encode_point(
+                AGGREGATE_LATE,
+                {"site": site, "worker": self.settings.worker},
+                {"from_ns": int(low * 1e9), "to_ns": int(high * 1e9), "count": n},
+                at,
+            )
+            for site, (low, high, n) in spans.items()
+        ]
+        await write_batch(self.influx, lines, retry_max_s=self.settings.retry_max_s, on_retry=lambda _e: None)
+
     def _confirm(self, link: MqttLink, batch: list[_Pending]) -> None:
         """Tell each gateway which of its sequence numbers are handled (stored, or dead letters), as ranges.
 
         Not awaited: a confirmation lost on the way only makes the gateway send those measurements again.
         """
-        handled: defaultdict[tuple[str, int], list[int]] = defaultdict(list)
+        handled: defaultdict[tuple[str, str, int], list[int]] = defaultdict(list)
         for p in batch:
             if p.gateway is not None and p.session is not None and p.seq is not None:
-                handled[p.gateway, p.session].append(p.seq)
+                handled[p.site or self.topics.site, p.gateway, p.session].append(p.seq)
         messages = []
         now = self.clock.now()
-        for (gateway, session), seqs in handled.items():
+        for (site, gateway, session), seqs in handled.items():
+            # To the gateway's own site: on a core broker only that estate's bridge takes it back.
+            topics = self.site_topics.get(site, self.topics)
             for confirmation in confirmations(session, seqs, now):
-                messages.append((self.topics.confirm(gateway), encode(confirmation)))
+                messages.append((topics.confirm(gateway), encode(confirmation)))
             if self.tracker is not None:
-                self.metrics.set_missing(gateway, self.tracker.missing(gateway))
+                tracked = self._tracked(site, gateway)
+                self.metrics.set_missing(tracked, self.tracker.missing(tracked))
         cleared = [(p.message.topic, b"") for p in batch if p.retained]
         if messages:
             link.publish_batch(messages)
@@ -334,9 +402,10 @@ class IngestService:
             link.publish_batch(cleared, retain=True)
 
     async def _dead_letters(self, link: MqttLink, dead: list[_Pending]) -> None:
-        topic = self.topics.deadletter(SERVICE)
         letters = []
         for p in dead:
+            # Under the site it came from (the bridge takes nothing back, but the core's readers see it there).
+            topic = self.site_topics.get(p.site or "", self.topics).deadletter(SERVICE)
             why, reason = p.why or "unknown", p.reason or "no reason recorded"
             self.metrics.dead_letter(why)
             log.warning("dead letter from %r: %s", p.message.topic[:200], reason[:300])
@@ -382,6 +451,23 @@ class IngestService:
         except InfluxError as exc:
             log.warning("could not write the ingest's own figures: %s", exc)
 
+    async def _ensure_retention(self, stop: asyncio.Event) -> None:
+        """The database and its retention policies, before the first write (a missing database refuses them);
+        raw kept long enough for this run's data clock. Tried until InfluxDB answers."""
+        keep_s = raw_keep_s(self.settings.raw_retention_days, time.time() - self.clock.timestamp())
+        while not stop.is_set():
+            try:
+                await ensure_retention(self.influx, keep_s)
+                return
+            except InfluxError as exc:
+                # InfluxDB 2.x/3.x have no InfluxQL management: their buckets are made as docs/data.md says.
+                if not exc.retryable:
+                    log.warning("could not set up the retention policies (%s): see docs/data.md", exc)
+                    return
+                log.warning("InfluxDB not ready for the retention policies (%s): trying again", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         if s.metrics_port is not None:
@@ -398,6 +484,7 @@ class IngestService:
             s.influx_db,
         )
         try:
+            await self._ensure_retention(stop)
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(self.consume_loop(), name="consume"),

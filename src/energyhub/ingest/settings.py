@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, field_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from energyhub.runtime.connection import ConnectedSettings
 from energyhub.runtime.layered_settings import SettingsError, load_layered
@@ -20,6 +20,12 @@ class IngestSettings(ConnectedSettings):
     model_config = SettingsConfigDict(env_prefix="EHUB_INGEST_", extra="forbid")
 
     site: str = Field("de-koumen", description="Site id: the level after the topic root.")
+    sites: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="On a core broker that estate brokers bridge to: every site to read (YAML list, or "
+        "EHUB_INGEST_SITES=a,b), all in the one share group. Empty: only `site`.",
+        examples=[["estate-a", "estate-b"]],
+    )
     topic_root: str = Field(DEFAULT_ROOT, description="Versioned root of every MQTT topic.")
     worker: str = Field("1", description="This worker's name; its MQTT client id is ehub-ingest-<worker>.")
     share_group: str | None = Field(
@@ -42,7 +48,10 @@ class IngestSettings(ConnectedSettings):
     )
     influx_rp: str | None = Field(None, description="Retention policy (InfluxDB 1.x; DBRP mapping in 2.x).")
     influx_gzip_min_bytes: int | None = Field(
-        64 * 1024, ge=0, description="Gzip write bodies from this size (None: never); worth it over a WAN."
+        None,
+        ge=0,
+        description="Gzip write bodies from this size (None: never). Set it over a WAN only: on a LAN or loopback "
+        "gzip costs both sides more CPU than it saves (bench/README.md, ingest).",
     )
     batch_max_points: int = Field(5000, ge=1, le=100_000)
     batch_max_delay_s: float = Field(
@@ -70,6 +79,36 @@ class IngestSettings(ConnectedSettings):
     @classmethod
     def _ids(cls, value: str) -> str:
         return check_id(value)
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _site_list(cls, value: object) -> object:
+        if isinstance(value, str):  # from the environment: "a,b"
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sites")
+    @classmethod
+    def _site_ids(cls, value: list[str]) -> list[str]:
+        for site in value:
+            check_id(site, what="site in sites")
+        if len(set(value)) != len(value):
+            raise ValueError(f"sites {value} names a site more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _one_community(self) -> IngestSettings:
+        if self.community is not None and len(self.all_sites) > 1:
+            raise ValueError(
+                f"community {self.community} describes one site, but sites names {len(self.all_sites)}: "
+                "run the ingest without a community file for several sites"
+            )
+        return self
+
+    @property
+    def all_sites(self) -> list[str]:
+        """The sites this ingest reads: ``sites``, or ``site`` alone."""
+        return list(self.sites) or [self.site]
 
 
 def load_settings(file: Path | None = None, **flags: Any) -> IngestSettings:

@@ -164,7 +164,16 @@ def _measured(
                 password=influx_password,
                 token=influx_token,
             )
-            return community, read_influx(client, community, _date(from_, "--from"), _date(to, "--to"))
+            measured = read_influx(client, community, _date(from_, "--from"), _date(to, "--to"))
+            for connection, series in measured.items():
+                if series.resets:
+                    # Counted from the reset on, not as zero: the energy before it in that quarter hour is unknown.
+                    typer.echo(
+                        f"warning: {connection}: the meter's energy counter was reset in {len(series.resets)} "
+                        f"quarter hour(s), first at {series.resets[0].isoformat()}",
+                        err=True,
+                    )
+            return community, measured
     except (MeterDataError, InfluxError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

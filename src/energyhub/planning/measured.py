@@ -51,7 +51,7 @@ def read_influx(
     async def read_all() -> dict[str, MeterSeries]:
         out = {}
         for _l, _m, connection in community.connections():
-            series = await read_from_influx(client, connection.id, start, end)
+            series = await read_from_influx(client, connection.id, start, end, site=community.community.id)
             if len(series.gaps) < len(series.isp_starts):
                 out[connection.id] = series
         return out

@@ -9,8 +9,8 @@ never zero. Formats:
   (Europe/Amsterdam) as ``Datum;Tijd`` (``dd-mm-yyyy;HH:MM``, the quarter hour's start), then ``Afname`` and
   ``Teruglevering`` in kWh. On the autumn DST day the hour 02:00-03:00 comes twice, in order; in spring it is not
   there. So a local day has 92, 96 or 100 rows.
-- what the ingest stored in InfluxDB (``read_from_influx``): the grid meter's energy counters, differenced per
-  quarter hour.
+- what energyhub stored in InfluxDB (``read_from_influx``): the aggregator's quarter hours of the connection,
+  counted from its grid meter's energy counters, with counter resets found and listed.
 - ``long-utc``: a row per quarter hour and channel, as EDI/market-message exports are flattened:
   ``start_utc,end_utc,channel,kwh`` with channel ``offtake`` or ``feed-in``.
 
@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from energyhub.io.influx import InfluxClient
+from energyhub.io.schema import NODE_QUARTER, QUARTER_RP
 
 __all__ = ["FORMATS", "MeterDataError", "MeterSeries", "read_from_influx", "read_meter_data"]
 
@@ -52,6 +53,7 @@ class MeterSeries:
     export_kwh: Array
     gaps: list[datetime] = field(default_factory=list)
     duplicates_dropped: int = 0
+    resets: list[datetime] = field(default_factory=list)  # quarter hours in which a meter's counter was reset
 
     @property
     def net_kwh(self) -> Array:
@@ -214,32 +216,33 @@ def read_meter_data(path: Path, fmt: str = "energyhub", *, timezone: str = "Euro
 
 
 async def read_from_influx(
-    client: InfluxClient, connection: str, start: datetime, end: datetime
+    client: InfluxClient, connection: str, start: datetime, end: datetime, *, site: str | None = None
 ) -> MeterSeries:
-    """A connection's quarter hours from what the ingest stored: the grid meter's energy counters, read at the end
-    of each quarter hour and differenced (exact, unlike averaging power). A quarter hour without a reading on both
-    sides is a gap."""
+    """A connection's quarter hours as the aggregator stored them (``node_qh``, from the grid meter's energy
+    counters, ``docs/data.md``). A quarter hour it has not stored is a gap, never zero; one in which a counter
+    was reset is listed in ``resets`` (its energy counts from the reset on)."""
     start, end = start.astimezone(UTC), end.astimezone(UTC)
-    query = (
-        'SELECT last("energy_import_wh") AS "imp", last("energy_export_wh") AS "exp" FROM "device" '
-        f"WHERE \"connection\" = '{connection}' AND \"role\" = 'meter' "
-        f"AND time >= '{(start - ISP).isoformat()}' AND time < '{end.isoformat()}' GROUP BY time(15m)"
+    where = f"\"node\" = '{connection}' AND time >= '{start.isoformat()}' AND time < '{end.isoformat()}'"
+    if site is not None:
+        where += f" AND \"site\" = '{site}'"
+    series = await client.query(
+        f'SELECT "import_wh", "export_wh", "resets" FROM "{QUARTER_RP}"."{NODE_QUARTER}" WHERE {where}',
+        epoch="s",
     )
-    series = await client.query(query, epoch="s")
-    counters: dict[datetime, tuple[float | None, float | None]] = {}
-    for s in series:
-        for row in s.rows():
-            counters[datetime.fromtimestamp(row["time"], UTC)] = (row["imp"], row["exp"])
+    stored = {datetime.fromtimestamp(row["time"], UTC): row for s in series for row in s.rows()}
     starts = [start + i * ISP for i in range(int((end - start) / ISP))]
     imp = np.full(len(starts), np.nan)
     exp = np.full(len(starts), np.nan)
+    resets = []
     for i, t in enumerate(starts):
-        before, after = counters.get(t - ISP), counters.get(t)
-        if before is None or after is None:
+        row = stored.get(t)
+        if row is None:
             continue
-        if before[0] is not None and after[0] is not None:
-            imp[i] = max(after[0] - before[0], 0.0) / 1000.0
-        if before[1] is not None and after[1] is not None:
-            exp[i] = max(after[1] - before[1], 0.0) / 1000.0
+        if row["import_wh"] is not None:
+            imp[i] = row["import_wh"] / 1000.0
+        if row["export_wh"] is not None:
+            exp[i] = row["export_wh"] / 1000.0
+        if row.get("resets"):
+            resets.append(t)
     gaps = [t for t, a, b in zip(starts, imp, exp, strict=True) if np.isnan(a) or np.isnan(b)]
-    return MeterSeries(starts, imp, exp, gaps)
+    return MeterSeries(starts, imp, exp, gaps, resets=resets)

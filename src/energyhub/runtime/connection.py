@@ -68,6 +68,11 @@ class ConnectedSettings(LayeredSettings):
     influx_username: str | None = Field(None, description="InfluxDB 1.x user.")
     influx_password: str | None = Field(None, description="InfluxDB 1.x password (environment only).")
     influx_token: str | None = Field(None, description="InfluxDB 2.x/3.x token (sent as 'Token ...').")
+    raw_retention_days: float = Field(
+        30.0,
+        gt=0,
+        description="Raw points are kept this many days of data time (the aggregates longer: docs/data.md).",
+    )
 
     @model_validator(mode="after")
     def _files_exist(self) -> ConnectedSettings:

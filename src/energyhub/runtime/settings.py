@@ -37,6 +37,9 @@ class ServiceSettings(BaseSettings):
         18089, ge=1, le=65535, description="The demo's ingest serves Prometheus /metrics here."
     )
     influx_db: str = Field("energyhub", description="InfluxDB database that measurements are written to.")
+    raw_retention_days: float = Field(
+        30.0, gt=0, description="Raw points are kept this many days of data time (docs/data.md)."
+    )
     site: str = Field(
         "de-koumen", description="Site id (the community id): the level after the root in every MQTT topic."
     )
