@@ -23,7 +23,7 @@ import sqlite3
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from energyhub.domain.community import load_community
 from energyhub.edge.gateway_config import gateway_config
 from energyhub.runtime.settings import ServiceSettings
 from energyhub.runtime.supervisor import ManagedProcess, ProcessSpec, Supervisor
+from tests.estate_run import wait_until
 from tests.faults import community_doc, read_buffer
 
 pytestmark = pytest.mark.live
@@ -71,16 +72,6 @@ def _buffer(path: Path) -> tuple[dict[str, set[int]], int]:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)  # retry interval of a busy read
-
-
-def wait_until(
-    condition: Callable[[], bool], timeout_s: float, what: str, explain: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}\n{explain()}")
-        time.sleep(0.2)  # poll interval of a condition wait
 
 
 def _settings(folder: Path, site: str) -> ServiceSettings:
