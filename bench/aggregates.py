@@ -97,8 +97,7 @@ async def one_run(settings: ServiceSettings, run: int, hours: float) -> tuple[fl
         repair_s = time.perf_counter() - t0
         quarters = await client.query(f"SELECT count(samples) FROM forever.device_qh WHERE site = '{site}'")
         n_quarters = sum(int(row["count"]) for s in quarters for row in s.rows())
-        await aggregator.raw.aclose()
-        await aggregator.quarters.aclose()
+        await aggregator.aclose()
     return write_s, aggregate_s, repair_s, len(lines), n_quarters
 
 

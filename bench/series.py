@@ -102,6 +102,14 @@ def old_line(d: EstateDevice, m: Measurement) -> str:
     return encode_point(DEVICE, tags, fields, timestamp_ns(m.ts))
 
 
+def poll_lines(d: EstateDevice, session: int, seq: int, ts: datetime) -> tuple[str, str]:
+    """One poll of ``d`` as the old and as the new schema writes it."""
+    m = Measurement(ts=ts, session=session, seq=seq, quality=Quality.GOOD, values={"power_w": 1000.0 + seq})
+    return old_line(d, m), measurement_point(
+        d.site, d.gateway, d.device, m, {f"{d.gateway}/{d.device}": d.tags}
+    )[0]
+
+
 def both_lines(
     devices: list[EstateDevice], polls: Iterator[tuple[int, datetime, int]]
 ) -> tuple[list[str], list[str]]:
@@ -114,13 +122,9 @@ def both_lines(
         for d in devices:
             seq = seq_of.get(d.gateway, first_seq)
             seq_of[d.gateway] = seq + 1
-            m = Measurement(
-                ts=ts, session=session, seq=seq, quality=Quality.GOOD, values={"power_w": 1000.0 + seq}
-            )
-            old.append(old_line(d, m))
-            new.append(
-                measurement_point(d.site, d.gateway, d.device, m, {f"{d.gateway}/{d.device}": d.tags})[0]
-            )
+            old_point, new_point = poll_lines(d, session, seq, ts)
+            old.append(old_point)
+            new.append(new_point)
     return old, new
 
 
@@ -215,13 +219,9 @@ def day_of_polls(devices: list[EstateDevice], points: int, restart_every: int) -
             session = base + (3 * poll // polls if d.gateway in restarted else 0)
             seq = seq_of.get((d.gateway, session), 0)
             seq_of[d.gateway, session] = seq + 1
-            m = Measurement(
-                ts=ts, session=session, seq=seq, quality=Quality.GOOD, values={"power_w": 1000.0 + seq}
-            )
-            old.append(old_line(d, m))
-            new.append(
-                measurement_point(d.site, d.gateway, d.device, m, {f"{d.gateway}/{d.device}": d.tags})[0]
-            )
+            old_point, new_point = poll_lines(d, session, seq, ts)
+            old.append(old_point)
+            new.append(new_point)
     return old, new
 
 

@@ -180,8 +180,7 @@ async def test_a_week_with_a_restart_and_a_replayed_hour_sums_to_the_counters(
         # The hour arrives late, replayed from the gateway's buffer, through the broker and the ingest.
         await _replay(services, unique_id, meters[1], path, client, hour[0])
         assert await aggregator.catch_up() >= 4
-        await aggregator.raw.aclose()
-        await aggregator.quarters.aclose()
+        await aggregator.aclose()
 
         # Every quarter hour of every meter equals the energy made in it; the nodes sum their connections.
         nodes = {

@@ -179,8 +179,7 @@ async def test_quarter_hours_from_what_the_aggregator_stored(services, unique_id
         series = await read_from_influx(
             client, "c-001", t0 + timedelta(minutes=15), t0 + timedelta(minutes=90), site=unique_id
         )
-    await aggregator.raw.aclose()
-    await aggregator.quarters.aclose()
+    await aggregator.aclose()
     assert series.isp_starts[0] == t0 + timedelta(minutes=15)
     # 1 kWh a minute in, 0.25 out: 10:15-10:30 interpolated at both ends, 10:30-10:45 bridged by the counter.
     assert series.import_kwh[:3] == pytest.approx([15.0, 15.0, 15.0])

@@ -55,8 +55,7 @@ def aggregate(
                 done = await service.catch_up()
                 typer.echo(f"{done} quarter hour(s) done for site {service.site}")
             finally:
-                await service.raw.aclose()
-                await service.quarters.aclose()
+                await service.aclose()
 
         asyncio.run(one_pass())
         return

@@ -138,19 +138,16 @@ class NodeQuarter:
 
     @property
     def over_import_wh(self) -> float:
-        return (
-            0.0
-            if self.limit_import_kw is None
-            else max(0.0, self.import_wh - self.limit_import_kw * 1000 * ISP_H)
-        )
+        return _beyond(self.import_wh, self.limit_import_kw)
 
     @property
     def over_export_wh(self) -> float:
-        return (
-            0.0
-            if self.limit_export_kw is None
-            else max(0.0, self.export_wh - self.limit_export_kw * 1000 * ISP_H)
-        )
+        return _beyond(self.export_wh, self.limit_export_kw)
+
+
+def _beyond(wh: float, limit_kw: float | None) -> float:
+    """The energy of a quarter hour beyond what ``limit_kw`` allows in it (0 within it, or with no limit)."""
+    return 0.0 if limit_kw is None else max(0.0, wh - limit_kw * 1000 * ISP_H)
 
 
 @dataclass

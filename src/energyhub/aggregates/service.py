@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 
 from energyhub.aggregates.quarter import DeviceKey, device_quarters, node_quarters
@@ -34,11 +33,12 @@ from energyhub.aggregates.store import (
 )
 from energyhub.domain.clock import Clock, clock_from_env
 from energyhub.domain.community import load_community
+from energyhub.domain.isp import isp_start_s
 from energyhub.domain.limits import LimitBook
 from energyhub.domain.network import Network
 from energyhub.domain.topology import DeviceRole
 from energyhub.io.influx import InfluxError
-from energyhub.io.retention import ensure_retention, raw_keep_s
+from energyhub.io.retention import ensure_retention, keep_trying, raw_keep_for
 from energyhub.io.schema import QUARTER_RP
 
 __all__ = ["Aggregator"]
@@ -47,10 +47,6 @@ log = logging.getLogger(__name__)
 ISP_S = 900.0
 NS = 1_000_000_000
 MARKS_REMEMBERED = 10_000
-
-
-def _floor(t: float) -> float:
-    return math.floor(t / ISP_S) * ISP_S
 
 
 class Aggregator:
@@ -71,12 +67,17 @@ class Aggregator:
         self.raw = settings.influx()
         self.quarters = settings.influx(retention_policy=QUARTER_RP)
         self._marks_done: dict[tuple[int, str], None] = {}  # late marks done this run (insertion-ordered)
-        self.quarter_hours_done = 0
         self._minutes_warned = False
 
     async def setup(self) -> None:
-        lag_s = time.time() - self.clock.timestamp()
-        await ensure_retention(self.raw, raw_keep_s(self.settings.raw_retention_days, lag_s))
+        await ensure_retention(self.raw, self._raw_keep_s())
+
+    def _raw_keep_s(self) -> float:
+        return raw_keep_for(self.settings.raw_retention_days, self.clock)
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
+        await self.quarters.aclose()
 
     async def aggregate(self, start_s: float, end_s: float) -> int:
         """Do the quarter hours in ``[start_s, end_s)`` (whole ones); return how many (0: no data in them)."""
@@ -104,7 +105,6 @@ class Aggregator:
             if not self._minutes_warned:
                 log.warning("one-minute data not made (%s): see docs/data.md", exc)
                 self._minutes_warned = True
-        self.quarter_hours_done += len(starts)
         return len(starts) if devices else 0
 
     async def _repair(self, marks: list[LateMark], done_to_s: float) -> int:
@@ -112,7 +112,7 @@ class Aggregator:
         margin = self.settings.margin_s
         todo: set[float] = set()
         for mark in marks:
-            first, last = _floor(mark.from_s - margin), _floor(mark.to_s + margin)
+            first, last = isp_start_s(mark.from_s - margin), isp_start_s(mark.to_s + margin)
             todo.update(first + i * ISP_S for i in range(int((last - first) / ISP_S) + 1))
         runs: list[list[float]] = []
         for start in sorted(t for t in todo if t < done_to_s):
@@ -134,7 +134,7 @@ class Aggregator:
             first = await first_raw_s(self.raw, self.site)
             if first is None:
                 return 0  # nothing stored yet
-            progress = Progress(_floor(first), 0)
+            progress = Progress(isp_start_s(first), 0)
         done = 0
         marks = [
             m
@@ -153,16 +153,16 @@ class Aggregator:
             progress = Progress(
                 progress.done_to_s, max(progress.late_seen_ns, max(m.at_ns for m in marks) - overlap_ns)
             )
-        closed = _floor(self.clock.timestamp() - self.clock.data_s(self.settings.close_after_s))
+        closed = isp_start_s(self.clock.timestamp() - self.clock.data_s(self.settings.close_after_s))
         start = progress.done_to_s
         while start < closed:
-            end = min(closed, start + max(ISP_S, _floor(self.settings.chunk_s)))
+            end = min(closed, start + max(ISP_S, isp_start_s(self.settings.chunk_s)))
             found = await self.aggregate(start, end)
             done += found
             start = end
             if not found:  # no data here: on to the next (a gateway away for a week costs one query, not 672)
                 after = await first_raw_s(self.raw, self.site, start)
-                start = closed if after is None else max(start, min(closed, _floor(after)))
+                start = closed if after is None else max(start, min(closed, isp_start_s(after)))
             await self.quarters.write([progress_line(self.site, Progress(start, progress.late_seen_ns))])
         if marks and start == progress.done_to_s:
             await self.quarters.write([progress_line(self.site, Progress(start, progress.late_seen_ns))])
@@ -178,17 +178,7 @@ class Aggregator:
             self.clock.describe(),
         )
         try:
-            while not stop.is_set():
-                try:
-                    await self.setup()
-                    break
-                except InfluxError as exc:
-                    if not exc.retryable:  # InfluxDB 2.x/3.x: buckets made as docs/data.md says
-                        log.warning("could not set up the retention policies (%s): see docs/data.md", exc)
-                        break
-                    log.warning("InfluxDB not ready (%s): trying again", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), s.interval_s)
+            await keep_trying(self.raw, self._raw_keep_s(), stop, s.interval_s)
             while not stop.is_set():
                 try:
                     await self.catch_up()
@@ -197,5 +187,4 @@ class Aggregator:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), s.interval_s)
         finally:
-            await self.raw.aclose()
-            await self.quarters.aclose()
+            await self.aclose()

@@ -198,16 +198,23 @@ class BrokerAccounts:
                 f"gateway id {name!r}: names starting with {RESERVED_PREFIX!r} are reserved for the service "
                 f"accounts ({', '.join(SERVICE_ACCOUNTS)}): choose another gateway id"
             )
+        return self._add(
+            name,
+            Role.GATEWAY,
+            rotate=rotate,
+            taken=f"gateway {name!r} already has a broker account in {self.directory}: to give it a new "
+            f"password (the old one then stops working) use `energyhub broker add-gateway {name} --rotate` "
+            "(in Python: rotate=True)",
+        )
+
+    def _add(self, name: str, role: Role, *, rotate: bool, taken: str) -> Credentials:
+        """Create account ``name`` with ``role`` (a new password with ``rotate``); ``taken``: the error if it exists."""
         with self._locked():
             accounts = self.accounts()
             if name in accounts and not rotate:
-                raise AccountError(
-                    f"gateway {name!r} already has a broker account in {self.directory}: to give it a new "
-                    f"password (the old one then stops working) use `energyhub broker add-gateway {name} --rotate` "
-                    "(in Python: rotate=True)"
-                )
-            credentials = self._create(name, Role.GATEWAY)
-            accounts[name] = Role.GATEWAY
+                raise AccountError(taken)
+            credentials = self._create(name, role)
+            accounts[name] = role
             self._save_accounts(accounts)
             self._write_files(accounts)
         return credentials
@@ -225,19 +232,14 @@ class BrokerAccounts:
             raise AccountError(
                 f"site {site!r} is this broker's own site: a bridge brings in another estate's site"
             )
-        with self._locked():
-            accounts = self.accounts()
-            if name in accounts and not rotate:
-                raise AccountError(
-                    f"estate {site!r} already has a bridge account {name!r} in {self.directory}: to give it a new "
-                    f"password use `energyhub broker add-bridge {site} --rotate` (in Python: rotate=True), then "
-                    "copy the credentials file to the estate broker again and restart it"
-                )
-            credentials = self._create(name, Role.BRIDGE)
-            accounts[name] = Role.BRIDGE
-            self._save_accounts(accounts)
-            self._write_files(accounts)
-        return credentials
+        return self._add(
+            name,
+            Role.BRIDGE,
+            rotate=rotate,
+            taken=f"estate {site!r} already has a bridge account {name!r} in {self.directory}: to give it a new "
+            f"password use `energyhub broker add-bridge {site} --rotate` (in Python: rotate=True), then "
+            "copy the credentials file to the estate broker again and restart it",
+        )
 
     def bridge(self) -> BridgeSettings | None:
         """This broker's bridge to a core broker, None if it has none."""
@@ -252,9 +254,8 @@ class BrokerAccounts:
         bridged) changes at the next ``reload_broker``."""
         if settings is not None:
             try:
-                settings.login(
-                    self.topics.site
-                )  # a wrong or missing credentials file fails now, not at start
+                # A wrong or missing credentials file fails now, not at the broker's start.
+                settings.login(self.topics.site)
             except BridgeError as exc:
                 raise AccountError(str(exc)) from None
         with self._locked():

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.client
 import socket
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -183,7 +182,7 @@ def start_services(supervisor: Supervisor, settings: ServiceSettings) -> Running
     # local: keeps `energyhub` start-up light for commands that need no DB
     from energyhub.domain.clock import clock_from_env
     from energyhub.io.influx import InfluxClient
-    from energyhub.io.retention import ensure_retention_blocking, raw_keep_s
+    from energyhub.io.retention import ensure_retention_blocking, raw_keep_for
 
     # All at once, so a taken broker port is reported before the database is started, with the others.
     check_all_free(service_ports(settings))
@@ -191,7 +190,7 @@ def start_services(supervisor: Supervisor, settings: ServiceSettings) -> Running
     influxd = start_influxd(supervisor, settings)
     ensure_retention_blocking(
         InfluxClient(url=settings.influx_url, database=settings.influx_db),
-        raw_keep_s(settings.raw_retention_days, time.time() - clock_from_env().timestamp()),
+        raw_keep_for(settings.raw_retention_days, clock_from_env()),
     )
     broker = start_broker(supervisor, settings)
     return RunningServices(

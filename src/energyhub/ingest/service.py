@@ -35,7 +35,7 @@ from energyhub.ingest.writer import write_batch
 from energyhub.io.influx import InfluxError
 from energyhub.io.line_protocol import LineProtocolError, encode_point
 from energyhub.io.mqtt import IncomingMessage, MqttLink, MqttLinkError
-from energyhub.io.retention import ensure_retention, raw_keep_s
+from energyhub.io.retention import keep_trying, raw_keep_for
 from energyhub.io.schema import AGGREGATE_LATE, INGEST, INGEST_GATEWAY
 from energyhub.runtime.connection import keep_connected
 from energyhub.wire.messages import (
@@ -451,23 +451,6 @@ class IngestService:
         except InfluxError as exc:
             log.warning("could not write the ingest's own figures: %s", exc)
 
-    async def _ensure_retention(self, stop: asyncio.Event) -> None:
-        """The database and its retention policies, before the first write (a missing database refuses them);
-        raw kept long enough for this run's data clock. Tried until InfluxDB answers."""
-        keep_s = raw_keep_s(self.settings.raw_retention_days, time.time() - self.clock.timestamp())
-        while not stop.is_set():
-            try:
-                await ensure_retention(self.influx, keep_s)
-                return
-            except InfluxError as exc:
-                # InfluxDB 2.x/3.x have no InfluxQL management: their buckets are made as docs/data.md says.
-                if not exc.retryable:
-                    log.warning("could not set up the retention policies (%s): see docs/data.md", exc)
-                    return
-                log.warning("InfluxDB not ready for the retention policies (%s): trying again", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
-
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
         if s.metrics_port is not None:
@@ -484,7 +467,9 @@ class IngestService:
             s.influx_db,
         )
         try:
-            await self._ensure_retention(stop)
+            # The database and its policies before the first write (a missing database refuses them), raw kept
+            # long enough for this run's data clock.
+            await keep_trying(self.influx, raw_keep_for(s.raw_retention_days, self.clock), stop, 2.0)
             async with asyncio.TaskGroup() as group:
                 tasks = [
                     group.create_task(self.consume_loop(), name="consume"),

@@ -11,12 +11,15 @@ refuses points older than the raw policy's duration.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import threading
+import time
 
-from energyhub.io.influx import InfluxClient
+from energyhub.domain.clock import Clock
+from energyhub.io.influx import InfluxClient, InfluxError
 from energyhub.io.schema import MINUTE_RP, QUARTER_RP, RAW_RP
 
 __all__ = [
@@ -26,7 +29,9 @@ __all__ = [
     "ensure_retention",
     "ensure_retention_blocking",
     "influx_duration",
+    "keep_trying",
     "parse_duration",
+    "raw_keep_for",
     "raw_keep_s",
 ]
 
@@ -122,6 +127,27 @@ def raw_keep_s(days: float, data_lag_s: float) -> float:
     """How long raw points must be kept: ``days`` of data time, and as far as the data clock lags the wall clock
     (a simulated run of last June still stores its points)."""
     return days * DAY_S + max(0.0, data_lag_s)
+
+
+def raw_keep_for(days: float, clock: Clock) -> float:
+    """``raw_keep_s`` for a run on ``clock``: as far as it lags the wall clock."""
+    return raw_keep_s(days, time.time() - clock.timestamp())
+
+
+async def keep_trying(client: InfluxClient, raw_s: float, stop: asyncio.Event, every_s: float) -> None:
+    """``ensure_retention`` until InfluxDB answers or ``stop``; a refusal (4xx) is logged and given up, since
+    InfluxDB 2.x/3.x have no InfluxQL management: their buckets are made as docs/data.md says."""
+    while not stop.is_set():
+        try:
+            await ensure_retention(client, raw_s)
+            return
+        except InfluxError as exc:
+            if not exc.retryable:
+                log.warning("could not set up the retention policies (%s): see docs/data.md", exc)
+                return
+            log.warning("InfluxDB not ready for the retention policies (%s): trying again", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
 
 def ensure_retention_blocking(client: InfluxClient, raw_s: float) -> float:
