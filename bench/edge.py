@@ -33,10 +33,10 @@ sys.path.insert(0, str(REPO / "src"))
 from energyhub.cli.services import broker_accounts, free_port, start_broker  # noqa: E402
 from energyhub.edge.agent import Agent  # noqa: E402
 from energyhub.edge.config import load_agent_config  # noqa: E402
-from energyhub.edge.profile import load_profile  # noqa: E402
 from energyhub.edge.register_map import plan_reads  # noqa: E402
 from energyhub.runtime.settings import ServiceSettings  # noqa: E402
 from energyhub.runtime.supervisor import Supervisor  # noqa: E402
+from energyhub.wire.profile import load_profile  # noqa: E402
 
 PER_PORT = 20
 WINDOW_S = 5

@@ -61,11 +61,11 @@ sys.path.insert(0, str(REPO / "src"))
 
 import energyhub.cli.services as services_module  # noqa: E402
 from energyhub.cli.services import broker_accounts, free_port, start_broker  # noqa: E402
-from energyhub.edge.profile import load_profile  # noqa: E402
 from energyhub.io.mqtt import MqttLink  # noqa: E402
 from energyhub.runtime.settings import ServiceSettings  # noqa: E402
 from energyhub.runtime.supervisor import Supervisor  # noqa: E402
 from energyhub.wire.messages import Measurement, Quality, encode  # noqa: E402
+from energyhub.wire.profile import load_profile  # noqa: E402
 from energyhub.wire.topics import Topics  # noqa: E402
 
 try:

@@ -56,10 +56,8 @@ def broker(tmp_path):
         yield settings, accounts, supervisor, process
 
 
-def agent_config(
-    tmp_path: Path, settings, accounts, device_port: int, *, pv: dict | None = None, **top
-) -> Path:
-    """A gateway config for the two test devices; ``pv`` changes the inverter's entry, ``top`` top-level keys."""
+def gateway_yaml(tmp_path: Path, settings, accounts, devices: list[dict], **top) -> Path:
+    """tmp_path/gateway.yaml for GATEWAY on the test broker with ``devices``; ``top`` sets top-level keys."""
     config = {
         "gateway": GATEWAY,
         "site": settings.site,
@@ -69,31 +67,26 @@ def agent_config(
             "credentials_file": str(accounts.credentials_path(GATEWAY)),
         },
         "buffer_path": str(tmp_path / "buffer.db"),
-        "interval_s": 0.2,
-        "timeout_s": 0.05,
-        "retries": 1,
-        "devices": [
-            {
-                "id": "meter",
-                "profile": "eastron_sdm630",
-                "host": "127.0.0.1",
-                "port": device_port,
-                "unit_id": 1,
-            },
-            {
-                "id": "pv",
-                "profile": "sunspec_inverter",
-                "host": "127.0.0.1",
-                "port": device_port,
-                "unit_id": 2,
-            },
-        ],
+        "devices": devices,
+        **top,
     }
-    config["devices"][1].update(pv or {})
-    config.update(top)
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def agent_config(
+    tmp_path: Path, settings, accounts, device_port: int, *, pv: dict | None = None, **top
+) -> Path:
+    """A gateway config for the two test devices; ``pv`` changes the inverter's entry, ``top`` top-level keys."""
+    devices = [
+        {"id": "meter", "profile": "eastron_sdm630", "host": "127.0.0.1", "port": device_port, "unit_id": 1},
+        {"id": "pv", "profile": "sunspec_inverter", "host": "127.0.0.1", "port": device_port, "unit_id": 2},
+    ]
+    devices[1].update(pv or {})
+    return gateway_yaml(
+        tmp_path, settings, accounts, devices, **{"interval_s": 0.2, "timeout_s": 0.05, "retries": 1, **top}
+    )
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -10,9 +12,10 @@ from energyhub.cli.main import app
 from energyhub.domain.community import load_community
 from energyhub.edge.config import ConfigError, load_agent_config
 from energyhub.edge.gateway_config import gateway_config
-from energyhub.edge.profile import load_profile
+from energyhub.wire.profile import load_profile
 from tests.conftest import EXAMPLES
 
+REPO = Path(__file__).resolve().parents[2]
 DEMO = ["gw-002", "gw-011", "gw-018", "gw-049"]
 
 
@@ -83,3 +86,74 @@ def test_timeout_longer_than_the_interval_is_refused(tmp_path):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"devices.0.id: device 'Bad Id' is not a valid identifier"):
         load_agent_config(path)
+
+
+def gateway_config_cli(tmp_path, *args: str):
+    return CliRunner().invoke(
+        app,
+        ["gateway-config", "--community", str(EXAMPLES / "de-koumen.yaml"), "--gateway", "gw-017", *args],
+    )
+
+
+def test_the_tls_port_needs_the_ca_and_the_plain_port_refuses_one(tmp_path):
+    no_ca = gateway_config_cli(tmp_path, "--mqtt-port", "18831")
+    assert no_ca.exit_code == 2
+    assert "port 18831 is the broker's TLS listener: give its CA with --ca-file" in no_ca.output
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    plain = gateway_config_cli(tmp_path, "--mqtt-port", "18830", "--ca-file", str(ca))
+    assert plain.exit_code == 2
+    assert "port 18830 is the broker's plain listener, which speaks no TLS" in plain.output
+    missing = gateway_config_cli(tmp_path, "--mqtt-port", "18831", "--ca-file", str(tmp_path / "nope.crt"))
+    assert missing.exit_code == 2
+    assert "nope.crt: no such file" in missing.output
+
+
+def test_a_bundle_holds_the_files_and_names_them_where_the_unit_expects_them(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    credentials = tmp_path / "var" / "broker" / "credentials" / "gw-017.json"
+    credentials.parent.mkdir(parents=True)
+    credentials.write_text('{"username": "gw-017", "password": "x"}')
+    ca = tmp_path / "ca.crt"
+    ca.write_text("a CA")
+    result = gateway_config_cli(
+        tmp_path, "--mqtt-host", "broker.example.org", "--mqtt-port", "18831", "--ca-file", str(ca),
+        "--bundle", "gw-017",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bundle = tmp_path / "gw-017"
+    assert sorted(p.name for p in bundle.iterdir()) == ["ca.crt", "gateway.yaml", "gw-017.json"]
+    assert (bundle / "gw-017.json").stat().st_mode & 0o077 == 0  # a password: the owner's only
+    config = yaml.safe_load((bundle / "gateway.yaml").read_text())
+    assert config["mqtt"] == {
+        "host": "broker.example.org",
+        "port": 18831,
+        "credentials_file": "/etc/energyhub/gw-017.json",
+        "ca_file": "/etc/energyhub/ca.crt",
+    }
+    assert config["buffer_path"] == "/var/lib/energyhub/buffer.db"
+    unit = (REPO / "src/energyhub/edge/deploy/energyhub-edge.service").read_text()
+    assert "ExecStart=/opt/energyhub/.venv/bin/energyhub edge --config /etc/energyhub/gateway.yaml" in unit
+    assert "StateDirectory=energyhub" in unit
+    assert "User=energyhub" in unit
+    # Without the account there is nothing to bundle: say how to make it.
+    credentials.unlink()
+    again = gateway_config_cli(tmp_path, "--bundle", "gw-017")
+    assert again.exit_code == 2
+    assert "make the gateway's account first: energyhub broker add-gateway gw-017" in again.output
+
+
+def test_a_config_with_only_what_it_must_say_loads(tmp_path):
+    # The defaults themselves keep timeout x (retries + 1) under the interval (0.4 x 2 < 1 s).
+    path = tmp_path / "gw.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "gateway": "gw-1",
+                "site": "s",
+                "devices": [{"id": "m", "profile": "eastron_sdm630", "host": "h"}],
+            }
+        )
+    )
+    config = load_agent_config(path)
+    assert config.timeout_s * (config.retries + 1) < config.interval_s

@@ -9,7 +9,6 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from energyhub.cli.services import free_port
 from energyhub.domain.topology import DeviceRole
-from energyhub.edge.profile import PROFILE_DIR, ProfileError, load_profile, shipped_profiles
 from energyhub.edge.register_map import decode_values, plan_reads
 from energyhub.simulators.devices import (
     BatteryDevice,
@@ -22,6 +21,7 @@ from energyhub.simulators.ev_charger import ChargerDevice, ChargerState, Session
 from energyhub.simulators.modbus_server import GatewayServer
 from energyhub.simulators.sdm630 import MeterState
 from energyhub.simulators.sunspec import SunSpecMap
+from energyhub.wire.profile import PROFILE_DIR, ProfileError, load_profile, shipped_profiles
 
 
 async def poll(client: AsyncModbusTcpClient, profile, unit: int, *, include_slow: bool = True) -> dict:
@@ -36,7 +36,8 @@ async def poll(client: AsyncModbusTcpClient, profile, unit: int, *, include_slow
 
 def test_every_shipped_profile_loads():
     names = sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
-    assert names == ["eastron_sdm630", "ev_charger", "sunspec_battery", "sunspec_inverter"]
+    assert names == shipped_profiles()
+    assert {"eastron_sdm630", "ev_charger", "sunspec_battery", "sunspec_inverter"} <= set(names)
     for name in names:
         profile = load_profile(name)
         assert profile.name == name
@@ -181,12 +182,19 @@ def test_bad_profiles_name_file_line_field_and_problem(tmp_path, yaml_text, word
 
 
 def test_every_shipped_profile_names_the_roles_it_serves():
-    assert {name: load_profile(name).roles for name in shipped_profiles()} == {
+    roles = {name: load_profile(name).roles for name in shipped_profiles()}
+    assert {
+        name: roles[name] for name in ("eastron_sdm630", "ev_charger", "sunspec_battery", "sunspec_inverter")
+    } == {
         "eastron_sdm630": (DeviceRole.METER, DeviceRole.LOAD),
         "ev_charger": (DeviceRole.EV,),
         "sunspec_battery": (DeviceRole.BATTERY,),
         "sunspec_inverter": (DeviceRole.PV,),
     }
+    # The library covers what a company on the estate has: meters, PV inverters, batteries and chargers.
+    served = {role: sum(role in r for r in roles.values()) for role in DeviceRole}
+    least = {DeviceRole.METER: 8, DeviceRole.PV: 6, DeviceRole.BATTERY: 3, DeviceRole.EV: 4}
+    assert {role: n for role, n in least.items() if served[role] < n} == {}, served
     for name in shipped_profiles():
         profile = load_profile(name)
         assert profile.unserved_roles() == []
@@ -244,7 +252,6 @@ def test_unknown_and_repeated_roles_are_refused_on_their_line(tmp_path):
 def test_an_unknown_profile_name_lists_the_shipped_ones():
     with pytest.raises(ProfileError) as info:
         load_profile("eastron_sdm63")
-    assert "unknown profile 'eastron_sdm63': the shipped profiles are eastron_sdm630, ev_charger" in str(
-        info.value
-    )
+    assert "unknown profile 'eastron_sdm63' (did you mean eastron_sdm630" in str(info.value)
+    assert "the shipped profiles are abb_b23, abb_m4m, abb_terra_ac, carlo_gavazzi_em24" in str(info.value)
     assert "'sunspec' discovers a SunSpec device" in str(info.value)

@@ -13,7 +13,6 @@ from energyhub.domain.community import load_community
 from energyhub.domain.topology import DeviceRole
 from energyhub.edge.gateway_config import SAFE_MODES, gateway_config
 from energyhub.edge.poller import Bus
-from energyhub.edge.profile import load_profile
 from energyhub.edge.sunspec import SUNSPEC_ROLES, discover_profile, profile_from_models
 from energyhub.simulators.devices import (
     BatteryDevice,
@@ -23,6 +22,7 @@ from energyhub.simulators.devices import (
     SunSpecDevice,
 )
 from energyhub.simulators.modbus_server import GatewayServer
+from energyhub.wire.profile import load_profile
 from energyhub.wire.roles import ROLES
 from tests.conftest import EXAMPLES
 

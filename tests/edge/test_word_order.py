@@ -17,11 +17,11 @@ from pymodbus.constants import ExcCodes
 from energyhub.cli.services import free_port
 from energyhub.edge.config import DeviceConfig
 from energyhub.edge.poller import Bus, DevicePoller
-from energyhub.edge.profile import load_profile
 from energyhub.edge.setpoints import DeviceControl
 from energyhub.simulators.devices import SimulatedDevice
 from energyhub.simulators.modbus_server import GatewayServer
 from energyhub.wire.messages import Setpoint, SetpointStatus
+from energyhub.wire.profile import load_profile
 from energyhub.wire.registers import CODECS, RegisterType, codec, decode_string, encode_string, pack_words
 
 # 16.0 = 0x41800000, 100000 = 0x000186A0, -100000 = 0xFFFE7960, 6.0 = 0x40C00000: high word first ...

@@ -13,7 +13,6 @@ from typing import Annotated, NoReturn
 import typer
 
 from energyhub.broker.accounts import AccountError, BrokerAccounts
-from energyhub.broker.certs import CertificateError, ensure_certificates
 from energyhub.wire.topics import DEFAULT_ROOT, TopicError, Topics
 
 __all__ = ["app"]
@@ -193,6 +192,11 @@ def certs(
     topic_root: TopicRoot = DEFAULT_ROOT,
 ) -> None:
     """Make (or keep) the broker's CA and server certificate; print their paths."""
+    from energyhub.broker.certs import (  # cryptography: the server install
+        CertificateError,
+        ensure_certificates,
+    )
+
     accounts = _accounts(state_dir, site, topic_root)
     try:
         paths = ensure_certificates(accounts.directory / "certs", hosts=list(host or []), days=days)

@@ -117,8 +117,8 @@ def _device_paths(community: Community) -> Iterator[tuple[PathT, Connection, Dev
 def _profile_problem(device: Device) -> str | None:
     """Why ``device``'s profile cannot serve it: it cannot be loaded (unknown, or refused by the profile loader),
     or it does not serve the device's role; None when it can."""
-    from energyhub.edge.profile import SUNSPEC, ProfileError, load_profile
     from energyhub.edge.sunspec import SUNSPEC_ROLES
+    from energyhub.wire.profile import SUNSPEC, ProfileError, load_profile
 
     roles: tuple[DeviceRole, ...] = SUNSPEC_ROLES
     if device.profile != SUNSPEC:
@@ -352,33 +352,111 @@ def demo(
     )
 
 
+def _check_broker_port(mqtt_host: str, mqtt_port: int, ca_file: Path | None) -> None:
+    """Refuse the mix-ups that give a gateway "connection reset": the TLS port without a CA, a CA on the plain one."""
+    defaults = ServiceSettings.model_fields
+    tls_port, plain_port = defaults["mqtt_tls_port"].default, defaults["mqtt_port"].default
+    if ca_file is None and mqtt_port == tls_port:
+        raise _fail(
+            f"error: port {tls_port} is the broker's TLS listener: give its CA with --ca-file "
+            f"var/broker/certs/ca.crt (from `energyhub broker certs --host {mqtt_host}`), or use the plain "
+            f"port {plain_port}"
+        )
+    if ca_file is not None and mqtt_port == plain_port:
+        raise _fail(
+            f"error: port {plain_port} is the broker's plain listener, which speaks no TLS: with --ca-file use "
+            f"the TLS port {tls_port}"
+        )
+    if ca_file is not None and not ca_file.is_file():
+        raise _fail(f"error: --ca-file {ca_file}: no such file (make it with `energyhub broker certs`)")
+
+
+def _write_bundle(
+    bundle: Path, text: str, gateway: str, credentials: Path, ca_file: Path | None, gateway_dir: Path
+) -> None:
+    """The directory an installer copies to the gateway: its config, its credentials (0600) and the broker's CA."""
+    import shutil
+
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / "gateway.yaml").write_text(text)
+    shutil.copyfile(credentials, bundle / f"{gateway}.json")
+    (bundle / f"{gateway}.json").chmod(0o600)
+    if ca_file is not None:
+        shutil.copyfile(ca_file, bundle / "ca.crt")
+    typer.echo(
+        f"{bundle}/: gateway.yaml, {gateway}.json{', ca.crt' if ca_file else ''}; copy them to {gateway_dir} "
+        f"on the gateway (the config names them there)"
+    )
+
+
 @app.command("gateway-config")
 def gateway_config_command(
     community: Annotated[Path, typer.Option(help="Community YAML file.")],
     gateway: Annotated[str, typer.Option(help="Gateway id, e.g. gw-002.")],
     out: Annotated[Path | None, typer.Option(help="Write here instead of standard output.")] = None,
     mqtt_host: Annotated[str, typer.Option(help="Broker address as the gateway reaches it.")] = "127.0.0.1",
-    mqtt_port: Annotated[int, typer.Option(help="Broker port.")] = 18830,
+    mqtt_port: Annotated[
+        int, typer.Option(help="Broker port: 18830 plain, 18831 TLS (with --ca-file).")
+    ] = 18830,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help="The broker's CA certificate (var/broker/certs/ca.crt from `energyhub broker certs`): the "
+            "gateway connects with TLS and checks the broker's name.",
+        ),
+    ] = None,
     credentials_file: Annotated[Path, typer.Option(help="From `energyhub broker add-gateway`.")] = Path(
         "var/broker/credentials/GATEWAY.json"
     ),
     buffer_path: Annotated[Path, typer.Option(help="On-disk buffer of the agent.")] = Path(
         "var/edge/GATEWAY.db"
     ),
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a directory to copy to the gateway: gateway.yaml, the credentials and the CA, with the "
+            "config naming them where the systemd unit expects them (--gateway-dir; the buffer in "
+            "/var/lib/energyhub, the unit's state directory).",
+        ),
+    ] = None,
+    gateway_dir: Annotated[
+        Path, typer.Option(help="With --bundle: where the bundle's files go on the gateway.")
+    ] = Path("/etc/energyhub"),
+    state_dir: Annotated[
+        Path, typer.Option(help="With --bundle: the agent's state directory on the gateway (the buffer).")
+    ] = Path("/var/lib/energyhub"),
 ) -> None:
     """Write a gateway's agent configuration (devices, profiles, safe modes) from the community file."""
+
     import yaml
 
     from energyhub.edge.gateway_config import gateway_config
 
+    _check_broker_port(mqtt_host, mqtt_port, ca_file)
+    credentials = Path(str(credentials_file).replace("GATEWAY", gateway))
+    buffer = Path(str(buffer_path).replace("GATEWAY", gateway))
+    ca_on_gateway = ca_file
+    if bundle is not None:
+        if not credentials.is_file():
+            raise _fail(
+                f"error: {credentials}: no such file; make the gateway's account first: "
+                f"energyhub broker add-gateway {gateway}"
+            )
+        if not gateway_dir.is_absolute() or not state_dir.is_absolute():
+            raise _fail("error: --gateway-dir and --state-dir are paths on the gateway and must be absolute")
+        credentials_on_gateway = gateway_dir / f"{gateway}.json"
+        buffer = state_dir / "buffer.db"
+        ca_on_gateway = None if ca_file is None else gateway_dir / "ca.crt"
     try:
         config = gateway_config(
             load_community(community),
             gateway,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,
-            credentials_file=Path(str(credentials_file).replace("GATEWAY", gateway)),
-            buffer_path=Path(str(buffer_path).replace("GATEWAY", gateway)),
+            credentials_file=credentials if bundle is None else credentials_on_gateway,
+            buffer_path=buffer,
+            ca_file=ca_on_gateway,
         )
     except CommunityError as exc:
         raise _fail(str(exc), 1) from None
@@ -388,14 +466,44 @@ def gateway_config_command(
         f"# Generated by: energyhub gateway-config --community {community} --gateway {gateway}\n"
         + yaml.safe_dump(config, sort_keys=False)
     )
-    if out is None:
+    if bundle is not None:
+        _write_bundle(bundle, text, gateway, credentials, ca_file, gateway_dir)
+    elif out is None:
         typer.echo(text, nl=False)
     else:
         out.write_text(text)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+# What the `server` extra installs (pyproject.toml): a gateway's edge-only install lacks them.
+SERVER_MODULES = frozenset(
+    {
+        "cryptography",
+        "httpx",
+        "numpy",
+        "pvlib",
+        "pandas",
+        "scipy",
+        "highspy",
+        "grafana_foundation_sdk",
+        "fastapi",
+    }
+    | {"uvicorn", "sse_starlette", "prometheus_client", "matplotlib", "jinja2"}
+)
+
+
+def main() -> None:
+    """The console entry point: a central-side command on an edge-only install says what to install."""
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in SERVER_MODULES:
+            raise
+        command = " ".join(sys.argv[1:2]) or "this command"
+        sys.exit(
+            f"error: energyhub {command} runs on the central side and needs the server install, which this one "
+            f"is not (no module {exc.name!r}): pip install 'energyhub[server]'. A gateway needs only "
+            "`energyhub edge`."
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -29,11 +29,11 @@ from datetime import UTC, datetime
 from functools import partial
 
 from energyhub.domain.clock import Clock, clock_from_env
+from energyhub.edge import line_budget
 from energyhub.edge.buffer import BufferedMessage, MeasurementBuffer
 from energyhub.edge.buffer import BufferError as BufferFileError
 from energyhub.edge.config import AgentConfig, DeviceConfig
 from energyhub.edge.poller import Bus, DevicePoller, PollResult
-from energyhub.edge.profile import DeviceProfile, load_profile
 from energyhub.edge.setpoints import DeviceControl
 from energyhub.edge.sunspec import discover_profile
 from energyhub.io.mqtt import MqttLink, Will
@@ -51,6 +51,7 @@ from energyhub.wire.messages import (
     decode,
     encode,
 )
+from energyhub.wire.profile import DeviceProfile, load_profile
 from energyhub.wire.topics import TopicError, TopicKind, Topics
 
 __all__ = ["Agent"]
@@ -88,12 +89,18 @@ class Agent:
                     device.unit_id,
                     retries=config.retries,
                     interval_s=device.interval_s or config.interval_s,
+                    backoff_max_s=config.backoff_max_s,
                     discover=partial(self._discover, device, bus) if discovered else None,
                     clock=self.clock.timestamp,
                 )
             )
             if profile is not None:
                 self._add_control(device, profile, bus)
+        planned = {
+            d.profile: p.profile for d, p in zip(config.devices, self.pollers, strict=True) if p.profile
+        }
+        for warning in line_budget.warnings(config, planned):
+            log.warning("gateway %s: %s", config.gateway, warning)
         # Counting from start: no controller yet is a missing controller.
         self.last_heartbeat = time.monotonic()
         self.failsafe = False
@@ -114,8 +121,13 @@ class Agent:
 
     # -- polling ----------------------------------------------------------------------------------------------
     async def _poll_bus(self, pollers: list[DevicePoller]) -> list[tuple[DevicePoller, PollResult]]:
-        # The bus's owner: its devices one after the other, as on a serial line.
-        return [(poller, await poller.poll()) for poller in pollers]
+        # The bus's owner: its devices one after the other, as on a serial line; a backed-off one gives nothing.
+        out = []
+        for poller in pollers:
+            result = await poller.poll()
+            if result is not None:
+                out.append((poller, result))
+        return out
 
     async def poll_once(self, due: list[DevicePoller] | None = None) -> None:
         """Poll ``due`` (every device when None) and store the measurements as one batch."""
@@ -304,6 +316,15 @@ class Agent:
                 "the broker refused our setpoint, heartbeat or confirmation subscription (codes %s)", granted
             )
         await link.publish(self.topics.state(self.config.gateway), self._state(True), qos=1, retain=True)
+        if not self.connected.is_set():
+            mqtt = self.config.mqtt
+            log.info(
+                "gateway %s: connected to the broker at %s:%d%s",
+                self.config.gateway,
+                mqtt.host,
+                mqtt.port,
+                " (TLS)" if mqtt.ca_file else "",
+            )
         self.connected.set()
         async with asyncio.TaskGroup() as group:
             group.create_task(self._send(link), name="send")

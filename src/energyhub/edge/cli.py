@@ -21,22 +21,33 @@ def edge(
         ),
     ],
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Check the configuration and its profiles, print each serial line's load, and exit (1 when a "
+            "line is too busy) without connecting to anything.",
+        ),
+    ] = False,
 ) -> None:
     """Poll the gateway's devices, buffer on disk and publish to the broker until Ctrl-C or SIGTERM."""
     from energyhub.domain.clock import ClockError, clock_from_env
+    from energyhub.edge import line_budget
     from energyhub.edge.agent import Agent
     from energyhub.edge.config import ConfigError, load_agent_config
-    from energyhub.edge.profile import ProfileError, load_profile
     from energyhub.runtime.service_cli import configure_logging, run_until_stopped
+    from energyhub.wire.profile import ProfileError, load_profile
 
     configure_logging(verbose)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are reported per device, on change
     try:
         configs = [load_agent_config(path) for path in config]
-        for settings in configs:
-            for device in settings.devices:
-                if device.profile != "sunspec":  # sunspec: discovered from the device itself
-                    load_profile(device.profile)  # a bad profile stops start-up with its own message
+        profiles = {
+            device.profile: load_profile(device.profile)  # a bad profile stops start-up with its own message
+            for settings in configs
+            for device in settings.devices
+            if device.profile != "sunspec"  # sunspec: discovered from the device itself
+        }
         clock = clock_from_env()
     except (ConfigError, ProfileError, ClockError) as exc:
         typer.echo(str(exc), err=True)
@@ -59,4 +70,18 @@ def edge(
             for agent in agents:
                 group.create_task(agent.run(stop), name=f"agent-{agent.config.gateway}")
 
+    if check:
+        busy = False
+        for settings in configs:
+            for line in line_budget.line_loads(settings, profiles):
+                typer.echo(f"{settings.gateway}: {line.describe()}")
+            for warning in line_budget.warnings(settings, profiles):
+                typer.echo(f"{settings.gateway}: warning: {warning}", err=True)
+            busy = busy or any(
+                line.load > line_budget.FULL for line in line_budget.line_loads(settings, profiles)
+            )
+        typer.echo(
+            f"{len(configs)} gateway configuration(s) checked: {'a line is too busy' if busy else 'ok'}"
+        )
+        raise typer.Exit(1 if busy else 0)
     run_until_stopped(run)

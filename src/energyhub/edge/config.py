@@ -42,6 +42,24 @@ class SerialLine(_Strict):
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
+    pause_s: float = Field(
+        0.02,
+        ge=0,
+        le=5,
+        description="Silence after each answer before the next request: slow devices and RS-485 converters that "
+        "switch direction late need 20-100 ms (Modbus itself asks 3.5 characters, under 4 ms at 9600 baud).",
+    )
+    connect_pause_s: float = Field(
+        0.0,
+        ge=0,
+        le=30,
+        description="Wait after opening the port before the first request (some USB adapters).",
+    )
+
+    @property
+    def char_bits(self) -> int:
+        """Bits on the wire per byte: start bit, data bits, parity bit, stop bits."""
+        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
 
 
 class DeviceConfig(_Strict):
@@ -100,8 +118,16 @@ class AgentConfig(_Strict):
         description="A measurement sent this long ago without the ingest confirming it stored goes out again.",
     )
     interval_s: float = Field(1.0, gt=0)
-    timeout_s: float = Field(0.5, gt=0)
+    timeout_s: float = Field(
+        0.4, gt=0, description="Per request; x (retries + 1) must stay under the interval."
+    )
     retries: int = Field(1, ge=0, le=5)
+    backoff_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="A device that stopped answering is tried once per back-off, doubling from its interval up "
+        "to this, so it does not hold up the other devices of its line; it is back at the first answer.",
+    )
     heartbeat_timeout_s: float = Field(
         HEARTBEAT_TIMEOUT_S, gt=0, description="Control silent this long: devices go to safe mode."
     )
@@ -134,6 +160,12 @@ def load_agent_config(path: Path) -> AgentConfig:
             for e in exc.errors(include_url=False)
         ]
         raise ConfigError(f"{path}: {len(lines)} error(s)\n" + "\n".join(lines)) from None
+    ca = config.mqtt.ca_file
+    if ca is not None and not ca.is_file():
+        raise ConfigError(
+            f"{path}: mqtt.ca_file: {ca}: no such file: TLS to the broker needs its CA certificate (ca.crt from "
+            "`energyhub broker certs` on the central side, which `energyhub gateway-config --bundle` copies)"
+        )
     timeouts = [
         d.id
         for d in config.devices

@@ -29,6 +29,7 @@ def gateway_config(
     mqtt_port: int,
     credentials_file: Path,
     buffer_path: Path,
+    ca_file: Path | None = None,
 ) -> dict[str, Any]:
     devices = []
     for connection, device in community.devices():
@@ -49,10 +50,13 @@ def gateway_config(
         raise ValueError(
             f"gateway {gateway!r} has no devices in the community file (gateways: {', '.join(known[:8])}...)"
         )
+    mqtt: dict[str, Any] = {"host": mqtt_host, "port": mqtt_port, "credentials_file": str(credentials_file)}
+    if ca_file is not None:
+        mqtt["ca_file"] = str(ca_file)
     return {
         "gateway": gateway,
         "site": community.community.id,
-        "mqtt": {"host": mqtt_host, "port": mqtt_port, "credentials_file": str(credentials_file)},
+        "mqtt": mqtt,
         "buffer_path": str(buffer_path),
         "interval_s": 1.0,
         "timeout_s": 0.4,

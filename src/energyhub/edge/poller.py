@@ -1,8 +1,10 @@
 """Polling devices: one owner per bus, merged block reads, bounded retries, quality flags, availability on change.
 
 Every connection (host, port) has one Modbus client and one lock, so requests to devices behind the same
-RTU-to-TCP gateway or serial bus never overlap. A value that could not be read is missing (None), never the last
-good value.
+RTU-to-TCP gateway or serial bus never overlap; on a serial line the bus keeps a silence after every answer
+(``pause_s``) and after opening the port. A value that could not be read is missing (None), never the last good
+value. A device that stops answering is backed off: tried with one request, at intervals that double up to
+``backoff_max_s``, so its timeouts do not eat the line time of the devices that do answer.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient, Modbu
 from pymodbus.exceptions import ModbusException
 
 from energyhub.edge.config import DeviceConfig, SerialLine
-from energyhub.edge.profile import DeviceProfile
 from energyhub.edge.register_map import BlockDecoder, ReadBlock, plan_reads
 from energyhub.wire.messages import Quality
+from energyhub.wire.profile import DeviceProfile
 
 __all__ = ["Bus", "DevicePoller", "PollResult"]
 
@@ -30,10 +32,15 @@ log = logging.getLogger(__name__)
 class Bus:
     """One Modbus connection (TCP, or an RTU serial line) and its lock."""
 
-    def __init__(self, name: str, client: ModbusBaseClient) -> None:
+    def __init__(
+        self, name: str, client: ModbusBaseClient, *, pause_s: float = 0.0, connect_pause_s: float = 0.0
+    ) -> None:
         self.name = name
         self.lock = asyncio.Lock()
         self.client = client
+        self.pause_s = pause_s
+        self.connect_pause_s = connect_pause_s
+        self._quiet_from = 0.0  # monotonic time the line may carry the next request
 
     # retries=0 on the clients: the poller retries per block itself, so one slow device cannot hold the bus long.
     @classmethod
@@ -57,7 +64,7 @@ class Bus:
             reconnect_delay=0.5,
             reconnect_delay_max=10.0,
         )
-        return cls(f"rtu:{line.port}", client)
+        return cls(f"rtu:{line.port}", client, pause_s=line.pause_s, connect_pause_s=line.connect_pause_s)
 
     @classmethod
     def for_device(cls, device: DeviceConfig, *, timeout_s: float) -> Bus:
@@ -66,9 +73,24 @@ class Bus:
         assert device.host is not None  # DeviceConfig checks that one of the two is given
         return cls.tcp(device.host, device.port, timeout_s=timeout_s)
 
+    async def _ready(self) -> bool:
+        """Connected, and the line quiet for as long as it must be; call holding the lock."""
+        loop = asyncio.get_running_loop()
+        if not self.client.connected:
+            if not await self.client.connect():
+                return False
+            self._quiet_from = max(self._quiet_from, loop.time() + self.connect_pause_s)
+        wait = self._quiet_from - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)  # the line's required silence, not a synchronisation
+        return True
+
+    def _done(self) -> None:
+        self._quiet_from = asyncio.get_running_loop().time() + self.pause_s
+
     async def read(self, block: ReadBlock, unit_id: int) -> list[int] | None:
         async with self.lock:
-            if not self.client.connected and not await self.client.connect():
+            if not await self._ready():
                 return None
             method = (
                 self.client.read_input_registers
@@ -79,6 +101,8 @@ class Bus:
                 reply = await method(block.address, count=block.count, device_id=unit_id)
             except (TimeoutError, ModbusException, OSError):
                 return None
+            finally:
+                self._done()
             if reply.isError():
                 return None
             return list(reply.registers)
@@ -86,12 +110,14 @@ class Bus:
     async def write(self, address: int, words: list[int], unit_id: int) -> str | None:
         """Write registers; None when done, otherwise why not."""
         async with self.lock:
-            if not self.client.connected and not await self.client.connect():
+            if not await self._ready():
                 return "device not reachable"
             try:
                 reply = await self.client.write_registers(address, words, device_id=unit_id)
             except (TimeoutError, ModbusException, OSError) as exc:
                 return f"write failed: {exc}"
+            finally:
+                self._done()
             if reply.isError():
                 return f"device refused the write (Modbus exception {reply.exception_code})"
             return None
@@ -115,6 +141,7 @@ class DevicePoller:
     unit_id: int
     retries: int = 1
     interval_s: float = 1.0
+    backoff_max_s: float = 30.0
     next_due: float = 0.0  # monotonic time of the next poll, kept by the agent's poll loop
     discover: Callable[[], Awaitable[DeviceProfile | None]] | None = field(default=None, repr=False)
     clock: Callable[[], float] = field(default=time.time, repr=False)  # the data clock: a reading's timestamp
@@ -122,6 +149,11 @@ class DevicePoller:
     last_success: float | None = None
     last_error: str | None = None
     failing: bool = field(default=False)
+    # While failing: a try every `backoff_polls` polls (doubling up to backoff_max_s), `skip` polls to go. Counted
+    # in polls, not seconds, so the tries stay on the device's own poll times.
+    backoff_polls: int = 0
+    skip: int = 0
+    tries: int = 0  # requests sent while backed off (a probe is one request)
     _decoders: dict[bool, BlockDecoder] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -134,7 +166,47 @@ class DevicePoller:
             slow: BlockDecoder(profile, plan_reads(profile, include_slow=slow)) for slow in (True, False)
         }
 
-    async def poll(self) -> PollResult:
+    async def poll(self) -> PollResult | None:
+        """Read the device: a result (values missing where a read failed), or None while it is backed off and
+        not yet due for its next try."""
+        if self.skip > 0:
+            self.skip -= 1
+            return None
+        if self.backoff_polls:
+            ts = self.clock()
+            if not await self._answers():
+                self._back_off()
+                return PollResult(dict.fromkeys(self._value_names()), Quality.BAD, ts)
+        result = await self._poll()  # a device that answers (again): a full poll
+        if self.failing:
+            self._back_off()
+        else:
+            self.backoff_polls = 0
+        return result
+
+    @property
+    def backoff_s(self) -> float:
+        """The time between tries while the device does not answer (0 while it does)."""
+        return self.backoff_polls * self.interval_s
+
+    def _value_names(self) -> list[str]:
+        return self._decoders[True].names if self._decoders else []
+
+    async def _answers(self) -> bool:
+        """One request, no retry: is the device back?"""
+        self.tries += 1
+        decoder = self._decoders.get(False)
+        if decoder is None or not decoder.blocks:  # not yet discovered: discovery is the probe
+            return True
+        return await self.bus.read(decoder.blocks[0], self.unit_id) is not None
+
+    def _back_off(self) -> None:
+        most = max(1, int(self.backoff_max_s // self.interval_s))
+        self.backoff_polls = min(most, max(1, 2 * self.backoff_polls))
+        self.skip = self.backoff_polls - 1
+        log.debug("device %s: next try in %.1f s", self.device_id, self.backoff_s)
+
+    async def _poll(self) -> PollResult:
         profile = self.profile
         if profile is None:
             profile = await self.discover() if self.discover is not None else None

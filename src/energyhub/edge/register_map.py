@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from energyhub.edge.profile import DeviceProfile, RegisterType, ValueSpec
+from energyhub.wire.profile import DeviceProfile, RegisterType, ValueSpec
 from energyhub.wire.registers import CODECS, RegisterCodec, WordOrder, decode_string, pack_words
 
 __all__ = ["BlockDecoder", "ReadBlock", "decode_values", "plan_reads"]

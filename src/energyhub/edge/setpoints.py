@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from energyhub.domain.clock import Clock
 from energyhub.edge.config import DeviceConfig
 from energyhub.edge.poller import Bus
-from energyhub.edge.profile import DeviceProfile, SetpointSpec
 from energyhub.edge.register_map import ReadBlock
 from energyhub.wire.messages import Setpoint, SetpointAck, SetpointStatus
+from energyhub.wire.profile import DeviceProfile, SetpointSpec
 from energyhub.wire.registers import WordOrder, codec
 
 __all__ = ["DeviceControl", "decode_words", "encode_words"]

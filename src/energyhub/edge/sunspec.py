@@ -14,8 +14,8 @@ from sunspec2.device import get_model_def  # type: ignore[import-untyped]
 
 from energyhub.domain.topology import DeviceRole
 from energyhub.edge.poller import Bus
-from energyhub.edge.profile import DeviceProfile, SetpointSpec, ValueSpec
 from energyhub.edge.register_map import ReadBlock
+from energyhub.wire.profile import DeviceProfile, SetpointSpec, ValueSpec
 from energyhub.wire.registers import CODECS, RegisterType
 from energyhub.wire.roles import (
     CHARGE_RATE_PCT,

@@ -56,6 +56,20 @@ class MqttLinkError(ConnectionError):
     """The connection was refused, lost or broken; the message says which and why."""
 
 
+def _tls_failure(host: str, port: int, exc: ssl.SSLError) -> str:
+    """Why a TLS handshake failed, in words that point at the fix (the CA file, or a plain port)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return (
+            f"TLS handshake with the broker at {host}:{port} failed: certificate verify failed "
+            f"({exc.verify_message}): check mqtt.ca_file (--mqtt-ca-file) is the broker's CA and the broker's "
+            f"certificate names {host}"
+        )
+    return (
+        f"TLS handshake with the broker at {host}:{port} failed ({exc.reason or exc}): is it the broker's TLS "
+        "port? a plain port takes no mqtt.ca_file (--mqtt-ca-file)"
+    )
+
+
 @dataclass(frozen=True)
 class Will:
     topic: str
@@ -259,14 +273,28 @@ class MqttLink:
                     )
                 )
                 reason, props = await link._connack
-        except (OSError, TimeoutError) as exc:
+        except ssl.SSLError as exc:
             link.abort()
+            raise MqttLinkError(_tls_failure(host, port, exc)) from None
+        except (OSError, TimeoutError) as exc:  # MqttLinkError too: the connection lost before CONNACK
+            link.abort()
+            if tls is None and link._transport is not None:
+                # Mosquitto's TLS listener drops a plain client without a word: say what that usually means.
+                raise MqttLinkError(
+                    f"the broker at {host}:{port} closed the connection before answering MQTT ({exc}): is it a "
+                    "TLS port? give the broker's CA (mqtt.ca_file, --mqtt-ca-file) or use its plain port"
+                ) from None
+            if tls is not None and link._transport is None and isinstance(exc, ConnectionResetError):
+                # A plain listener takes the TLS ClientHello for a broken MQTT packet and drops the connection.
+                raise MqttLinkError(
+                    f"TLS handshake with the broker at {host}:{port} failed (the connection was reset): is it the "
+                    "broker's TLS port? a plain port takes no mqtt.ca_file (--mqtt-ca-file)"
+                ) from None
+            if isinstance(exc, MqttLinkError):
+                raise
             raise MqttLinkError(
                 f"cannot connect to the broker at {host}:{port}: {exc or 'timed out'}"
             ) from None
-        except MqttLinkError:
-            link.abort()
-            raise
         if reason >= 0x80:
             link.abort()
             why = _CONNACK_REASONS.get(reason, f"reason code 0x{reason:02x}")

@@ -19,14 +19,16 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from pydantic import Field, model_validator
 
-from energyhub.io.influx import InfluxClient
 from energyhub.io.mqtt import MqttLink, MqttLinkError, Will
 from energyhub.runtime.layered_settings import LayeredSettings
+
+if TYPE_CHECKING:  # the InfluxDB client (httpx) is the central side's: a gateway's agent never loads it
+    from energyhub.io.influx import InfluxClient
 
 __all__ = ["ConnectedSettings", "broker_login", "broker_tls", "connection_flags", "keep_connected"]
 
@@ -106,6 +108,8 @@ class ConnectedSettings(LayeredSettings):
 
     def influx(self, **options: Any) -> InfluxClient:
         """An ``InfluxClient`` for this service's database and login; ``options`` as ``InfluxClient``."""
+        from energyhub.io.influx import InfluxClient
+
         return InfluxClient(
             url=self.influx_url,
             database=self.influx_db,

@@ -15,6 +15,7 @@ import logging
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -30,12 +31,14 @@ from energyhub.simulators.devices import (
 )
 from energyhub.simulators.ev_charger import ChargerDevice, ChargerState, Session
 from energyhub.simulators.modbus_server import GatewayServer
+from energyhub.simulators.profile_device import ProfileDevice
 from energyhub.simulators.sdm630 import MeterState
 from energyhub.synthetic.loads import load_power_w
 from energyhub.synthetic.sessions import plan_sessions, rng_for, vehicle_max_w
 from energyhub.synthetic.solar import SolarOnline
+from energyhub.wire.profile import SUNSPEC, load_profile
 
-__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint"]
+__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint", "simulated_device"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,15 @@ class ConnectionModel:
     """One connection's devices and the physics that links them."""
 
     connection: Connection
-    meter: MeterDevice | None
-    sub_meters: list[tuple[MeterDevice, float]] = field(default_factory=list)  # (meter, share of the load)
-    inverters: list[InverterDevice] = field(default_factory=list)
-    batteries: list[BatteryDevice] = field(default_factory=list)
-    chargers: list[tuple[ChargerDevice, str, str]] = field(default_factory=list)  # (device, key, vehicle)
+    meter: SimulatedDevice[MeterState] | None
+    sub_meters: list[tuple[SimulatedDevice[MeterState], float]] = field(
+        default_factory=list
+    )  # (meter, load share)
+    inverters: list[SimulatedDevice[InverterState]] = field(default_factory=list)
+    batteries: list[SimulatedDevice[BatteryState]] = field(default_factory=list)
+    chargers: list[tuple[SimulatedDevice[ChargerState], str, str]] = field(
+        default_factory=list
+    )  # (device, key, vehicle)
     load_w: float = 0.0
     load_energy_wh: float = 0.0
 
@@ -70,6 +77,26 @@ class ConnectionModel:
         battery = sum(b.state.power_w for b in self.batteries)
         ev = sum(c.state.power_w for c, _k, _v in self.chargers)
         return self.load_w - pv + battery + ev
+
+
+S = TypeVar("S", MeterState, InverterState, BatteryState, ChargerState)
+
+
+def simulated_device(profile: str, unit_id: int, state: S) -> SimulatedDevice[S]:
+    """The device a community file's ``profile`` names, showing ``state``: the hand-written model of the
+    products the simulators model in full (SDM630, SunSpec, Alfen), any other profile served from its YAML."""
+    made: SimulatedDevice[Any]
+    if isinstance(state, MeterState) and profile == "eastron_sdm630":
+        made = MeterDevice(unit_id=unit_id, state=state)
+    elif isinstance(state, InverterState) and profile in (SUNSPEC, "sunspec_inverter"):
+        made = InverterDevice(unit_id=unit_id, state=state)
+    elif isinstance(state, BatteryState) and profile in (SUNSPEC, "sunspec_battery"):
+        made = BatteryDevice(unit_id=unit_id, state=state)
+    elif isinstance(state, ChargerState) and profile == "ev_charger":
+        made = ChargerDevice(unit_id=unit_id, state=state)
+    else:
+        made = ProfileDevice(unit_id=unit_id, profile=load_profile(profile), state=state)
+    return cast("SimulatedDevice[S]", made)  # each branch above made the device of ``state``'s type
 
 
 class CommunitySimulator:
@@ -92,11 +119,11 @@ class CommunitySimulator:
         self.clock: Clock | None = None  # set by run(): what the physics follows
         self.models: list[ConnectionModel] = []
         self._endpoints: list[Endpoint] = []
-        self._by_address: dict[tuple[str, int], list[SimulatedDevice]] = {}
+        self._by_address: dict[tuple[str, int], list[SimulatedDevice[Any]]] = {}
         self._session_plans: dict[str, list[tuple[float, float, float]]] = {}
         self._plan_day: dict[str, int] = {}
         self._roofs: list[float] = []  # kWp of every simulated inverter, in model order
-        self._devices: dict[tuple[str, str], SimulatedDevice] = {}
+        self._devices: dict[tuple[str, str], SimulatedDevice[Any]] = {}
         known = {gw.id for _l, _m, c in community.connections() for gw in c.gateways}
         unknown = (only or set()) - known
         if unknown:
@@ -132,19 +159,23 @@ class CommunitySimulator:
             if only is not None and gateway not in only:
                 continue
             unit = device.modbus.unit_id
-            sim: SimulatedDevice
+            sim: SimulatedDevice[Any]
+            profile = device.profile
             if device.role is DeviceRole.METER:
-                sim = model.meter = MeterDevice(unit_id=unit, state=MeterState())
+                meter = model.meter = simulated_device(profile, unit, MeterState())
+                sim = meter
             elif device.role is DeviceRole.LOAD:
-                sim = MeterDevice(unit_id=unit, state=MeterState())
-                model.sub_meters.append((sim, float(shares[len(model.sub_meters)])))
+                sub = simulated_device(profile, unit, MeterState())
+                model.sub_meters.append((sub, float(shares[len(model.sub_meters)])))
+                sim = sub
             elif device.role is DeviceRole.PV:
                 kwp = device.kwp or 0.0
                 rated = (device.ac_kw or kwp) * 1000.0
-                sim = InverterDevice(
-                    unit_id=unit, state=InverterState(rated_w=rated, serial=f"{gateway}-{device.id}")
+                inverter = simulated_device(
+                    profile, unit, InverterState(rated_w=rated, serial=f"{gateway}-{device.id}")
                 )
-                model.inverters.append(sim)
+                model.inverters.append(inverter)
+                sim = inverter
                 pv_kwp.append(kwp)
             elif device.role is DeviceRole.BATTERY:
                 state = BatteryState(
@@ -152,11 +183,13 @@ class CommunitySimulator:
                     max_w=(device.power_kw or 0) * 1000,
                     serial=f"{gateway}-{device.id}",
                 )
-                sim = BatteryDevice(unit_id=unit, state=state)
-                model.batteries.append(sim)
+                battery = simulated_device(profile, unit, state)
+                model.batteries.append(battery)
+                sim = battery
             elif device.role is DeviceRole.EV:
-                sim = ChargerDevice(unit_id=unit, state=ChargerState(max_w=(device.power_kw or 0) * 1000))
-                model.chargers.append((sim, f"{connection.id}/{device.id}", device.vehicle or "car"))
+                charger = simulated_device(profile, unit, ChargerState(max_w=(device.power_kw or 0) * 1000))
+                model.chargers.append((charger, f"{connection.id}/{device.id}", device.vehicle or "car"))
+                sim = charger
             else:  # pragma: no cover - every role is handled above
                 raise ValueError(device.role)
             self._devices[(gateway, device.id)] = sim
@@ -176,7 +209,7 @@ class CommunitySimulator:
         self._roofs.extend(pv_kwp)
         return model
 
-    def device(self, gateway: str, device: str) -> SimulatedDevice | None:
+    def device(self, gateway: str, device: str) -> SimulatedDevice[Any] | None:
         return self._devices.get((gateway, device))
 
     def endpoints(self) -> list[Endpoint]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from pymodbus.constants import ExcCodes
 
@@ -32,10 +33,15 @@ _INT16 = CODECS[RegisterType.INT16]
 _GATEWAY_TARGET_FAILED = 0x0B
 
 
-class SimulatedDevice:
-    """Base: a unit id, a register block at ``base_address``, faults, and the access hook the server calls."""
+S = TypeVar("S")
+
+
+class SimulatedDevice(Generic[S]):
+    """Base: a unit id, a register block at ``base_address``, faults, and the access hook the server calls;
+    ``state`` is what the device shows (a meter's, an inverter's, ...), set by the physics from outside."""
 
     base_address = 0
+    state: S
 
     def __init__(self, *, unit_id: int, size: int) -> None:
         self.unit_id = unit_id
@@ -52,6 +58,14 @@ class SimulatedDevice:
 
     def render(self, registers: list[int]) -> None:
         """Write the present state into ``registers`` (offset 0 = ``base_address``)."""
+
+    def render_for(self, function_code: int, registers: list[int]) -> None:
+        """Render before a read with ``function_code``: one table for holding and input registers, by default."""
+        self.render(registers)
+
+    def register_blocks(self) -> dict[str, tuple[int, list[int]]] | None:
+        """Separate holding and input tables as ``{function: (start, registers)}``; None shares one block."""
+        return None
 
     def apply_write(self, offset: int, values: list[int], registers: list[int]) -> ExcCodes | None:
         """A client writes ``values`` at ``offset``; refuse with an exception code or update the state."""
@@ -79,11 +93,11 @@ class SimulatedDevice:
             return self.apply_write(offset, [int(v) for v in set_values], registers)
         self.reads += 1
         if not faults.frozen:
-            self.render(registers)
+            self.render_for(function_code, registers)
         return None
 
 
-class MeterDevice(SimulatedDevice):
+class MeterDevice(SimulatedDevice[MeterState]):
     """An Eastron SDM630; read-only like the real meter."""
 
     def __init__(self, *, unit_id: int, state: MeterState | None = None) -> None:
@@ -94,7 +108,7 @@ class MeterDevice(SimulatedDevice):
         render_sdm630(self.state, registers, nan=self.faults.nan)
 
 
-class SunSpecDevice(SimulatedDevice):
+class SunSpecDevice(SimulatedDevice[S]):
     """A device with a SunSpec model chain from 40000; subclasses add their model's fixed points."""
 
     base_address = SUNSPEC_BASE
@@ -150,7 +164,7 @@ def _power_sf(rated_w: float) -> int:
     return max(0, math.ceil(math.log10(max(rated_w, 1.0) / 32767.0)))
 
 
-class InverterDevice(SunSpecDevice):
+class InverterDevice(SunSpecDevice[InverterState]):
     """A three-phase PV inverter speaking SunSpec: models 1 (common), 103 (inverter), 123 (immediate controls)."""
 
     model_name = "PV inverter 3ph"
@@ -269,7 +283,7 @@ class BatteryState:
 _CHARGE_BIT, _DISCHARGE_BIT = 1, 2
 
 
-class BatteryDevice(SunSpecDevice):
+class BatteryDevice(SunSpecDevice[BatteryState]):
     """A battery speaking SunSpec: models 1, 103 (its inverter; W positive = discharging) and 124 (storage).
 
     Control as SunSpec model 124 defines it: StorCtl_Mod bit 0 charges at InWRte % of WChaMax, bit 1 discharges at

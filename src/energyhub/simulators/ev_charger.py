@@ -116,7 +116,7 @@ class ChargerState:
         return energy
 
 
-class ChargerDevice(SimulatedDevice):
+class ChargerDevice(SimulatedDevice[ChargerState]):
     """One charging socket on its own unit id."""
 
     def __init__(self, *, unit_id: int, state: ChargerState) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from typing import Any
 
 from pymodbus import FramerType
 from pymodbus.server import ModbusTcpServer
@@ -22,7 +23,18 @@ __all__ = ["GatewayServer"]
 log = logging.getLogger(__name__)
 
 
-def _sim_device(device: SimulatedDevice) -> SimDevice:
+def _sim_device(device: SimulatedDevice[Any]) -> SimDevice:
+    tables = device.register_blocks()
+    if tables is not None:
+        # pymodbus wants every table present: a one-bit coil and discrete input the profile never reads.
+        bit = [SimData(0, values=False, datatype=DataType.BITS)]
+        holding, inputs = (
+            [SimData(start, count=1, values=regs, datatype=DataType.REGISTERS)]
+            if (start, regs) != (0, [])
+            else [SimData(0, values=0, datatype=DataType.REGISTERS)]
+            for start, regs in (tables.get("holding", (0, [])), tables.get("input", (0, [])))
+        )
+        return SimDevice(device.unit_id, simdata=(bit, list(bit), holding, inputs), action=device.on_access)
     initial = device.initial_registers()
     # `values` is the whole block; SimData repeats it `count` times, so count stays 1.
     block = SimData(device.base_address, count=1, values=initial, datatype=DataType.REGISTERS)
@@ -38,7 +50,7 @@ class GatewayServer:
     """
 
     def __init__(
-        self, *, host: str, port: int, devices: list[SimulatedDevice], framer: str = "socket"
+        self, *, host: str, port: int, devices: list[SimulatedDevice[Any]], framer: str = "socket"
     ) -> None:
         ids = [d.unit_id for d in devices]
         if len(set(ids)) != len(ids):

@@ -9,6 +9,7 @@ decode; ``register_map.py`` plans the reads.
 
 from __future__ import annotations
 
+import difflib
 from collections import Counter
 from functools import cache
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "PROFILE_DIR",
     "DeviceProfile",
     "ProfileError",
+    "ProfileSource",
     "RegisterType",
     "SetpointSpec",
     "ValueSpec",
@@ -35,7 +37,9 @@ __all__ = [
     "shipped_profiles",
 ]
 
-PROFILE_DIR = Path(__file__).parent / "profiles"
+# The shipped profiles are files of the edge package, where a gateway's installer looks for them; the model is
+# here, below the edge and the simulators, because the simulators serve the same files.
+PROFILE_DIR = Path(__file__).resolve().parents[1] / "edge" / "profiles"
 SUNSPEC = "sunspec"  # the profile name that means "discover it from the device's SunSpec model chain"
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
@@ -134,9 +138,23 @@ class SetpointSpec(_Register):
         return self
 
 
+class ProfileSource(_Strict):
+    """The manufacturer's document a profile's registers come from, so a reviewer can check every address."""
+
+    document: str = Field(min_length=3, description="Title of the published register map or manual.")
+    version: str = Field(min_length=1, description="Its version, revision or date, as printed on it.")
+    url: str | None = None
+    notes: str | None = Field(
+        None, description="What the document leaves open and how the profile decides it."
+    )
+
+
 class DeviceProfile(_Strict):
     name: Name
     description: str
+    source: ProfileSource | None = Field(
+        None, description="The register map's document; every shipped profile names one (tests/edge)."
+    )
     # validate_default: a profile without `roles:` gets _roles_named's message saying what to add.
     roles: tuple[DeviceRole, ...] = Field(
         (), validate_default=True, description="The device roles this profile serves (wire/roles.py)."
@@ -230,15 +248,17 @@ def load_profile(source: str | Path) -> DeviceProfile:
         return _load(Path(source).resolve())
     path = profile_path(source)
     if not path.is_file():
-        known = ", ".join(shipped_profiles())
+        shipped = shipped_profiles()
+        close = difflib.get_close_matches(source, shipped, n=3, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ProfileError(
             str(path),
             [
                 ConfigIssue(
                     0,
                     "",
-                    f"unknown profile {source!r}: the shipped profiles are {known}; {SUNSPEC!r} discovers a "
-                    "SunSpec device; or give the path of a profile file (ending in .yaml)",
+                    f"unknown profile {source!r}{hint}: the shipped profiles are {', '.join(shipped)}; "
+                    f"{SUNSPEC!r} discovers a SunSpec device; or give the path of a profile file (ending in .yaml)",
                 )
             ],
         )
