@@ -30,6 +30,9 @@ from energyhub.cli.services import broker_accounts, free_port, start_broker  # n
 from energyhub.runtime.settings import ServiceSettings  # noqa: E402
 from energyhub.runtime.supervisor import Supervisor  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from simulators import rss_mb  # noqa: E402  (bench/simulators.py: a process's VmRSS)
+
 DEVICES = 20
 TOOLING = ("pip", "setuptools", "_distutils_hack", "pkg_resources")
 
@@ -61,13 +64,6 @@ def make_venv(target: Path, extra: str) -> float:
         stderr=subprocess.DEVNULL,
     )
     return time.monotonic() - started
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def serve(port: int) -> None:
@@ -144,7 +140,12 @@ def main() -> None:
                             "credentials_file": str(accounts.credentials_path("gw-bench")),
                         },
                         "devices": [
-                            {"id": f"m{u}", "profile": "eastron_sdm630", "host": "127.0.0.1", "port": modbus_port}
+                            {
+                                "id": f"m{u}",
+                                "profile": "eastron_sdm630",
+                                "host": "127.0.0.1",
+                                "port": modbus_port,
+                            }
                             | {"unit_id": u + 1}
                             for u in range(DEVICES)
                         ],
@@ -160,13 +161,21 @@ def main() -> None:
             sim.terminate()
             sim.wait(timeout=20)
         sizes = {
-            name: (disk_mb(venv), disk_mb(venv, skip=TOOLING)) for name, venv in (("edge", edge), ("full", full))
+            name: (disk_mb(venv), disk_mb(venv, skip=TOOLING))
+            for name, venv in (("edge", edge), ("full", full))
         }
-    print(f"edge footprint, Python {sys.version.split()[0]}, {DEVICES} SDM630 meters, agent runs of {args.seconds:g} s")
+    print(
+        f"edge footprint, Python {sys.version.split()[0]}, {DEVICES} SDM630 meters, agent runs of {args.seconds:g} s"
+    )
     print(f"{'install':<28}{'venv MB':>10}{'w/o pip MB':>12}{'install s':>11}{'agent RSS MB':>14}")
-    for name, label, took in (("edge", "edge (`pip install .`)", edge_s), ("full", "full (`'.[server]'`)", full_s)):
+    for name, label, took in (
+        ("edge", "edge (`pip install .`)", edge_s),
+        ("full", "full (`'.[server]'`)", full_s),
+    ):
         total, packages = sizes[name]
-        print(f"{label:<28}{total:>10.1f}{packages:>12.1f}{took:>11.0f}{statistics.median(runs[name]):>14.1f}")
+        print(
+            f"{label:<28}{total:>10.1f}{packages:>12.1f}{took:>11.0f}{statistics.median(runs[name]):>14.1f}"
+        )
     (e_total, e_pkgs), (f_total, f_pkgs) = sizes["edge"], sizes["full"]
     print(
         f"edge / full: disk {e_total / f_total:.2f} (packages {e_pkgs / f_pkgs:.2f}), agent RSS "
