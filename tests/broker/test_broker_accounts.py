@@ -99,6 +99,23 @@ def test_add_gateway_refuses_duplicates_without_rotate(accounts: BrokerAccounts)
     assert accounts.credentials("gw-2") == other
 
 
+def test_gateways_added_at_once_are_all_or_nothing(accounts: BrokerAccounts) -> None:
+    first = accounts.add_gateway("gw-1")
+    # One name already taken (without rotate): none of the batch is created.
+    with pytest.raises(AccountError, match="gateway 'gw-1' already has a broker account"):
+        accounts.add_gateways(["gw-2", "gw-1", "gw-3"])
+    assert set(accounts.accounts()) & {"gw-2", "gw-3"} == set()
+    assert accounts.credentials("gw-1") == first
+    made = accounts.add_gateways(["gw-2", "gw-1", "gw-3"], rotate={"gw-1"})
+    assert sorted(made) == ["gw-1", "gw-2", "gw-3"]
+    entries = passwd_entries(accounts)
+    assert all(verify_password(made[n].password, entries[n]) for n in made)
+    assert made["gw-1"].password != first.password
+    with pytest.raises(AccountError, match="reserved"):
+        accounts.add_gateways(["gw-4", "ehub-x"])
+    assert "gw-4" not in accounts.accounts()
+
+
 @pytest.mark.parametrize(
     ("name", "message"),
     [

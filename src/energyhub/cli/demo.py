@@ -194,10 +194,11 @@ def _agents(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
     s, state = plan.settings, plan.state
     accounts = broker_accounts(s)
     known = accounts.accounts()
+    missing = [g for g in plan.gateways if g not in known or not accounts.credentials_path(g).exists()]
+    if missing:
+        accounts.add_gateways(missing, rotate={g for g in missing if g in known})
     configs: list[tuple[str, Path]] = []
     for gateway in plan.gateways:
-        if gateway not in known or not accounts.credentials_path(gateway).exists():
-            accounts.add_gateway(gateway, rotate=gateway in known)
         config = gateway_config(
             community,
             gateway,
