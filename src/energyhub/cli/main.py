@@ -436,7 +436,8 @@ def gateway_config_command(
     _check_broker_port(mqtt_host, mqtt_port, ca_file)
     credentials = Path(str(credentials_file).replace("GATEWAY", gateway))
     buffer = Path(str(buffer_path).replace("GATEWAY", gateway))
-    ca_on_gateway = ca_file
+    # The paths the written config names: as given, or where a bundle's files go on the gateway.
+    credentials_on_gateway, ca_on_gateway = credentials, ca_file
     if bundle is not None:
         if not credentials.is_file():
             raise _fail(
@@ -454,7 +455,7 @@ def gateway_config_command(
             gateway,
             mqtt_host=mqtt_host,
             mqtt_port=mqtt_port,
-            credentials_file=credentials if bundle is None else credentials_on_gateway,
+            credentials_file=credentials_on_gateway,
             buffer_path=buffer,
             ca_file=ca_on_gateway,
         )

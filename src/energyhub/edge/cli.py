@@ -73,13 +73,12 @@ def edge(
     if check:
         busy = False
         for settings in configs:
-            for line in line_budget.line_loads(settings, profiles):
+            lines = line_budget.line_loads(settings, profiles)
+            for line in lines:
                 typer.echo(f"{settings.gateway}: {line.describe()}")
             for warning in line_budget.warnings(settings, profiles):
                 typer.echo(f"{settings.gateway}: warning: {warning}", err=True)
-            busy = busy or any(
-                line.load > line_budget.FULL for line in line_budget.line_loads(settings, profiles)
-            )
+            busy = busy or any(line.load > line_budget.FULL for line in lines)
         typer.echo(
             f"{len(configs)} gateway configuration(s) checked: {'a line is too busy' if busy else 'ok'}"
         )

@@ -153,7 +153,6 @@ class DevicePoller:
     # in polls, not seconds, so the tries stay on the device's own poll times.
     backoff_polls: int = 0
     skip: int = 0
-    tries: int = 0  # requests sent while backed off (a probe is one request)
     _decoders: dict[bool, BlockDecoder] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -194,7 +193,6 @@ class DevicePoller:
 
     async def _answers(self) -> bool:
         """One request, no retry: is the device back?"""
-        self.tries += 1
         decoder = self._decoders.get(False)
         if decoder is None or not decoder.blocks:  # not yet discovered: discovery is the probe
             return True

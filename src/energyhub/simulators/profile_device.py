@@ -44,10 +44,10 @@ def _meter(state: MeterState) -> dict[str, float]:
         "energy_total_wh": state.import_wh + state.export_wh,
         "frequency_hz": state.frequency_hz,
     }
-    for phase, (share, volts) in enumerate(zip(state.phase_share, state.voltage_v, strict=True), start=1):
-        out[f"power_l{phase}_w"] = state.power_w * share
-        out[f"voltage_l{phase}_v"] = volts
-        out[f"current_l{phase}_a"] = abs(state.power_w * share) / volts if volts else 0.0
+    for phase, (power, voltage, current) in enumerate(state.phases(), start=1):
+        out[f"power_l{phase}_w"] = power
+        out[f"voltage_l{phase}_v"] = voltage
+        out[f"current_l{phase}_a"] = current
     return out
 
 

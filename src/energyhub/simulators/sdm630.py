@@ -50,6 +50,14 @@ class MeterState:
         """Integrate energy over ``dt_s`` seconds at the present power: counters only ever grow."""
         self.add_energy(self.power_w * dt_s / 3600.0)
 
+    def phases(self) -> list[tuple[float, float, float]]:
+        """(power W, voltage V, current A) of L1, L2, L3: the net power split by ``phase_share``."""
+        out = []
+        for share, voltage in zip(self.phase_share, self.voltage_v, strict=True):
+            power = self.power_w * share
+            out.append((power, voltage, abs(power) / voltage if voltage else 0.0))
+        return out
+
     def add_energy(self, energy_wh: float) -> None:
         """Count ``energy_wh`` (import positive) into the import or export register."""
         if energy_wh >= 0:
@@ -61,13 +69,11 @@ class MeterState:
 def render_sdm630(state: MeterState, registers: list[int], *, nan: bool = False) -> None:
     """Write the meter's values into ``registers`` (indexed by protocol address); ``nan`` simulates a bad read."""
     values: dict[str, float] = {}
-    for phase in range(3):
-        power = state.power_w * state.phase_share[phase]
-        voltage = state.voltage_v[phase]
-        values[f"voltage_l{phase + 1}_v"] = voltage
-        values[f"current_l{phase + 1}_a"] = abs(power) / voltage if voltage else 0.0
-        values[f"power_l{phase + 1}_w"] = power
-        values[f"power_factor_l{phase + 1}"] = 1.0
+    for phase, (power, voltage, current) in enumerate(state.phases(), start=1):
+        values[f"voltage_l{phase}_v"] = voltage
+        values[f"current_l{phase}_a"] = current
+        values[f"power_l{phase}_w"] = power
+        values[f"power_factor_l{phase}"] = 1.0
     values["power_total_w"] = state.power_w
     values["frequency_hz"] = state.frequency_hz
     values["import_kwh"] = state.import_wh / 1000.0
