@@ -87,7 +87,7 @@ LIVE_MODULES = frozenset(
 
 # Single tests, by function name, in modules whose other tests need nothing.
 LIVE_TESTS: dict[str, frozenset[str]] = {
-    "broker/test_broker_passwords.py": frozenset(
+    "runtime/test_passwords.py": frozenset(
         {
             "test_we_verify_what_mosquitto_passwd_writes",
             "test_we_hash_exactly_as_mosquitto_passwd_does",

@@ -11,7 +11,7 @@ import pytest
 
 from energyhub.broker.accounts import ADMIN_ACCOUNT, SERVICE_ACCOUNTS, AccountError, BrokerAccounts, Role
 from energyhub.broker.dynsec import ANONYMOUS, DEFAULT_ACL_ACCESS, Acl, AclType, account_acls
-from energyhub.broker.passwords import DynsecPassword, hash_password, verify_password
+from energyhub.runtime.passwords import DynsecPassword, hash_password, verify_password
 from energyhub.wire.topics import Topics
 
 TOPICS = Topics(site="de-koumen", root="ehub/v1")

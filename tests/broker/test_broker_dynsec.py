@@ -16,7 +16,7 @@ from energyhub.broker.dynsec import (
     render_dynsec,
 )
 from energyhub.broker.dynsec_control import BrokerState, plan_changes
-from energyhub.broker.passwords import DynsecPassword
+from energyhub.runtime.passwords import DynsecPassword
 from energyhub.wire.topics import Topics
 
 TOPICS = Topics(site="de-koumen")

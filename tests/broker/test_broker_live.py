@@ -1,6 +1,6 @@
 """The broker's lock-down, proven with real Mosquitto and real MQTT v5 connections.
 
-Every login here uses a hash made by energyhub.broker.passwords (not mosquitto_passwd) in the dynamic-security plugin's
+Every login here uses a hash made by energyhub.runtime.passwords (not mosquitto_passwd) in the dynamic-security plugin's
 config, so each accepted login also proves that the plugin loads our hash format. Negative checks ("B never
 receives X") are made sound without sleeps: the denied message is sent first and an allowed one after it on the
 same connection at QoS 1, and MQTT keeps a publisher's order, so once the allowed one has arrived the denied one
@@ -136,7 +136,7 @@ def test_wrong_password_and_anonymous_are_refused(broker: LiveBroker, connect: C
         assert client.connack.value == NOT_AUTHORIZED  # what Mosquitto 2.0 answers to v5 clients
     right = connect(broker.port, "gw-a", broker.password("gw-a"), client_id="gw-a-agent")
     assert right.connack is not None
-    assert not right.connack.is_failure  # the plugin accepts a hash that energyhub.broker.passwords made
+    assert not right.connack.is_failure  # the plugin accepts a hash that energyhub.runtime.passwords made
     service = connect(broker.port, "ehub-ingest", broker.password("ehub-ingest"))  # any client id
     assert service.connack is not None
     assert not service.connack.is_failure

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from energyhub.broker.bridge import bridge_site, bridge_topics
-from energyhub.broker.passwords import DynsecPassword
+from energyhub.runtime.passwords import DynsecPassword
 from energyhub.wire.topics import TopicKind, Topics
 
 __all__ = [

@@ -106,7 +106,7 @@ def demo_ports(plan: DemoPlan, community: Community) -> list[tuple[str, int, str
         {
             (d.modbus.host, d.modbus.port)
             for c, d in community.devices()
-            if community.gateway_of(c, d) in chosen and d.modbus.host
+            if community.gateway_of(c, d) in chosen and d.modbus is not None
         }
     )
     ports += [(host, port, "a simulated company's Modbus devices") for host, port in modbus]

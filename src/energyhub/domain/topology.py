@@ -30,8 +30,10 @@ __all__ = [
     "Level",
     "Loop",
     "MicroGroup",
+    "MbusAddress",
     "ModbusAddress",
     "NodeRef",
+    "OcppPoint",
 ]
 
 
@@ -74,6 +76,8 @@ class DeviceRole(StrEnum):
     BATTERY = "battery"
     EV = "ev"
     LOAD = "load"  # a sub-metered load behind the grid meter
+    GAS = "gas"  # a gas meter (m3), read over M-Bus
+    WATER = "water"  # a water meter (m3), read over M-Bus
 
 
 class ModbusAddress(Strict):
@@ -84,6 +88,26 @@ class ModbusAddress(Strict):
     unit_id: int = Field(1, ge=0, le=247)
 
 
+class MbusAddress(Strict):
+    """Where the gateway reaches a wired M-Bus meter: an M-Bus level converter on TCP (transparent, as the
+    serial line behind it) and the meter's primary address."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(10001, ge=1, le=65535)
+    address: int = Field(1, ge=0, le=250, description="Primary address (0-250) on the M-Bus line.")
+
+
+class OcppPoint(Strict):
+    """A charger that connects to its gateway's OCPP server: the station's id and which of its connectors (OCPP
+    1.6's connectorId, 2.0.1's EVSE id) this device is."""
+
+    charge_point_id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$", description="The id in the station's URL path."
+    )
+    connector_id: int = Field(1, ge=1, le=16)
+    version: Literal["1.6", "2.0.1"] = Field("1.6", description="OCPP 1.6J or 2.0.1, as the station speaks.")
+
+
 class Device(Strict):
     id: Id
     gateway: Id | None = Field(
@@ -91,9 +115,12 @@ class Device(Strict):
     )
     role: DeviceRole
     profile: str = Field(
-        min_length=1, description="Device profile name (edge/profiles/<name>.yaml) or 'sunspec'."
+        min_length=1,
+        description="Device profile name (edge/profiles/<name>.yaml), 'sunspec', an M-Bus profile, or 'ocpp'.",
     )
-    modbus: ModbusAddress
+    modbus: ModbusAddress | None = Field(None, description="Modbus TCP (or RTU behind a TCP gateway).")
+    mbus: MbusAddress | None = Field(None, description="Wired M-Bus, for gas and water meters.")
+    ocpp: OcppPoint | None = Field(None, description="A charger managed over OCPP by its gateway.")
     kwp: Kw | None = Field(None, description="PV peak power (pv).")
     ac_kw: Kw | None = Field(None, description="Inverter AC rating (pv); defaults to kwp.")
     power_kw: Kw | None = Field(None, description="Rated charge/discharge or charging power (battery, ev).")
@@ -107,6 +134,21 @@ class Device(Strict):
         description="What wear costs per kWh moved in or out (battery); 0.025: about 300 EUR/kWh over 6,000 cycles.",
     )
     vehicle: Literal["car", "truck"] | None = Field(None, description="What the charger serves (ev).")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> Self:
+        given = [name for name in ("modbus", "mbus", "ocpp") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError(
+                "transport",
+                "a device needs exactly one of modbus, mbus or ocpp (how its gateway reaches it); it has {given}",
+                {"given": ", ".join(given) or "none"},
+            )
+        if self.ocpp is not None and (self.role is not DeviceRole.EV or self.profile != "ocpp"):
+            raise PydanticCustomError(
+                "ocpp_device", "an ocpp device is a charger: give it role: ev and profile: ocpp"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ratings_fit_the_role(self) -> Self:

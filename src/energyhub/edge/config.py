@@ -9,10 +9,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from energyhub.domain.ids import IdError
+from energyhub.domain.topology import MbusAddress, OcppPoint
 from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S
 from energyhub.wire.topics import DEFAULT_ROOT, check_id
 
-__all__ = ["AgentConfig", "ConfigError", "DeviceConfig", "MqttConfig", "SerialLine", "load_agent_config"]
+__all__ = ["AgentConfig", "ConfigError", "DeviceConfig", "MqttConfig", "OcppServer", "SerialLine", "load_agent_config"]
 
 
 class _Strict(BaseModel):
@@ -62,12 +63,49 @@ class SerialLine(_Strict):
         return 1 + self.bytesize + (self.parity != "N") + self.stopbits
 
 
+class OcppServer(_Strict):
+    """The gateway's OCPP server: the management side that the plaza's chargers connect to over WebSocket.
+
+    Security profile 2 (TLS with the gateway's certificate, HTTP Basic auth per charger) when ``cert_file`` is
+    given; profile 1 (Basic auth over plain WebSocket) only when asked for, for a closed charger LAN.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = Field(9000, ge=1, le=65535)
+    cert_file: Path | None = Field(None, description="The server's certificate (PEM), with its chain: TLS.")
+    key_file: Path | None = Field(None, description="Its private key (PEM).")
+    security_profile: Literal[1, 2] = Field(
+        2, description="2: TLS and Basic auth (needs cert_file and key_file); 1: Basic auth without TLS."
+    )
+    credentials_file: Path = Field(
+        description="The chargers' hashed passwords, from `energyhub ocpp add-charger`; read at each connect."
+    )
+    meter_interval_s: int = Field(
+        1, ge=1, le=3600, description="MeterValueSampleInterval asked of every charger at boot."
+    )
+    heartbeat_interval_s: int = Field(60, ge=10, le=86_400, description="Heartbeat interval given at boot.")
+    call_timeout_s: float = Field(10.0, gt=0, le=120, description="How long a charger may take to answer.")
+
+    @model_validator(mode="after")
+    def _tls_for_profile_2(self) -> Self:
+        if self.security_profile == 2 and (self.cert_file is None or self.key_file is None):
+            raise ValueError(
+                "security profile 2 needs cert_file and key_file (TLS); give them, or security_profile: 1 "
+                "for Basic auth without TLS on a closed charger network"
+            )
+        return self
+
+
 class DeviceConfig(_Strict):
     id: str
     profile: str
     host: str | None = Field(None, description="Modbus TCP address; leave out for a device on a serial line.")
     port: int = Field(502, ge=1, le=65535)
     serial: SerialLine | None = Field(None, description="Modbus RTU line, instead of host and port.")
+    mbus: MbusAddress | None = Field(None, description="A wired M-Bus meter behind a TCP level converter.")
+    ocpp: OcppPoint | None = Field(
+        None, description="A charger connector that connects to this gateway's OCPP server (see `ocpp:`)."
+    )
     unit_id: int = Field(1, ge=0, le=255)
     interval_s: float | None = Field(
         None, gt=0, description="Poll interval; the agent's default if left out."
@@ -82,13 +120,23 @@ class DeviceConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_transport(self) -> Self:
-        if (self.host is None) == (self.serial is None):
-            raise ValueError("give either host (Modbus TCP) or serial (Modbus RTU), not both or neither")
+        given = [n for n in ("host", "serial", "mbus", "ocpp") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give one of host (Modbus TCP), serial (Modbus RTU), mbus (M-Bus) or ocpp (a charger over "
+                f"OCPP); this device has {', '.join(given) or 'none'}"
+            )
+        if self.ocpp is not None and self.profile != "ocpp":
+            raise ValueError("a charger over OCPP has profile: ocpp")
         return self
 
     @property
     def bus_key(self) -> str:
         """Devices with the same key share one connection, and one owner polls them in turn."""
+        if self.ocpp is not None:
+            return f"ocpp:{self.ocpp.charge_point_id}"
+        if self.mbus is not None:
+            return f"mbus:{self.mbus.host}:{self.mbus.port}"
         return (
             f"rtu:{self.serial.port}" if self.serial is not None else f"tcp:{self.host}:{self.port}"
         )  # as Bus.name
@@ -131,7 +179,28 @@ class AgentConfig(_Strict):
     heartbeat_timeout_s: float = Field(
         HEARTBEAT_TIMEOUT_S, gt=0, description="Control silent this long: devices go to safe mode."
     )
+    ocpp: OcppServer | None = Field(None, description="The OCPP server for this gateway's chargers over OCPP.")
     devices: list[DeviceConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ocpp_server_for_ocpp_chargers(self) -> Self:
+        chargers = [d.id for d in self.devices if d.ocpp is not None]
+        if chargers and self.ocpp is None:
+            raise ValueError(
+                f"{', '.join(chargers)} connect over OCPP: give the gateway an ocpp: server (host, port, "
+                "credentials_file)"
+            )
+        seen: dict[tuple[str, int], str] = {}
+        for device in self.devices:
+            if device.ocpp is None:
+                continue
+            key = (device.ocpp.charge_point_id, device.ocpp.connector_id)
+            if key in seen:
+                raise ValueError(
+                    f"{device.id} and {seen[key]} are both connector {key[1]} of charge point {key[0]}"
+                )
+            seen[key] = device.id
+        return self
 
     @field_validator("gateway", "site")
     @classmethod

@@ -35,13 +35,13 @@ def gateway_config(
     for connection, device in community.devices():
         if community.gateway_of(connection, device) != gateway:
             continue
-        entry: dict[str, Any] = {
-            "id": device.id,
-            "profile": device.profile,
-            "host": device.modbus.host,
-            "port": device.modbus.port,
-            "unit_id": device.modbus.unit_id,
-        }
+        entry: dict[str, Any] = {"id": device.id, "profile": device.profile}
+        if device.modbus is not None:
+            entry |= {"host": device.modbus.host, "port": device.modbus.port, "unit_id": device.modbus.unit_id}
+        elif device.mbus is not None:
+            entry["mbus"] = device.mbus.model_dump()
+        elif device.ocpp is not None:
+            entry["ocpp"] = device.ocpp.model_dump()
         if device.role in SAFE_MODES:
             entry["safe_mode"] = dict(SAFE_MODES[device.role])
         devices.append(entry)

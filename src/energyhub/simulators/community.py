@@ -158,6 +158,8 @@ class CommunitySimulator:
             gateway = self.community.gateway_of(connection, device)
             if only is not None and gateway not in only:
                 continue
+            if device.modbus is None:
+                continue  # OCPP chargers are simulated by simulators/ocpp_station.py, connecting to their gateway
             unit = device.modbus.unit_id
             sim: SimulatedDevice[Any]
             profile = device.profile

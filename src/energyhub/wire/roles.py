@@ -19,9 +19,11 @@ __all__ = [
     "APPLIED_CURRENT_A",
     "CHARGE_RATE_PCT",
     "DISCHARGE_RATE_PCT",
+    "DEPARTURE_TS",
     "ENERGY_DELIVERED_WH",
     "ENERGY_EXPORT_WH",
     "ENERGY_IMPORT_WH",
+    "ENERGY_WANTED_WH",
     "MAX_CURRENT_A",
     "MODE3_STATE",
     "POWER_LIMIT_ENABLED",
@@ -30,6 +32,7 @@ __all__ = [
     "PV_LIMIT_PCT",
     "ROLES",
     "SOC_PCT",
+    "VOLUME_M3",
     "RoleSpec",
     "missing_for",
     "role_spec",
@@ -45,6 +48,11 @@ SOC_PCT: Final = "soc_pct"
 APPLIED_CURRENT_A: Final = "applied_current_a"  # what a charger offers the car now
 ENERGY_DELIVERED_WH: Final = "energy_delivered_wh"
 MODE3_STATE: Final = "mode3_state"  # IEC 61851 state of a charger's socket (A no car ... F error), as a code
+# What a charging session says of itself (an ISO 15118 vehicle's charging needs, a plaza booking): the energy it
+# still wants and when it leaves (UTC epoch s). Control's urgency uses them; without them every session counts as 1.
+ENERGY_WANTED_WH: Final = "energy_wanted_wh"
+DEPARTURE_TS: Final = "departure_ts"
+VOLUME_M3: Final = "volume_m3"  # a gas or water meter's counter
 
 # Setpoints (what control writes).
 PV_LIMIT_PCT: Final = "active_power_limit_pct"
@@ -92,13 +100,15 @@ ROLES: Final[MappingProxyType[DeviceRole, RoleSpec]] = MappingProxyType(
         DeviceRole.EV: RoleSpec(
             DeviceRole.EV,
             (POWER_W,),
-            (APPLIED_CURRENT_A, ENERGY_DELIVERED_WH, MODE3_STATE),
+            (APPLIED_CURRENT_A, ENERGY_DELIVERED_WH, MODE3_STATE, ENERGY_WANTED_WH, DEPARTURE_TS),
             (MAX_CURRENT_A,),
             MappingProxyType(
                 {MAX_CURRENT_A: 6.0}
             ),  # IEC 61851's lowest current: the car keeps charging slowly
         ),
         DeviceRole.LOAD: RoleSpec(DeviceRole.LOAD, (POWER_W,)),
+        DeviceRole.GAS: RoleSpec(DeviceRole.GAS, (VOLUME_M3,)),
+        DeviceRole.WATER: RoleSpec(DeviceRole.WATER, (VOLUME_M3,)),
     }
 )
 

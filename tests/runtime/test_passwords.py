@@ -1,4 +1,4 @@
-"""energyhub.broker.passwords against the real mosquitto_passwd (Mosquitto's own logins are in test_broker_live.py)."""
+"""energyhub.runtime.passwords against the real mosquitto_passwd (Mosquitto's own logins are in test_broker_live.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from energyhub.broker.passwords import SALT_BYTES, DynsecPassword, hash_password, verify_password
+from energyhub.runtime.passwords import SALT_BYTES, DynsecPassword, hash_password, verify_password
 from energyhub.runtime.supervisor import find_binary
 
 PBKDF2_FORMAT = re.compile(r"^\$7\$101\$[A-Za-z0-9+/]{16}\$[A-Za-z0-9+/]{86}==$")
