@@ -259,7 +259,7 @@ def test_wrong_role_and_wrong_type():
     found = dict(errors(doc))
     assert (
         found["loops[0].connections[0].devices[1].role"]
-        == "Input should be 'meter', 'pv', 'battery', 'ev' or 'load'"
+        == "Input should be 'meter', 'pv', 'battery', 'ev', 'load', 'gas' or 'water'"
     )
     assert found["loops[0].connections[0].capacity_kva"] == (
         "input should be a valid number, unable to parse string as a number, got 'big'"

@@ -37,8 +37,8 @@ from energyhub.broker.bridge import (
 )
 from energyhub.broker.dynsec import ClientEntry, DynsecFile, Role, password_id, read_dynsec, render_dynsec
 from energyhub.broker.dynsec_control import DynsecControl, DynsecControlError, sync
-from energyhub.runtime.passwords import DynsecPassword
 from energyhub.domain.ids import IdError
+from energyhub.runtime.passwords import DynsecPassword
 from energyhub.wire.topics import TopicError, Topics, check_id
 
 __all__ = ["ADMIN_ACCOUNT", "SERVICE_ACCOUNTS", "AccountError", "BrokerAccounts", "Credentials", "Role"]

@@ -76,11 +76,6 @@ class Agent:
         self.pollers: list[DevicePoller] = []
         self.controls: dict[str, DeviceControl] = {}
         for device in config.devices:
-            if device.ocpp is not None:
-                continue  # it connects to us: the OCPP server (edge/ocpp_server.py) serves it
-            if device.mbus is not None:
-                self.pollers.append(self._mbus_poller(device))
-                continue
             bus = self.buses.get(device.bus_key) or Bus.for_device(device, timeout_s=config.timeout_s)
             self.buses[device.bus_key] = bus
             # `profile: sunspec` is discovered at the first poll that gets an answer.
@@ -504,19 +499,6 @@ class Agent:
                 reason=f"gateway {self.config.gateway} has no controllable device {device!r}",
             )
         return await control.apply(setpoint)
-
-    def _mbus_poller(self, device: DeviceConfig) -> DevicePoller:
-        # M-Bus meters are read like any polled device, one request per meter on their line.
-        from energyhub.edge.mbus import MbusPoller
-
-        return MbusPoller(  # type: ignore[return-value]
-            device,
-            timeout_s=self.config.timeout_s,
-            retries=self.config.retries,
-            interval_s=device.interval_s or self.config.interval_s,
-            backoff_max_s=self.config.backoff_max_s,
-            clock=self.clock.timestamp,
-        )
 
     def _add_control(self, device: DeviceConfig, profile: DeviceProfile, bus: Bus) -> None:
         if profile.setpoints:

@@ -37,7 +37,11 @@ def gateway_config(
             continue
         entry: dict[str, Any] = {"id": device.id, "profile": device.profile}
         if device.modbus is not None:
-            entry |= {"host": device.modbus.host, "port": device.modbus.port, "unit_id": device.modbus.unit_id}
+            entry |= {
+                "host": device.modbus.host,
+                "port": device.modbus.port,
+                "unit_id": device.modbus.unit_id,
+            }
         elif device.mbus is not None:
             entry["mbus"] = device.mbus.model_dump()
         elif device.ocpp is not None:

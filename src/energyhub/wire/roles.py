@@ -18,8 +18,8 @@ from energyhub.domain.topology import DeviceRole
 __all__ = [
     "APPLIED_CURRENT_A",
     "CHARGE_RATE_PCT",
-    "DISCHARGE_RATE_PCT",
     "DEPARTURE_TS",
+    "DISCHARGE_RATE_PCT",
     "ENERGY_DELIVERED_WH",
     "ENERGY_EXPORT_WH",
     "ENERGY_IMPORT_WH",
