@@ -267,10 +267,10 @@ def test_a_device_needs_exactly_one_transport(tmp_path):
     path = tmp_path / "g.yaml"
     base = {"gateway": "gw-x", "site": "s", "devices": []}
     for device, problem in (
-        ({"id": "a", "profile": "eastron_sdm630"}, "give either host"),
+        ({"id": "a", "profile": "eastron_sdm630"}, "give one of host"),
         (
             {"id": "a", "profile": "eastron_sdm630", "host": "127.0.0.1", "serial": {"port": "/dev/ttyUSB0"}},
-            "not both",
+            "this device has host, serial",
         ),
         (
             {"id": "a", "profile": "eastron_sdm630", "serial": {"port": "/dev/ttyUSB0", "parity": "X"}},
