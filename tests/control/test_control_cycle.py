@@ -155,3 +155,25 @@ def test_energy_fed_in_earlier_in_the_quarter_hour_is_made_up_for_in_the_rest_of
     assert decision.aims.exp_rest[hub] == pytest.approx(-(1.0 * 0.25 + 2.0) * 12)
     assert decision.result.node_kw[hub] >= 27.0 - 1e-6
     assert sum(pv_allowed_kw(decision, snap).values()) <= 40.0 - 27.0 + 1e-6
+
+
+def test_online_urgency_comes_from_what_the_sessions_say_of_themselves():
+    from energyhub.control.cycle import online_urgency
+
+    hour = 3600.0
+    snap = snapshot(load_kw=[0.0, 0.0], pv_kw=[0.0, 0.0])
+    snap.charger_max_kw = np.array([50.0, 50.0, 50.0, 50.0])
+    # A truck that needs two hours at full power and leaves in two; one with hours to spare; one that says
+    # nothing; one whose departure is past with energy still wanted.
+    snap.charger_wanted_kwh = np.array([100.0, 10.0, np.nan, 5.0])
+    now = NOW.timestamp()
+    snap.charger_departure_ts = np.array([now + 2 * hour, now + 10 * hour, np.nan, now - hour])
+    urgency = online_urgency(snap, np.arange(4), NOW)
+    assert urgency[0] == pytest.approx(5.0)  # no slack: the planner's highest
+    assert urgency[1] == pytest.approx(1.0 + 4.0 / (1.0 + 9.8))
+    assert urgency[2] == 1.0  # nothing known: no hurry assumed, as before
+    assert urgency[3] == pytest.approx(5.0)
+    # Only the plugged-in ones are asked for, in their order.
+    assert online_urgency(snap, np.array([1, 0]), NOW) == pytest.approx([urgency[1], urgency[0]])
+    snap.charger_wanted_kwh = None
+    assert list(online_urgency(snap, np.arange(4), NOW)) == [1.0] * 4

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from energyhub.control.costs import battery_wear
-from energyhub.control.dispatch import DispatchInput, DispatchResult
+from energyhub.control.dispatch import DispatchInput, DispatchResult, session_urgency
 from energyhub.control.policies import Policy, Step
 from energyhub.control.quarter_hour import HISTORY, ISP_H, QuarterHourBook
 from energyhub.control.snapshot import DeviceRef, Snapshot
@@ -30,6 +30,7 @@ from energyhub.wire.roles import CHARGE_RATE_PCT, DISCHARGE_RATE_PCT, MAX_CURREN
 __all__ = ["Aims", "ControlState", "Decision", "SetpointOut", "decide", "rest_of_quarter_hour", "setpoints"]
 
 Array = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
 ISP_S = 900.0
 MIN_CURRENT_A = 6.0  # IEC 61851's lowest charging current: below it a car stops
 PHASE_KW_PER_A = 3**0.5 * 400 / 1000  # three phases at 400 V: kW per ampere
@@ -91,7 +92,7 @@ def decide(state: ControlState, snap: Snapshot, now: datetime) -> Decision:
     aims = rest_of_quarter_hour(
         state.book, state.network, now, state.quarter.energy_kwh, snap.load_kw, state.margin, state.margin_kw
     )
-    result = state.policy.decide(_step(state, snap, aims))
+    result = state.policy.decide(_step(state, snap, aims, now))
     return Decision(result, aims, setpoints(state, result, snap))
 
 
@@ -130,7 +131,23 @@ def rest_of_quarter_hour(
     return Aims(imp_rest, exp_rest, imp, exp, contract_imp, contract_exp)
 
 
-def _step(state: ControlState, snap: Snapshot, aims: Aims) -> Step:
+def online_urgency(snap: Snapshot, plugged: IntArray, now: datetime) -> Array:
+    """Per plugged-in charger, 1..5 as the planner counts it: from the energy its session still wants and its
+    departure where the session says them (an ISO 15118 vehicle, a booking), else 1 (no hurry known)."""
+    urgency = np.ones(len(plugged))
+    if snap.charger_wanted_kwh is None or snap.charger_departure_ts is None or not len(plugged):
+        return urgency
+    wanted = snap.charger_wanted_kwh[plugged]
+    hours_left = (snap.charger_departure_ts[plugged] - now.timestamp()) / 3600.0
+    known = np.isfinite(wanted) & np.isfinite(hours_left)
+    if known.any():
+        urgency[known] = session_urgency(
+            wanted[known], snap.charger_max_kw[plugged][known], np.maximum(hours_left[known], 0.0)
+        )
+    return urgency
+
+
+def _step(state: ControlState, snap: Snapshot, aims: Aims, now: datetime) -> Step:
     net = state.network
     chargers, batteries = net.chargers, net.batteries
     plugged = np.flatnonzero(snap.charger_connected)
@@ -145,7 +162,7 @@ def _step(state: ControlState, snap: Snapshot, aims: Aims) -> Step:
         incidence=net.incidence,
         session_connection=np.array([chargers[c].connection for c in plugged], dtype=np.int64),
         session_max_kwh=np.array([snap.charger_max_kw[c] * ISP_H for c in plugged]),
-        session_urgency=np.ones(len(plugged)),
+        session_urgency=online_urgency(snap, plugged, now),
         battery_connection=np.array([b.connection for b in batteries], dtype=np.int64),
         battery_charge_max_kw=np.minimum(power, (capacity - snap.battery_soc_kwh) / (eff * ISP_H)),
         battery_discharge_max_kw=np.minimum(power, snap.battery_soc_kwh * eff / ISP_H),

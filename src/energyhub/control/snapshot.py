@@ -21,8 +21,10 @@ from energyhub.domain.topology import Community, DeviceRole
 from energyhub.wire.messages import Measurement, Quality
 from energyhub.wire.roles import (
     APPLIED_CURRENT_A,
+    DEPARTURE_TS,
     ENERGY_EXPORT_WH,
     ENERGY_IMPORT_WH,
+    ENERGY_WANTED_WH,
     MODE3_STATE,
     POWER_LIMIT_ENABLED,
     POWER_LIMIT_PCT,
@@ -59,6 +61,10 @@ class Snapshot:
     battery_soc_kwh: Array
     grid_kw: Array  # per connection, as the meter says (worst case where it says nothing)
     stale: list[str] = field(default_factory=list)
+    # Per charger, what its session says of itself (NaN where it says nothing): the energy it still wants
+    # (kWh) and when it leaves (data-clock epoch s).
+    charger_wanted_kwh: Array | None = None
+    charger_departure_ts: Array | None = None
 
 
 @dataclass
@@ -73,6 +79,8 @@ class _Frame:
     charger: Array
     connected: npt.NDArray[np.bool_]
     charger_max: Array
+    wanted: Array
+    departure: Array
     stale: list[str] = field(default_factory=list)
     limited: list[tuple[int, float, float]] = field(default_factory=list)  # (connection, output, rating)
     free_yield: list[float] = field(default_factory=list)  # per unlimited inverter: output per kW of rating
@@ -137,6 +145,8 @@ class LiveState:
             charger=np.zeros(len(net.chargers)),
             connected=np.zeros(len(net.chargers), bool),
             charger_max=np.array([c.power_kw for c in net.chargers], dtype=float),
+            wanted=np.full(len(net.chargers), np.nan),
+            departure=np.full(len(net.chargers), np.nan),
         )
         for ref in self.devices:
             if ref.role is DeviceRole.METER:
@@ -169,6 +179,8 @@ class LiveState:
             frame.soc,
             grid_known,
             frame.stale,
+            frame.wanted,
+            frame.departure,
         )
 
     def _meter(self, ref: DeviceRef, now: float, frame: _Frame) -> None:
@@ -218,6 +230,11 @@ class LiveState:
             frame.charger_max[c] = self._vehicle_max(
                 c, frame.charger[c], offered, state, frame.charger_max[c]
             )
+            wanted = self._value(ref, ENERGY_WANTED_WH, now)
+            departure = self._value(ref, DEPARTURE_TS, now)
+            if frame.connected[c]:
+                frame.wanted[c] = np.nan if wanted is None else max(wanted, 0.0) / 1000.0
+                frame.departure[c] = np.nan if departure is None else departure
 
     def _vehicle_max(
         self, charger: int, taking_kw: float, offered_a: float | None, state: float | None, rating_kw: float

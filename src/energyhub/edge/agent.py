@@ -33,6 +33,7 @@ from energyhub.edge import line_budget
 from energyhub.edge.buffer import BufferedMessage, MeasurementBuffer
 from energyhub.edge.buffer import BufferError as BufferFileError
 from energyhub.edge.config import AgentConfig, DeviceConfig
+from energyhub.edge.ocpp_server import OcppControl, OcppService
 from energyhub.edge.poller import Bus, DevicePoller, PollResult
 from energyhub.edge.setpoints import DeviceControl
 from energyhub.edge.sunspec import discover_profile
@@ -45,6 +46,7 @@ from energyhub.wire.messages import (
     GatewayState,
     Measurement,
     MessageError,
+    Quality,
     Setpoint,
     SetpointAck,
     SetpointStatus,
@@ -74,8 +76,20 @@ class Agent:
         self.seq = 0
         self.buses: dict[str, Bus] = {}
         self.pollers: list[DevicePoller] = []
-        self.controls: dict[str, DeviceControl] = {}
+        self.controls: dict[str, DeviceControl | OcppControl] = {}
+        chargers = [d for d in config.devices if d.ocpp is not None]
+        # Chargers over OCPP are not polled: they connect to this gateway's OCPP server and report themselves.
+        self.ocpp = (
+            OcppService(config.ocpp, chargers, self.record, clock=self.clock)
+            if chargers and config.ocpp is not None
+            else None
+        )
+        for device in chargers:
+            assert self.ocpp is not None
+            self.controls[device.id] = OcppControl(device, self.ocpp, clock=self.clock)
         for device in config.devices:
+            if device.ocpp is not None:
+                continue
             bus = self.buses.get(device.bus_key) or Bus.for_device(device, timeout_s=config.timeout_s)
             self.buses[device.bus_key] = bus
             # `profile: sunspec` is discovered at the first poll that gets an answer.
@@ -96,9 +110,8 @@ class Agent:
             )
             if profile is not None:
                 self._add_control(device, profile, bus)
-        planned = {
-            d.profile: p.profile for d, p in zip(config.devices, self.pollers, strict=True) if p.profile
-        }
+        polled = [d for d in config.devices if d.ocpp is None]
+        planned = {d.profile: p.profile for d, p in zip(polled, self.pollers, strict=True) if p.profile}
         for warning in line_budget.warnings(config, planned):
             log.warning("gateway %s: %s", config.gateway, warning)
         # Counting from start: no controller yet is a missing controller.
@@ -118,6 +131,10 @@ class Agent:
         self._held: deque[tuple[str, bytes, int, int]] = deque()
         self._held_dropped = 0  # dropped from memory and not yet counted on disk
         self.buffer_error: str | None = None
+        # One writer of the buffer and the sequence counter at a time: the poll loop and the OCPP server.
+        self._store_lock = asyncio.Lock()
+        self._pending: list[tuple[str, PollResult, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # -- polling ----------------------------------------------------------------------------------------------
     async def _poll_bus(self, pollers: list[DevicePoller]) -> list[tuple[DevicePoller, PollResult]]:
@@ -135,23 +152,52 @@ class Agent:
         for poller in self.pollers if due is None else due:
             by_bus.setdefault(poller.bus, []).append(poller)
         per_bus = await asyncio.gather(*(self._poll_bus(group) for group in by_bus.values()))
-        batch: list[tuple[str, bytes, int]] = []
-        for poller, result in itertools.chain.from_iterable(per_bus):
-            # Built from values this agent decoded itself: validation would only cost CPU on the hot path.
-            message = Measurement.model_construct(
-                ts=datetime.fromtimestamp(result.ts, UTC),
-                session=self.session,
-                seq=self.seq,
-                quality=result.quality,
-                values=result.values,
-            )
-            batch.append(
-                (self.topics.measurement(self.config.gateway, poller.device_id), encode(message), self.seq)
-            )
-            self.seq += 1
-        # One transaction per cycle: an SD card wears with every small write.
-        await asyncio.to_thread(self._store, batch, self.session)
+        async with self._store_lock:
+            batch = [self._message(p.device_id, r) for p, r in itertools.chain.from_iterable(per_bus)]
+            # One transaction per cycle: an SD card wears with every small write.
+            await asyncio.to_thread(self._store, batch, self.session)
         self._wake.set()
+
+    def _message(self, device_id: str, result: PollResult) -> tuple[str, bytes, int]:
+        """The measurement of one reading, with the next sequence number; call holding the store lock."""
+        # Built from values this agent decoded itself: validation would only cost CPU on the hot path.
+        message = Measurement.model_construct(
+            ts=datetime.fromtimestamp(result.ts, UTC),
+            session=self.session,
+            seq=self.seq,
+            quality=result.quality,
+            values=result.values,
+        )
+        self.seq += 1
+        return (self.topics.measurement(self.config.gateway, device_id), encode(message), self.seq - 1)
+
+    async def record(
+        self, device_id: str, values: dict[str, float | None], quality: Quality, ts: float
+    ) -> None:
+        """Store one reading that a device reported itself (a charger's meter value); returns once it is on disk
+        (or held in memory while the disk is full). Readings arriving together share one disk transaction."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((device_id, PollResult(values, quality, ts), done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_pending())
+        await done
+
+    async def _flush_pending(self) -> None:
+        async with self._store_lock:
+            while self._pending:
+                items, self._pending = self._pending, []
+                try:
+                    batch = [self._message(device_id, result) for device_id, result, _ in items]
+                    await asyncio.to_thread(self._store, batch, self.session)
+                except Exception as exc:  # noqa: BLE001 - every waiter hears it, none is left hanging
+                    for *_, done in items:
+                        if not done.done():
+                            done.set_exception(exc)
+                    continue
+                for *_, done in items:
+                    if not done.done():
+                        done.set_result(None)
+                self._wake.set()
 
     def _store(self, batch: list[tuple[str, bytes, int]], session: int) -> None:
         """Write the batch (and what memory holds) to disk; on a full disk hold the newest in memory instead."""
@@ -246,9 +292,15 @@ class Agent:
         return self.buffer.depth + len(self._held)
 
     def _health(self) -> GatewayHealth:
+        ocpp = self.ocpp
+        ocpp_away = (
+            ocpp.disconnected if ocpp is not None else 0
+        )  # a charger not connected is a failing device
         return GatewayHealth(
-            devices_ok=sum(not p.failing for p in self.pollers),
-            devices_failing=sum(p.failing for p in self.pollers),
+            devices_ok=sum(not p.failing for p in self.pollers)
+            + (len(ocpp.by_device) if ocpp else 0)
+            - ocpp_away,
+            devices_failing=sum(p.failing for p in self.pollers) + ocpp_away,
             buffer_depth=self.unsent,
             buffer_dropped=self.buffer.dropped + self._held_dropped,
             buffer_error=self.buffer_error,
@@ -549,6 +601,8 @@ class Agent:
                     group.create_task(self.publish_loop(), name="publish"),
                     group.create_task(self.watchdog(), name="watchdog"),
                 ]
+                if self.ocpp is not None:
+                    tasks.append(group.create_task(self.ocpp.serve(), name="ocpp"))
                 await stop.wait()
                 for task in tasks:
                     task.cancel()

@@ -46,7 +46,8 @@ def edge(
             device.profile: load_profile(device.profile)  # a bad profile stops start-up with its own message
             for settings in configs
             for device in settings.devices
-            if device.profile != "sunspec"  # sunspec: discovered from the device itself
+            # sunspec: discovered from the device itself; OCPP chargers and M-Bus meters have profiles of their own
+            if device.profile != "sunspec" and device.ocpp is None and device.mbus is None
         }
         clock = clock_from_env()
     except (ConfigError, ProfileError, ClockError) as exc:
