@@ -29,6 +29,7 @@ from energyhub.domain.community import (
 )
 from energyhub.domain.topology import Community, Connection, Device, DeviceRole
 from energyhub.edge.cli import edge as edge_command
+from energyhub.edge.cli import ocpp_app
 from energyhub.ingest.cli import ingest as ingest_command
 from energyhub.planning.cli import plan_command, report_command, settle_command
 from energyhub.runtime.settings import ServiceSettings
@@ -49,6 +50,7 @@ app.add_typer(community_app, name="community")
 app.add_typer(broker_app, name="broker")
 app.add_typer(sim_app, name="sim")
 app.add_typer(dashboards_app, name="dashboards")
+app.add_typer(ocpp_app, name="ocpp")
 app.command("edge")(edge_command)
 app.command("ingest")(ingest_command)
 app.command("aggregate")(aggregate_command)
@@ -387,6 +389,26 @@ def _write_bundle(
         f"{bundle}/: gateway.yaml, {gateway}.json{', ca.crt' if ca_file else ''}; copy them to {gateway_dir} "
         f"on the gateway (the config names them there)"
     )
+
+
+@ocpp_app.command("certs")
+def ocpp_certs_command(
+    host: Annotated[
+        list[str], typer.Option(help="The gateway's names and addresses as its chargers reach it.")
+    ],
+    directory: Annotated[Path, typer.Option("--dir", help="Where the CA, certificate and key go.")] = Path(
+        "var/ocpp"
+    ),
+) -> None:
+    """A CA and the OCPP server's certificate (security profile 2): install ca.crt on the chargers, and name
+    server.crt and server.key as the gateway's ocpp: cert_file and key_file."""
+    from energyhub.broker.certs import CertificateError, ensure_certificates
+
+    try:
+        paths = ensure_certificates(directory, host)
+    except CertificateError as exc:
+        raise _fail(f"error: {exc}") from None
+    typer.echo(f"CA {paths.ca_cert}\ncertificate {paths.server_cert}\nkey {paths.server_key}")
 
 
 @app.command("gateway-config")

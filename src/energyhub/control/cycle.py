@@ -25,7 +25,13 @@ from energyhub.domain.isp import isp_start
 from energyhub.domain.limits import LimitBook
 from energyhub.domain.network import Network
 from energyhub.domain.topology import DeviceRole
-from energyhub.wire.roles import CHARGE_RATE_PCT, DISCHARGE_RATE_PCT, MAX_CURRENT_A, PV_LIMIT_PCT
+from energyhub.wire.roles import (
+    CHARGE_RATE_PCT,
+    CHARGER_W_PER_A,
+    DISCHARGE_RATE_PCT,
+    MAX_CURRENT_A,
+    PV_LIMIT_PCT,
+)
 
 __all__ = ["Aims", "ControlState", "Decision", "SetpointOut", "decide", "rest_of_quarter_hour", "setpoints"]
 
@@ -33,7 +39,7 @@ Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 ISP_S = 900.0
 MIN_CURRENT_A = 6.0  # IEC 61851's lowest charging current: below it a car stops
-PHASE_KW_PER_A = 3**0.5 * 400 / 1000  # three phases at 400 V: kW per ampere
+PHASE_KW_PER_A = CHARGER_W_PER_A / 1000  # kW per ampere
 
 
 class SetpointOut(NamedTuple):

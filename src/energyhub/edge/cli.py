@@ -85,3 +85,43 @@ def edge(
         )
         raise typer.Exit(1 if busy else 0)
     run_until_stopped(run)
+
+
+ocpp_app = typer.Typer(
+    help="The plaza gateway's OCPP server: chargers' passwords and the server's certificate.",
+    no_args_is_help=True,
+)
+
+
+@ocpp_app.command("add-charger")
+def add_charger_command(
+    charge_point_id: Annotated[str, typer.Argument(help="The station's identity, as in its URL path.")],
+    file: Annotated[
+        Path, typer.Option(help="The gateway's charger password file (ocpp: credentials_file).")
+    ] = Path("var/ocpp/chargers.json"),
+    password: Annotated[
+        str | None,
+        typer.Option(help="16 to 40 characters; generated when left out.", envvar="ENERGYHUB_OCPP_PASSWORD"),
+    ] = None,
+) -> None:
+    """Add a charger (or set its new password): prints the password to configure on the charger, once."""
+    from energyhub.domain.topology import OcppPoint
+    from energyhub.edge.charger_passwords import add_charger
+
+    from pydantic import ValidationError
+
+    try:
+        OcppPoint(charge_point_id=charge_point_id)
+    except ValidationError:
+        typer.echo(
+            f"error: {charge_point_id!r}: a charge point id is 1 to 48 letters, digits, '.', '_' or '-'",
+            err=True,
+        )
+        raise typer.Exit(2) from None
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        secret = add_charger(file, charge_point_id, password)
+    except ValueError as exc:
+        typer.echo(f"error: {charge_point_id}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(secret)

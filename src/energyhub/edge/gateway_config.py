@@ -9,7 +9,7 @@ from typing import Any, Final
 
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S
-from energyhub.wire.roles import ROLES
+from energyhub.wire.roles import CHARGER_W_PER_A, MAX_CURRENT_A, ROLES
 
 __all__ = ["SAFE_MODES", "gateway_config"]
 
@@ -30,7 +30,12 @@ def gateway_config(
     credentials_file: Path,
     buffer_path: Path,
     ca_file: Path | None = None,
+    ocpp_host: str = "0.0.0.0",
+    ocpp_port: int = 9000,
 ) -> dict[str, Any]:
+    """The agent's configuration for ``gateway``. Chargers over OCPP get the gateway's OCPP server (security
+    profile 2: its certificate and key, and the chargers' password file, beside the broker credentials), and
+    their rating as the bound of control's current, which also makes their station maximum profile."""
     devices = []
     for connection, device in community.devices():
         if community.gateway_of(connection, device) != gateway:
@@ -46,6 +51,10 @@ def gateway_config(
             entry["mbus"] = device.mbus.model_dump()
         elif device.ocpp is not None:
             entry["ocpp"] = device.ocpp.model_dump()
+            if device.power_kw:
+                entry["setpoint_bounds"] = {
+                    MAX_CURRENT_A: [0.0, round(device.power_kw * 1000 / CHARGER_W_PER_A, 1)]
+                }
         if device.role in SAFE_MODES:
             entry["safe_mode"] = dict(SAFE_MODES[device.role])
         devices.append(entry)
@@ -57,7 +66,7 @@ def gateway_config(
     mqtt: dict[str, Any] = {"host": mqtt_host, "port": mqtt_port, "credentials_file": str(credentials_file)}
     if ca_file is not None:
         mqtt["ca_file"] = str(ca_file)
-    return {
+    config: dict[str, Any] = {
         "gateway": gateway,
         "site": community.community.id,
         "mqtt": mqtt,
@@ -68,3 +77,15 @@ def gateway_config(
         "heartbeat_timeout_s": HEARTBEAT_TIMEOUT_S,
         "devices": devices,
     }
+    if any("ocpp" in d for d in devices):
+        # Made on the gateway: `energyhub ocpp certs --dir <folder>` and `energyhub ocpp add-charger --file ...`.
+        folder = credentials_file.parent / "ocpp"
+        config["ocpp"] = {
+            "host": ocpp_host,
+            "port": ocpp_port,
+            "security_profile": 2,
+            "cert_file": str(folder / "server.crt"),
+            "key_file": str(folder / "server.key"),
+            "credentials_file": str(folder / "chargers.json"),
+        }
+    return config

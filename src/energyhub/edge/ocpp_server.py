@@ -16,7 +16,7 @@ The wire contract (OCPP-J, 1.6J and 2.0.1, with the maintained ``ocpp`` library)
   a station queued while offline) becomes one measurement of the connector's device, with the station's
   timestamp and the agent's next sequence number, and is answered only once it is on the gateway's disk: a
   station that gets no answer sends it again, so nothing is lost between the two.
-- Charging profiles (``W = A x 3 x 230 V`` as control counts a charger's current):
+- Charging profiles (``W = A x 400 V x sqrt 3``, as control counts a charger's current):
   a permanent TxDefaultProfile at stack level 0 holds the device's safe current (``safe_mode.max_current_a``,
   else the EV role's failsafe): the failsafe; control's ``max_current_a`` is a TxDefaultProfile at stack level 1
   valid from now to the setpoint's expiry, so a station that loses the gateway, or a gateway that loses control,
@@ -61,6 +61,7 @@ from energyhub.edge.config import DeviceConfig, OcppServer
 from energyhub.wire.messages import Quality, Setpoint, SetpointAck, SetpointStatus
 from energyhub.wire.roles import (
     APPLIED_CURRENT_A,
+    CHARGER_W_PER_A,
     DEPARTURE_TS,
     ENERGY_DELIVERED_WH,
     ENERGY_WANTED_WH,
@@ -70,11 +71,10 @@ from energyhub.wire.roles import (
     ROLES,
 )
 
-__all__ = ["W_PER_A", "OcppControl", "OcppService", "Record"]
+__all__ = ["OcppControl", "OcppService", "Record"]
 
 log = logging.getLogger(__name__)
 
-W_PER_A = 3 * 230.0  # control's conversion of a charger's current to power (three phases at 230 V)
 MAX_MESSAGE_BYTES = 64 * 1024  # a meter value is under 2 kB; a station sending megabytes is misbehaving
 DEFAULT_MAX_A = 600.0
 CONTROL_LEVEL, FAILSAFE_LEVEL = 1, 0
@@ -514,7 +514,7 @@ class Station201(_Station, ChargePoint201):
                     "id": profile_id,
                     "charging_rate_unit": "W",
                     "start_schedule": _iso(now),
-                    "charging_schedule_period": [{"start_period": 0, "limit": round(amps * W_PER_A)}],
+                    "charging_schedule_period": [{"start_period": 0, "limit": round(amps * CHARGER_W_PER_A)}],
                 }
             ],
         }
@@ -545,7 +545,7 @@ class Station201(_Station, ChargePoint201):
         answer = await self._ask(
             call201.GetCompositeSchedule(duration=60, evse_id=evse, charging_rate_unit="W")
         )
-        return _first_limit(answer, W_PER_A)
+        return _first_limit(answer, CHARGER_W_PER_A)
 
 
 def _first_limit(answer: Any, per_a: float) -> float | None:

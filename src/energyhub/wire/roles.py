@@ -17,6 +17,7 @@ from energyhub.domain.topology import DeviceRole
 
 __all__ = [
     "APPLIED_CURRENT_A",
+    "CHARGER_W_PER_A",
     "CHARGE_RATE_PCT",
     "DEPARTURE_TS",
     "DISCHARGE_RATE_PCT",
@@ -59,6 +60,9 @@ PV_LIMIT_PCT: Final = "active_power_limit_pct"
 CHARGE_RATE_PCT: Final = "charge_rate_pct"
 DISCHARGE_RATE_PCT: Final = "discharge_rate_pct"
 MAX_CURRENT_A: Final = "max_current_a"
+# A charger's current as power: three phases at 400 V. Control writes max_current_a with it, and a charger
+# steered in W (an OCPP DC charger) gets control's kW back through the same factor.
+CHARGER_W_PER_A: Final = 3**0.5 * 400
 
 
 @dataclass(frozen=True)
