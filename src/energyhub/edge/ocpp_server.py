@@ -129,14 +129,20 @@ class Connector:
         if self.wanted_wh is not None:
             done = (self.energy_wh or 0.0) - (self.wanted_from_wh or 0.0)
             wanted = max(0.0, self.wanted_wh - done)
-        return {
+        values: dict[str, float | None] = {
             POWER_W: power_w,
             ENERGY_DELIVERED_WH: energy_wh,
             APPLIED_CURRENT_A: self.offered_a(now),
-            MODE3_STATE: None if self.mode3 is None else float(self.mode3),
-            ENERGY_WANTED_WH: wanted,
-            DEPARTURE_TS: self.departure_ts,
         }
+        # What the station has not said is left out, not null: a null is a value that failed to read.
+        for name, value in (
+            (MODE3_STATE, self.mode3),
+            (ENERGY_WANTED_WH, wanted),
+            (DEPARTURE_TS, self.departure_ts),
+        ):
+            if value is not None:
+                values[name] = float(value)
+        return values
 
 
 def _when(text: str | None, default: float) -> float:
@@ -210,8 +216,11 @@ class _Station:
         for meter_value in meter_values or []:
             power, energy = read_sample(meter_value.get("sampled_value") or [])
             ts = _when(meter_value.get("timestamp"), now)
+            values = connector.values(power, energy, now)
             quality = Quality.GOOD if power is not None and energy is not None else Quality.PARTIAL
-            await self.service.record(connector.device.id, connector.values(power, energy, now), quality, ts)
+            if power is None and energy is None:
+                quality = Quality.BAD if all(v is None for v in values.values()) else Quality.PARTIAL
+            await self.service.record(connector.device.id, values, quality, ts)
 
     async def configure(self) -> None:
         """After boot: the sample interval, the failsafe default, the station maximum, control's live limit."""
