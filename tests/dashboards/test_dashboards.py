@@ -9,6 +9,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,12 @@ from energyhub.dashboards.influxql import DATASOURCE_UID
 from energyhub.domain.clock import CLOCK_ENV, Clock
 from energyhub.domain.community import load_community
 from energyhub.domain.isp import ISP, isp_start
+from energyhub.ingest.points import DeviceTags, measurement_point
 from energyhub.ingest.service import IngestService
 from energyhub.ingest.settings import IngestSettings
 from energyhub.io.influx import InfluxClient
+from energyhub.wire.messages import Measurement, Quality
+from energyhub.wire.roles import VOLUME_M3
 from tests.chain import Estate
 from tests.control.test_control_loop import community_doc
 
@@ -258,6 +262,36 @@ async def _reading_after(client: InfluxClient, t: datetime) -> bool:
     return bool(await client.query(q))
 
 
+# A gas meter replaced at minute 8 of the first quarter hour and a water meter, on c-001 (the Company board's first
+# connection): one reading a minute, so a minute's mean is its reading.
+UTILITY_METERS = {
+    "gw-dash-1/gas1": DeviceTags("c-001", "gas"),
+    "gw-dash-1/water1": DeviceTags("c-001", "water"),
+}
+
+
+def _utility_volume(device: str, minute: int) -> float:
+    if device == "water1":
+        return 50.0 + 0.05 * minute
+    return 1_000.0 + 0.2 * minute if minute < 8 else 3.0 + 0.2 * (minute - 8)
+
+
+def _utility_lines(site: str, q0: datetime) -> list[str]:
+    lines = []
+    for key in UTILITY_METERS:
+        gateway, device = key.split("/")
+        for minute in range(15):  # the first quarter hour, the one the aggregator closes
+            message = Measurement(
+                ts=q0 + timedelta(minutes=minute, seconds=30),
+                session=1,
+                seq=minute,
+                quality=Quality.GOOD,
+                values={VOLUME_M3: _utility_volume(device, minute)},
+            )
+            lines.append(measurement_point(site, gateway, device, message, UTILITY_METERS)[0])
+    return lines
+
+
 def _restart_simulator(estate: Estate, path: Path) -> None:
     """Stop the simulator and start it again on the same clock: its meters count from zero again, as a meter
     that lost power does, so the aggregator finds counter resets."""
@@ -335,6 +369,9 @@ def pipeline(services, tmp_path_factory):
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+        # Gas and water meters (no simulator serves M-Bus): their readings as the ingest stores them.
+        async with InfluxClient(url=settings.influx_url, database=DASH_DB) as client:
+            await client.write(_utility_lines(site, q0))
         done = await aggregator.catch_up()
         assert done >= 1, f"the aggregator did {done} quarter hours"
 
@@ -441,3 +478,27 @@ def test_the_apis_quarter_hours_read_what_the_aggregator_wrote(pipeline):
     assert meter[0]["resets"] >= 1
     resets = asyncio.run(ask(qh.resets_query(site, span), qh.RESET_COLUMNS, "ts"))
     assert {CounterReset.model_validate(r).device for r in resets} >= {"meter1", "meter2"}
+
+
+@pytest.mark.parametrize("title", ["Gas and water per hour", "Gas and water per day"])
+def test_the_gas_and_water_panels_show_the_counters_increase(pipeline, title):
+    """The panels sum each meter's increase over the range, a replaced meter's step down skipped: what the
+    readings written above add up to, computed here from them."""
+    run = pipeline
+    panel = _panel("company.json", title)
+    (query,) = [t["query"] for t in panel["targets"]]
+
+    async def ask() -> list:
+        async with InfluxClient(url=run.influx_url, database=run.database) as client:
+            return await client.query(_expand(query, {"connection": "c-001"}, panel, run))
+
+    used: dict[str, float] = {}
+    for s in asyncio.run(ask()):
+        used[s.tags["role"]] = sum(row[1] for row in s.values if row[1] is not None)
+    volumes = {d: [_utility_volume(d, m) for m in range(15)] for d in ("gas1", "water1")}
+    expected = {
+        role: sum(b - a for a, b in pairwise(v) if b >= a)
+        for role, v in (("gas", volumes["gas1"]), ("water", volumes["water1"]))
+    }
+    assert expected["gas"] == pytest.approx(0.2 * 14 - 0.2)  # 14 steps of 0.2, but the one down skipped
+    assert used == pytest.approx(expected)

@@ -123,7 +123,16 @@ def _profile_problem(device: Device) -> str | None:
     from energyhub.wire.profile import SUNSPEC, ProfileError, load_profile
 
     roles: tuple[DeviceRole, ...] = SUNSPEC_ROLES
-    if device.profile != SUNSPEC:
+    if device.ocpp is not None:
+        roles = (DeviceRole.EV,)  # `profile: ocpp`: the charger speaks for itself, as OCPP defines
+    elif device.mbus is not None:
+        from energyhub.edge.mbus_profile import MbusProfileError, load_mbus_profile
+
+        try:
+            roles = (load_mbus_profile(device.profile).role,)
+        except MbusProfileError as exc:
+            return f"M-Bus profile {device.profile!r} cannot be used: {exc}"
+    elif device.profile != SUNSPEC:
         try:
             roles = load_profile(device.profile).roles
         except ProfileError as exc:

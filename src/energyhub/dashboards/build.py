@@ -33,6 +33,7 @@ from grafana_foundation_sdk.models.common import (
 from grafana_foundation_sdk.models.dashboard import DynamicConfigValue, VariableRefresh
 
 from energyhub.dashboards.influxql import DATASOURCE, InfluxQL
+from energyhub.domain.topology import DeviceRole
 from energyhub.io.schema import (
     CONTROL_NODE_MINUTE,
     COUNTER_RESET,
@@ -42,6 +43,7 @@ from energyhub.io.schema import (
     NODE_QUARTER,
     QUARTER_RP,
 )
+from energyhub.wire.roles import VOLUME_M3
 
 __all__ = ["AGGREGATES", "DASHBOARDS", "JSON_DIR", "RECENT", "render_all", "write_all"]
 
@@ -68,6 +70,9 @@ LIVE_TAIL = "1h"
 # A panel of one-minute data never asks for finer buckets than the data has, nor one of quarter hours.
 MINUTE = "1m"
 QUARTER = "15m"
+HOUR = "1h"
+DAY = "1d"
+DAY_TZ = "Europe/Amsterdam"
 # kW held for a quarter hour, in kWh: the energy a quarter-hour limit allows.
 KWH_PER_QUARTER_KW = 0.25
 WH_PER_QUARTER_KW = 250  # a quarter hour's Wh over this is its average kW
@@ -409,6 +414,31 @@ def _company_quarters(where: str) -> list[timeseries.Panel]:
     ]
 
 
+UTILITY_ROLES = (DeviceRole.GAS, DeviceRole.WATER)
+
+
+def _utility_use(title: str, interval: str, tail: str = "") -> timeseries.Panel:
+    """A connection's gas and water use per bucket: the counters' minute-to-minute increases summed. Each
+    meter's increase is taken on its own (inner query) and a step down, a meter replaced or reset, skipped
+    (``non_negative_difference``), as the passport counts (``planning/utility_use.py``)."""
+    roles = "|".join(r.value for r in UTILITY_ROLES)
+    return _series(
+        title,
+        "m3",
+        InfluxQL(
+            f'SELECT sum("used") FROM (SELECT non_negative_difference("mean_{VOLUME_M3}") AS "used" '
+            f'FROM {DEVICE_1M} WHERE "connection" =~ /^$connection$/ AND "role" =~ /^({roles})$/ AND {TIME} '
+            f'GROUP BY "role", "gateway", "device") WHERE {TIME} {EVERY}, "role" fill(none){tail}',
+            alias="$tag_role",
+        ),
+        width=12,
+        interval=interval,
+        bars=True,
+        description="Gas and water used, m³ per bar, from the meters' volume counters (one-minute data): a "
+        "meter's counter that fell (replaced, reset) counts from its new start.",
+    )
+
+
 def company() -> dash.Dashboard:
     where = f'"node" =~ /^$connection$/ AND {TIME}'
     board = (
@@ -430,7 +460,7 @@ def company() -> dash.Dashboard:
     )
     for panel in _company_quarters(where):
         board = board.with_panel(panel)
-    return board.with_panel(
+    board = board.with_panel(
         _series(
             "Its devices (+ taken, - produced)",
             "kwatt",
@@ -442,6 +472,10 @@ def company() -> dash.Dashboard:
             interval=MINUTE,
         )
     )
+    board = board.with_row(dash.Row("Gas and water")).with_panel(_utility_use("Gas and water per hour", HOUR))
+    # Days as the estate counts them: InfluxQL's are UTC unless told.
+    board = board.with_panel(_utility_use("Gas and water per day", DAY, f" tz('{DAY_TZ}')"))
+    return board
 
 
 def gateways() -> dash.Dashboard:

@@ -33,6 +33,7 @@ from energyhub.edge import line_budget
 from energyhub.edge.buffer import BufferedMessage, MeasurementBuffer
 from energyhub.edge.buffer import BufferError as BufferFileError
 from energyhub.edge.config import AgentConfig, DeviceConfig
+from energyhub.edge.mbus import MbusGateway, MbusPoller
 from energyhub.edge.ocpp_server import OcppControl, OcppService
 from energyhub.edge.poller import Bus, DevicePoller, PollResult
 from energyhub.edge.setpoints import DeviceControl
@@ -63,6 +64,8 @@ AGENT_VERSION = "0.1.0"
 # Sent this long ago and not confirmed though the ingest confirms again: it was away, and missed those. In steady
 # state a confirmation comes within a batch (0.2 s) and deletes are flushed every second.
 INGEST_AWAY_S = 5.0
+MBUS_TIMEOUT_S = 2.0
+MBUS_INTERVAL_S = 60.0
 
 
 class Agent:
@@ -75,7 +78,8 @@ class Agent:
         self.session = self.buffer.next_session()
         self.seq = 0
         self.buses: dict[str, Bus] = {}
-        self.pollers: list[DevicePoller] = []
+        self.pollers: list[DevicePoller | MbusPoller] = []
+        self.mbus_gateways: dict[str, MbusGateway] = {}
         self.controls: dict[str, DeviceControl | OcppControl] = {}
         chargers = [d for d in config.devices if d.ocpp is not None]
         # Chargers over OCPP are not polled: they connect to this gateway's OCPP server and report themselves.
@@ -89,6 +93,9 @@ class Agent:
             self.controls[device.id] = OcppControl(device, self.ocpp, clock=self.clock)
         for device in config.devices:
             if device.ocpp is not None:
+                continue
+            if device.mbus is not None:
+                self.pollers.append(self._mbus_poller(device))
                 continue
             bus = self.buses.get(device.bus_key) or Bus.for_device(device, timeout_s=config.timeout_s)
             self.buses[device.bus_key] = bus
@@ -111,7 +118,11 @@ class Agent:
             if profile is not None:
                 self._add_control(device, profile, bus)
         polled = [d for d in config.devices if d.ocpp is None]
-        planned = {d.profile: p.profile for d, p in zip(polled, self.pollers, strict=True) if p.profile}
+        planned = {
+            d.profile: p.profile
+            for d, p in zip(polled, self.pollers, strict=True)
+            if isinstance(p, DevicePoller) and p.profile
+        }
         for warning in line_budget.warnings(config, planned):
             log.warning("gateway %s: %s", config.gateway, warning)
         # Counting from start: no controller yet is a missing controller.
@@ -136,8 +147,25 @@ class Agent:
         self._pending: list[tuple[str, PollResult, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
+    def _mbus_poller(self, device: DeviceConfig) -> MbusPoller:
+        gateway = self.mbus_gateways.get(device.bus_key)
+        if gateway is None:
+            # M-Bus at 2400 baud: a SND_NKE and a long RSP_UD take a second where Modbus takes milliseconds.
+            gateway = MbusGateway.for_device(device, timeout_s=max(self.config.timeout_s, MBUS_TIMEOUT_S))
+            self.mbus_gateways[device.bus_key] = gateway
+        return MbusPoller.for_device(
+            device,
+            gateway,
+            # Battery-powered meters count their telegrams: a minute unless configured otherwise.
+            interval_s=device.interval_s or max(self.config.interval_s, MBUS_INTERVAL_S),
+            backoff_max_s=max(self.config.backoff_max_s, 900.0),
+            clock=self.clock.timestamp,
+        )
+
     # -- polling ----------------------------------------------------------------------------------------------
-    async def _poll_bus(self, pollers: list[DevicePoller]) -> list[tuple[DevicePoller, PollResult]]:
+    async def _poll_bus(
+        self, pollers: list[DevicePoller | MbusPoller]
+    ) -> list[tuple[DevicePoller | MbusPoller, PollResult]]:
         # The bus's owner: its devices one after the other, as on a serial line; a backed-off one gives nothing.
         out = []
         for poller in pollers:
@@ -146,9 +174,9 @@ class Agent:
                 out.append((poller, result))
         return out
 
-    async def poll_once(self, due: list[DevicePoller] | None = None) -> None:
+    async def poll_once(self, due: list[DevicePoller | MbusPoller] | None = None) -> None:
         """Poll ``due`` (every device when None) and store the measurements as one batch."""
-        by_bus: dict[Bus, list[DevicePoller]] = {}
+        by_bus: dict[Bus | MbusGateway, list[DevicePoller | MbusPoller]] = {}
         for poller in self.pollers if due is None else due:
             by_bus.setdefault(poller.bus, []).append(poller)
         per_bus = await asyncio.gather(*(self._poll_bus(group) for group in by_bus.values()))
@@ -610,6 +638,8 @@ class Agent:
             self._flush_deletes()
             for bus in self.buses.values():
                 bus.close()
+            for gateway in self.mbus_gateways.values():
+                gateway.close()
             self.buffer.close()
 
 

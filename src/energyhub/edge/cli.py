@@ -35,6 +35,7 @@ def edge(
     from energyhub.edge import line_budget
     from energyhub.edge.agent import Agent
     from energyhub.edge.config import ConfigError, load_agent_config
+    from energyhub.edge.mbus_profile import MbusProfileError, load_mbus_profile
     from energyhub.runtime.service_cli import configure_logging, run_until_stopped
     from energyhub.wire.profile import ProfileError, load_profile
 
@@ -42,6 +43,10 @@ def edge(
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are reported per device, on change
     try:
         configs = [load_agent_config(path) for path in config]
+        for settings in configs:
+            for device in settings.devices:
+                if device.mbus is not None:
+                    load_mbus_profile(device.profile)
         profiles = {
             device.profile: load_profile(device.profile)  # a bad profile stops start-up with its own message
             for settings in configs
@@ -50,7 +55,7 @@ def edge(
             if device.profile != "sunspec" and device.ocpp is None and device.mbus is None
         }
         clock = clock_from_env()
-    except (ConfigError, ProfileError, ClockError) as exc:
+    except (ConfigError, ProfileError, MbusProfileError, ClockError) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from None
     gateways = [c.gateway for c in configs]
@@ -105,10 +110,10 @@ def add_charger_command(
     ] = None,
 ) -> None:
     """Add a charger (or set its new password): prints the password to configure on the charger, once."""
+    from pydantic import ValidationError
+
     from energyhub.domain.topology import OcppPoint
     from energyhub.edge.charger_passwords import add_charger
-
-    from pydantic import ValidationError
 
     try:
         OcppPoint(charge_point_id=charge_point_id)

@@ -239,13 +239,6 @@ def load_agent_config(path: Path) -> AgentConfig:
             for e in exc.errors(include_url=False)
         ]
         raise ConfigError(f"{path}: {len(lines)} error(s)\n" + "\n".join(lines)) from None
-    # The schema knows M-Bus meters (issue 19); this agent does not read them yet.
-    unread = [d.id for d in config.devices if d.mbus is not None]
-    if unread:
-        raise ConfigError(
-            f"{path}: devices {', '.join(unread)}: M-Bus devices are not read by this version of the "
-            "agent yet; leave them out of the gateway's configuration"
-        )
     ca = config.mqtt.ca_file
     if ca is not None and not ca.is_file():
         raise ConfigError(
@@ -255,7 +248,8 @@ def load_agent_config(path: Path) -> AgentConfig:
     timeouts = [
         d.id
         for d in config.devices
-        if config.timeout_s * (config.retries + 1) >= (d.interval_s or config.interval_s)
+        if (d.host is not None or d.serial is not None)  # Modbus: M-Bus and OCPP have their own timing
+        and config.timeout_s * (config.retries + 1) >= (d.interval_s or config.interval_s)
     ]
     if timeouts:
         raise ConfigError(

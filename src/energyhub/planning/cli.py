@@ -13,6 +13,7 @@ import typer
 if TYPE_CHECKING:
     from energyhub.domain.topology import Community, Connection
     from energyhub.planning.meter_data import MeterSeries
+    from energyhub.planning.utility_use import UtilityUse
 
 __all__ = ["plan_command"]
 
@@ -256,7 +257,12 @@ def report_command(
     except CommunityError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    rows = make_passport(parsed, year=year, seed=seed, planned=planned_community, measured=headroom)
+    utilities = _utility_use(
+        parsed, influx_url, database, from_, to, influx_username, influx_password, influx_token
+    )
+    rows = make_passport(
+        parsed, year=year, seed=seed, planned=planned_community, measured=headroom, utilities=utilities
+    )
     written += write_passport(rows, out, title=f"{parsed.community.name}: area passport")
     if inputs is not None:
         network = Network.from_community(parsed)
@@ -281,6 +287,46 @@ def report_command(
                 f"in the hub, {100 * found.left_over_kwh.sum() / pv:.1f} % left to store or curtail"
             )
     typer.echo(f"wrote {', '.join(p.name for p in written)} to {out}")
+
+
+def _utility_use(
+    community: Community,
+    influx_url: str | None,
+    database: str,
+    from_: str | None,
+    to: str | None,
+    influx_username: str | None,
+    influx_password: str | None,
+    influx_token: str | None,
+) -> dict[str, UtilityUse]:
+    """The passport's gas and water use over --from/--to, from InfluxDB (files hold electricity only)."""
+    from energyhub.control.cli import _date
+    from energyhub.io.influx import InfluxClient, InfluxError
+    from energyhub.planning.utility_use import read_utility_use_blocking
+
+    if influx_url is None or from_ is None or to is None:
+        return {}
+    client = InfluxClient(
+        url=influx_url,
+        database=database,
+        username=influx_username,
+        password=influx_password,
+        token=influx_token,
+    )
+    try:
+        found = read_utility_use_blocking(client, community, _date(from_, "--from"), _date(to, "--to"))
+    except InfluxError as exc:
+        typer.echo(f"error: gas and water use: {exc}", err=True)
+        raise typer.Exit(1) from None
+    for connection, use in found.items():
+        for kind, counted in (("gas", use.gas), ("water", use.water)):
+            if counted is not None and counted.resets:
+                typer.echo(
+                    f"warning: {connection}: a {kind} meter's counter fell {counted.resets} time(s) (replaced?): "
+                    "the steps down are skipped",
+                    err=True,
+                )
+    return found
 
 
 def _span(start: str, end: str) -> tuple[datetime, datetime]:

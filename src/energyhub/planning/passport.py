@@ -3,7 +3,9 @@
 What the area director needs on one page: the connection and its contracts, PV installed and its potential
 (both in kWp and in kWh a year from the simulators' PV model), use from the community file and, when measured
 data is given, measured use, peaks and utilisation, and how the company takes part (gateway, group agreement,
-battery, chargers). The potential comes from a second community file, the planned estate (e.g.
+battery, chargers). Gas and water use come from the connection's gas and water meters' counters over the
+measured period (``energyhub.planning.utility_use``), with the share of the period their readings cover. The
+potential comes from a second community file, the planned estate (e.g.
 ``examples/de-koumen-2026.yaml``); without it the columns stay empty.
 """
 
@@ -19,8 +21,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.planning.headroom import Headroom
 from energyhub.planning.pv_yield import annual_pv_kwh
+from energyhub.planning.utility_use import CounterUse, UtilityUse
 
-__all__ = ["COLUMNS", "passport", "write_passport"]
+__all__ = ["COLUMNS", "PERCENT", "passport", "write_passport"]
 
 COLUMNS = {
     "company": "company",
@@ -39,6 +42,10 @@ COLUMNS = {
     "peak_import_kw": "peak offtake kW",
     "utilisation_import": "utilisation",
     "under_half_used": "under half used",
+    "gas_m3": "gas m³/yr (measured)",
+    "gas_coverage": "gas data coverage",
+    "water_m3": "water m³/yr (measured)",
+    "water_coverage": "water data coverage",
     "pv_kwp": "PV kWp",
     "pv_kwh_year": "PV kWh/yr",
     "potential_kwp": "potential kWp",
@@ -57,6 +64,8 @@ _SUMMED = (
     "annual_use_kwh",
     "measured_import_kwh",
     "measured_export_kwh",
+    "gas_m3",
+    "water_m3",
     "pv_kwp",
     "pv_kwh_year",
     "potential_kwp",
@@ -66,6 +75,8 @@ _SUMMED = (
     "chargers",
     "charger_kw",
 )
+# Shares (0-1), shown as percentages.
+PERCENT = ("utilisation_import", "gas_coverage", "water_coverage")
 
 
 def _parts(limits: Any) -> str:
@@ -79,6 +90,12 @@ def _parts(limits: Any) -> str:
     return ", ".join(parts) or "firm"
 
 
+def _utility_columns(kind: str, use: CounterUse | None) -> dict[str, Any]:
+    if use is None:
+        return {f"{kind}_m3": None, f"{kind}_coverage": None}
+    return {f"{kind}_m3": round(use.use_m3, 1), f"{kind}_coverage": round(use.coverage, 3)}
+
+
 def passport(
     community: Community,
     *,
@@ -86,8 +103,10 @@ def passport(
     seed: int = 0,
     planned: Community | None = None,
     measured: list[Headroom] | None = None,
+    utilities: dict[str, UtilityUse] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per connection, in the community file's order."""
+    """One row per connection, in the community file's order; ``utilities``: connection id -> its measured gas
+    and water use (``utility_use.read_utility_use``), a connection not in it without either."""
     yield_kwh = annual_pv_kwh(community, year=year, seed=seed)
     potential_kwh = annual_pv_kwh(planned, year=year, seed=seed) if planned is not None else {}
     potential_kwp = {c.id: c.pv_kwp for _l, _m, c in planned.connections()} if planned is not None else {}
@@ -99,6 +118,7 @@ def passport(
         batteries = [d for d in devices if d.role is DeviceRole.BATTERY]
         chargers = [d for d in devices if d.role is DeviceRole.EV]
         head = found.get(connection.id)
+        utility = (utilities or {}).get(connection.id, UtilityUse())
         peak = max(head.monthly_max_import_kw.values(), default=math.nan) if head else None
         row: dict[str, Any] = {
             "company": connection.company,
@@ -119,6 +139,8 @@ def passport(
             if head and head.utilisation_import is not None
             else None,
             "under_half_used": head.under_half_used if head else None,
+            **_utility_columns("gas", utility.gas),
+            **_utility_columns("water", utility.water),
             "pv_kwp": connection.pv_kwp,
             "pv_kwh_year": round(yield_kwh.get(connection.id, 0.0)),
             "potential_kwp": potential_kwp.get(connection.id) if planned is not None else None,
@@ -165,6 +187,7 @@ def write_passport(rows: list[dict[str, Any]], folder: Path, *, title: str) -> l
         rows=rows,
         totals=totals(rows),
         numeric=set(_SUMMED) | {"peak_import_kw"},
+        percent=set(PERCENT),
     )
     html_path = folder / "passport.html"
     html_path.write_text(html, encoding="utf-8")
