@@ -167,9 +167,19 @@ class Device(Strict):
         return self
 
 
+class OcppEndpoint(Strict):
+    """Where a gateway's OCPP server listens: the address its chargers are configured with."""
+
+    host: str = Field("0.0.0.0", description="The gateway's address on the charger network (0.0.0.0: all).")
+    port: int = Field(9000, ge=1, le=65535)
+
+
 class Gateway(Strict):
     id: Id
     name: str | None = None
+    ocpp: OcppEndpoint | None = Field(
+        None, description="The gateway's OCPP server, for its chargers with `ocpp:` (default 0.0.0.0:9000)."
+    )
 
 
 class Connection(Strict):

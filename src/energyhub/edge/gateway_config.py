@@ -7,7 +7,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-from energyhub.domain.topology import Community, DeviceRole
+from energyhub.domain.topology import Community, DeviceRole, OcppEndpoint
 from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S
 from energyhub.wire.roles import CHARGER_W_PER_A, MAX_CURRENT_A, ROLES
 
@@ -30,16 +30,17 @@ def gateway_config(
     credentials_file: Path,
     buffer_path: Path,
     ca_file: Path | None = None,
-    ocpp_host: str = "0.0.0.0",
-    ocpp_port: int = 9000,
+    ocpp_security_profile: int = 2,
 ) -> dict[str, Any]:
     """The agent's configuration for ``gateway``. Chargers over OCPP get the gateway's OCPP server (security
     profile 2: its certificate and key, and the chargers' password file, beside the broker credentials), and
     their rating as the bound of control's current, which also makes their station maximum profile."""
     devices = []
+    endpoint = OcppEndpoint()
     for connection, device in community.devices():
         if community.gateway_of(connection, device) != gateway:
             continue
+        endpoint = next((g.ocpp for g in connection.gateways if g.id == gateway and g.ocpp), endpoint)
         entry: dict[str, Any] = {"id": device.id, "profile": device.profile}
         if device.modbus is not None:
             entry |= {
@@ -81,11 +82,11 @@ def gateway_config(
         # Made on the gateway: `energyhub ocpp certs --dir <folder>` and `energyhub ocpp add-charger --file ...`.
         folder = credentials_file.parent / "ocpp"
         config["ocpp"] = {
-            "host": ocpp_host,
-            "port": ocpp_port,
-            "security_profile": 2,
-            "cert_file": str(folder / "server.crt"),
-            "key_file": str(folder / "server.key"),
+            "host": endpoint.host,
+            "port": endpoint.port,
+            "security_profile": ocpp_security_profile,
             "credentials_file": str(folder / "chargers.json"),
         }
+        if ocpp_security_profile == 2:
+            config["ocpp"] |= {"cert_file": str(folder / "server.crt"), "key_file": str(folder / "server.key")}
     return config
