@@ -115,9 +115,7 @@ async def test_gas_and_water_over_mbus_reach_influxdb_and_the_passport(
             # Nothing lost: every sequence number the agent gave so far is in influxd (counted there).
             polled = agent.seq
             session = agent.session
-            count_q = (
-                f'SELECT count("seq") FROM "device" WHERE {where} AND "session" = {session} AND "seq" < {polled}'
-            )
+            count_q = f'SELECT count("seq") FROM "device" WHERE {where} AND "session" = {session} AND "seq" < {polled}'
             stored = 0
             for _ in range(100):
                 found = await influx.query(count_q)

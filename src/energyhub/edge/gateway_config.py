@@ -88,5 +88,8 @@ def gateway_config(
             "credentials_file": str(folder / "chargers.json"),
         }
         if ocpp_security_profile == 2:
-            config["ocpp"] |= {"cert_file": str(folder / "server.crt"), "key_file": str(folder / "server.key")}
+            config["ocpp"] |= {
+                "cert_file": str(folder / "server.crt"),
+                "key_file": str(folder / "server.key"),
+            }
     return config
