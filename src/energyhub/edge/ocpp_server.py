@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +76,7 @@ __all__ = ["OcppControl", "OcppService", "Record"]
 
 log = logging.getLogger(__name__)
 
+SEEN_MAX = 1024  # transaction messages remembered per station, to store a repeated one once
 MAX_MESSAGE_BYTES = 64 * 1024  # a meter value is under 2 kB; a station sending megabytes is misbehaving
 DEFAULT_MAX_A = 600.0
 CONTROL_LEVEL, FAILSAFE_LEVEL = 1, 0
@@ -208,6 +210,18 @@ class _Station:
         self.service, self.connectors = service, connectors
         self.booted = asyncio.Event()
 
+    def _again(self, key: tuple[Any, ...]) -> bool:
+        """Seen before: a station sends a transaction message again when its answer was lost with the connection.
+        Answered again, stored once. Remembered per station across its reconnects."""
+        seen = self.service.seen.setdefault(self.id, ({}, deque()))
+        if key in seen[0]:
+            return True
+        seen[0][key] = None
+        seen[1].append(key)
+        if len(seen[1]) > SEEN_MAX:
+            del seen[0][seen[1].popleft()]
+        return False
+
     async def _record(self, connector_id: int, meter_values: list[dict[str, Any]] | None) -> None:
         connector = self.connectors.get(connector_id)
         if connector is None:
@@ -318,7 +332,13 @@ class Station16(_Station, ChargePoint16):
 
     @on("StartTransaction")
     def on_start(self, connector_id: int, id_tag: str, meter_start: int, timestamp: str, **_: Any) -> Any:
+        known = self.service.started.get((self.id, connector_id, timestamp))
+        if known is not None:  # the same start sent again: the same transaction
+            return result16.StartTransaction(transaction_id=known, id_tag_info={"status": "Accepted"})
         tx = next(self._tx_ids)
+        self.service.started[(self.id, connector_id, timestamp)] = tx
+        if len(self.service.started) > SEEN_MAX:
+            del self.service.started[next(iter(self.service.started))]
         connector = self.connectors.get(connector_id)
         if connector is not None:
             connector.transaction, connector.energy_wh = str(tx), float(meter_start)
@@ -326,6 +346,8 @@ class Station16(_Station, ChargePoint16):
 
     @on("StopTransaction")
     async def on_stop(self, meter_stop: int, timestamp: str, transaction_id: int, **kw: Any) -> Any:
+        if self._again(("stop", transaction_id)):
+            return result16.StopTransaction(id_tag_info={"status": "Accepted"})
         for connector_id, connector in self.connectors.items():
             if connector.transaction == str(transaction_id):
                 await self._record(connector_id, kw.get("transaction_data"))
@@ -333,8 +355,10 @@ class Station16(_Station, ChargePoint16):
         return result16.StopTransaction(id_tag_info={"status": "Accepted"})
 
     @on("MeterValues")
-    async def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
-        await self._record(connector_id, meter_value)
+    async def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]], **kw: Any) -> Any:
+        first = meter_value[0].get("timestamp") if meter_value else None
+        if not self._again(("meter", connector_id, kw.get("transaction_id"), first)):
+            await self._record(connector_id, meter_value)
         return result16.MeterValues()
 
     async def configure(self) -> None:
@@ -445,7 +469,7 @@ class Station201(_Station, ChargePoint201):
             else next((i for i, c in self.connectors.items() if c.transaction == tx), None)
         )
         connector = self.connectors.get(connector_id) if connector_id is not None else None
-        if connector is not None:
+        if connector is not None and not self._again(("event", tx, seq_no)):
             if event_type != "Ended":
                 connector.transaction = tx
             state = transaction_info.get("charging_state")
@@ -482,7 +506,9 @@ class Station201(_Station, ChargePoint201):
 
     @on("MeterValues")
     async def on_meter_values(self, evse_id: int, meter_value: list[dict[str, Any]], **_: Any) -> Any:
-        await self._record(evse_id, meter_value)
+        first = meter_value[0].get("timestamp") if meter_value else None
+        if not self._again(("meter", evse_id, first)):
+            await self._record(evse_id, meter_value)
         return result201.MeterValues()
 
     async def configure(self) -> None:
@@ -581,6 +607,10 @@ class OcppService:
     connectors: dict[str, dict[int, Connector]] = field(default_factory=dict)  # by charge point id
     by_device: dict[str, Connector] = field(default_factory=dict)
     server: Server | None = None
+    # Per station, the transaction messages stored (to store a repeated one once), and 1.6 starts by
+    # (station, connector, timestamp): a start sent again gets the same transaction id.
+    seen: dict[str, tuple[dict[tuple[Any, ...], None], deque[tuple[Any, ...]]]] = field(default_factory=dict)
+    started: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.passwords = ChargerPasswords(self.config.credentials_file)

@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -111,6 +112,10 @@ def _opt_time(data: Mapping[str, Any], key: str, where: str) -> float | None:
     return None if value is None else parse_time(value, f"{where}.{key}")
 
 
+def _number(value: object) -> object:
+    return float(value) if isinstance(value, Decimal) else value
+
+
 def _periods(raw: object, where: str) -> tuple[Period, ...]:
     if not isinstance(raw, list) or not raw:
         raise ProfileError(f"{where}.charging_schedule_period: expected a non-empty list")
@@ -119,7 +124,8 @@ def _periods(raw: object, where: str) -> tuple[Period, ...]:
         here = f"{where}.charging_schedule_period[{i}]"
         if not isinstance(item, Mapping):
             raise ProfileError(f"{here}: expected an object")
-        start, limit = item.get("start_period"), item.get("limit")
+        # The library reads OCPP 1.6 numbers as Decimal (for its schema's multipleOf): a number all the same.
+        start, limit = _number(item.get("start_period")), _number(item.get("limit"))
         if not isinstance(start, int | float) or start < 0:
             raise ProfileError(f"{here}.start_period: expected seconds >= 0, got {start!r}")
         if not isinstance(limit, int | float) or not math.isfinite(limit) or limit < 0:

@@ -797,6 +797,12 @@ class ChargePointSim:
 class _Cp16(ChargePoint16):
     sim: ChargePointSim
 
+    @on("ChangeConfiguration")
+    def on_change_configuration(self, key: str, value: str, **_: Any) -> Any:
+        # The sampling settings a CSMS sends after boot: taken (the simulator samples at meter_interval_s).
+        known = key in ("MeterValueSampleInterval", "MeterValuesSampledData", "HeartbeatInterval")
+        return result16.ChangeConfiguration(status="Accepted" if known else "NotSupported")
+
     @on("SetChargingProfile")
     def on_set_charging_profile(
         self, connector_id: int, cs_charging_profiles: dict[str, Any], **_: Any
@@ -843,6 +849,21 @@ class _Cp16(ChargePoint16):
 
 class _Cp201(ChargePoint201):
     sim: ChargePointSim
+
+    @on("SetVariables")
+    def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_: Any) -> Any:
+        known = {("SampledDataCtrlr", "TxUpdatedInterval"), ("AlignedDataCtrlr", "Interval")}
+        results = [
+            {
+                "attribute_status": "Accepted"
+                if (d["component"]["name"], d["variable"]["name"]) in known
+                else "UnknownVariable",
+                "component": d["component"],
+                "variable": d["variable"],
+            }
+            for d in set_variable_data
+        ]
+        return result201.SetVariables(set_variable_result=results)
 
     @on("SetChargingProfile")
     def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any], **_: Any) -> Any:
