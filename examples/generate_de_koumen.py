@@ -584,7 +584,20 @@ def _devices(c: Company, port: int, *, planned: bool) -> list[Flow]:
     counts = {"truck": 0, "car": 0}
     for vehicle, kw in c.chargers:
         counts[vehicle] += 1
-        add(f"ev-{vehicle}-{counts[vehicle]}", "ev", "ev_charger", power_kw=kw, vehicle=vehicle)
+        n = counts[vehicle]
+        if c.role == "plaza":
+            # The plaza's chargers speak OCPP to its gateway: each DC truck charger a 2.0.1 station of its own,
+            # the AC car chargers 1.6J stations of two sockets each.
+            point = (
+                Flow(charge_point_id=f"PLAZA-DC-{n}", connector_id=1, version="2.0.1")
+                if vehicle == "truck"
+                else Flow(charge_point_id=f"PLAZA-AC-{(n + 1) // 2}", connector_id=(n - 1) % 2 + 1, version="1.6")
+            )
+            devices.append(
+                Flow(id=f"ev-{vehicle}-{n}", role="ev", profile="ocpp", power_kw=kw, vehicle=vehicle, ocpp=point)
+            )
+        else:
+            add(f"ev-{vehicle}-{n}", "ev", "ev_charger", power_kw=kw, vehicle=vehicle)
     if planned:
         for i, kwp in enumerate(c.pv_planned, start=len(c.pv_today) + 1):
             add(f"pv-{i}", "pv", "sunspec_inverter", kwp=kwp, ac_kw=round(kwp / DC_AC_RATIO))
@@ -606,7 +619,11 @@ def _connection(c: Company, *, planned: bool, sharing: set[str]) -> dict[str, An
     if c.annual_use_kwh is not None:
         doc["annual_use_kwh"] = c.annual_use_kwh
     doc["load_profile"] = c.load_profile
-    doc["gateways"] = [{"id": f"gw-{number:03d}"}]
+    doc["gateways"] = [
+        {"id": f"gw-{number:03d}", "ocpp": Flow(host="127.0.0.1", port=19000 + number)}
+        if c.role == "plaza"
+        else {"id": f"gw-{number:03d}"}
+    ]
     doc["devices"] = _devices(c, 20000 + number, planned=planned)
     return doc
 

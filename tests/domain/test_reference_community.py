@@ -102,8 +102,11 @@ def test_every_company_has_a_gateway_and_a_grid_meter(path: Path) -> None:
         assert meter.role is DeviceRole.METER
         assert meter.profile == "eastron_sdm630"
         assert (meter.modbus.host, meter.modbus.port, meter.modbus.unit_id) == ("127.0.0.1", 20000 + n, 1)
-        assert [d.modbus.unit_id for d in connection.devices] == list(range(1, len(connection.devices) + 1))
-        assert {d.modbus.port for d in connection.devices} == {20000 + n}
+        on_modbus = [d for d in connection.devices if d.modbus is not None]
+        assert [d.modbus.unit_id for d in on_modbus if d.modbus] == list(range(1, len(on_modbus) + 1))
+        assert {d.modbus.port for d in on_modbus if d.modbus} == {20000 + n}
+        # The rest are the plaza's chargers, which speak OCPP to their gateway.
+        assert all(d.ocpp is not None for d in connection.devices if d.modbus is None)
         assert connection.limits.import_kw is not None
         assert connection.limits.import_kw <= connection.capacity_kva
         for device in connection.devices:
@@ -273,7 +276,13 @@ def test_battery_and_charging_plaza(today: Community) -> None:
 
     plaza = by_company["Laadplein De Koumen"]
     chargers = [d for d in plaza.devices if d.role is DeviceRole.EV]
-    assert all(d.profile == "ev_charger" for d in chargers)
+    # Over OCPP, as a plaza's chargers are: trucks on 2.0.1 stations of their own, cars on 1.6J twin sockets.
+    assert all(d.profile == "ocpp" and d.ocpp is not None for d in chargers)
+    assert {d.ocpp.version for d in chargers if d.ocpp and d.vehicle == "truck"} == {"2.0.1"}
+    assert {d.ocpp.version for d in chargers if d.ocpp and d.vehicle == "car"} == {"1.6"}
+    points = Counter(d.ocpp.charge_point_id for d in chargers if d.ocpp)
+    assert max(points.values()) == 2
+    assert [g.ocpp for g in plaza.gateways if g.ocpp]  # the gateway says where chargers connect
     kinds = Counter((d.vehicle, d.power_kw) for d in chargers)
     assert 4 <= kinds[("truck", 350.0)] <= 6
     assert 10 <= kinds[("car", 22.0)] <= 12

@@ -52,9 +52,15 @@ def test_safe_modes_by_device_kind():
         credentials_file=EXAMPLES,
         buffer_path=EXAMPLES,
     )
-    chargers = [d for d in plaza["devices"] if d["profile"] == "ev_charger"]
+    chargers = [d for d in plaza["devices"] if d["profile"] == "ocpp"]
     assert len(chargers) == 18
     assert all(d["safe_mode"] == {"max_current_a": 6.0} for d in chargers)
+    # Its OCPP server: where the community file says, TLS, its files beside the broker credentials.
+    assert plaza["ocpp"]["port"] == 19018
+    assert plaza["ocpp"]["security_profile"] == 2
+    assert plaza["ocpp"]["cert_file"].endswith("gw-018-ocpp/server.crt")
+    truck = next(d for d in chargers if d["id"] == "ev-truck-1")
+    assert truck["setpoint_bounds"] == {"max_current_a": [0.0, 505.2]}  # 350 kW at 400 V x sqrt 3
     meter = next(d for d in plaza["devices"] if d["profile"] == "eastron_sdm630")
     assert "safe_mode" not in meter
     shop = gateway_config(

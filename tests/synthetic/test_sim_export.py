@@ -67,6 +67,7 @@ def test_export_matches_the_live_simulator(exported):
     pv_wh = sum(i.state.energy_wh for i in shop.inverters)
     assert pv_wh / 1000 == pytest.approx(sum(read_kwh(out / "c-002.pv.csv")), rel=0.02)
     ev_wh = sum(c.state.energy_wh for c, _k, _v in plaza.chargers)
+    ev_wh += sum(c.sim.energy_wh(c.connector_id) for c in plaza.ocpp_chargers)  # the plaza speaks OCPP
     assert ev_wh / 1000 == pytest.approx(sum(read_kwh(out / "c-018.ev.csv")), rel=0.02)
     assert plaza.load_energy_wh / 1000 == pytest.approx(sum(read_kwh(out / "c-018.load.csv")), rel=0.01)
 

@@ -20,7 +20,7 @@ from energyhub.cli.services import broker_accounts, tcp_answers
 from energyhub.domain.clock import CLOCK_ENV, Clock
 from energyhub.domain.community import only_gateways
 from energyhub.domain.topology import Community
-from energyhub.edge.gateway_config import gateway_config
+from energyhub.edge.gateway_config import gateway_config, ocpp_folder
 from energyhub.runtime.settings import ServiceSettings
 from energyhub.runtime.supervisor import ProcessSpec
 
@@ -110,14 +110,59 @@ def demo_ports(plan: DemoPlan, community: Community) -> list[tuple[str, int, str
         }
     )
     ports += [(host, port, "a simulated company's Modbus devices") for host, port in modbus]
+    ocpp = sorted(
+        {
+            (g.ocpp.host, g.ocpp.port)
+            for c, d in community.devices()
+            if d.ocpp is not None and community.gateway_of(c, d) in chosen
+            for g in c.gateways
+            if g.ocpp is not None and g.id == community.gateway_of(c, d)
+        }
+    )
+    ports += [(host, port, "a plaza gateway's OCPP server") for host, port in ocpp]
     return ports
+
+
+def _ocpp_chargers(plan: DemoPlan, community: Community) -> Path | None:
+    """Each simulated gateway with OCPP chargers gets its server certificate and its chargers' passwords, as
+    `energyhub ocpp certs` and `ocpp add-charger` make them on a real gateway; the simulated chargers get the
+    passwords and the CA (a file for the simulator, like the configuration a real charger holds)."""
+    from energyhub.broker.certs import ensure_certificates
+    from energyhub.edge.charger_passwords import add_charger
+
+    accounts = broker_accounts(plan.settings)
+    path = plan.state / "sim" / "ocpp-chargers.json"
+    known: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    access: dict[str, Any] = {}
+    for gateway in plan.gateways:
+        points = sorted(
+            {
+                d.ocpp.charge_point_id
+                for c, d in community.devices()
+                if d.ocpp and community.gateway_of(c, d) == gateway
+            }
+        )
+        if not points:
+            continue
+        folder = ocpp_folder(accounts.credentials_path(gateway), gateway)
+        certs = ensure_certificates(folder, ["127.0.0.1", "localhost"])
+        for point in points:
+            password = add_charger(folder / "chargers.json", point, known.get(point, {}).get("password"))
+            access[point] = {"password": password, "ca_file": str(certs.ca_cert)}
+    if not access:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(access, indent=2) + "\n")
+    path.chmod(0o600)
+    return path
 
 
 def demo_processes(plan: DemoPlan, community: Community) -> list[ProcessSpec]:
     """The run's processes in start order (after the broker and the database)."""
     control_community = _control_community(plan, community)
+    chargers = _ocpp_chargers(plan, community)
     return [
-        _simulator(plan),
+        _simulator(plan, chargers),
         _ingest(plan),
         *_agents(plan, community),
         _control(plan, control_community),
@@ -135,7 +180,7 @@ def _control_community(plan: DemoPlan, community: Community) -> Path:
     return path
 
 
-def _simulator(plan: DemoPlan) -> ProcessSpec:
+def _simulator(plan: DemoPlan, ocpp_chargers: Path | None) -> ProcessSpec:
     endpoints = plan.state / "sim" / "endpoints.json"
     endpoints.parent.mkdir(parents=True, exist_ok=True)
     endpoints.unlink(missing_ok=True)
@@ -155,6 +200,8 @@ def _simulator(plan: DemoPlan) -> ProcessSpec:
     )
     for gateway in plan.gateways:
         argv += ["--only", gateway]
+    if ocpp_chargers is not None:
+        argv += ["--ocpp-chargers", str(ocpp_chargers)]
     return _process(
         plan,
         "simulator",

@@ -11,7 +11,7 @@ from energyhub.domain.topology import Community, DeviceRole, OcppEndpoint
 from energyhub.wire.messages import HEARTBEAT_TIMEOUT_S
 from energyhub.wire.roles import CHARGER_W_PER_A, MAX_CURRENT_A, ROLES
 
-__all__ = ["SAFE_MODES", "gateway_config"]
+__all__ = ["SAFE_MODES", "gateway_config", "ocpp_folder"]
 
 # What each kind of device falls back to when control is gone, as wire/roles.py declares it (PV held low,
 # batteries at rest, chargers at their minimum). Override per device in the written file.
@@ -19,6 +19,12 @@ __all__ = ["SAFE_MODES", "gateway_config"]
 SAFE_MODES: Final[Mapping[DeviceRole, Mapping[str, float]]] = MappingProxyType(
     {role: spec.failsafe for role, spec in ROLES.items() if spec.failsafe}
 )
+
+
+def ocpp_folder(credentials_file: Path, gateway: str) -> Path:
+    """Where a gateway's OCPP server keeps its certificate, key and chargers' passwords: beside its broker
+    credentials. Made on the gateway with `energyhub ocpp certs --dir` and `energyhub ocpp add-charger --file`."""
+    return credentials_file.parent / f"{gateway}-ocpp"
 
 
 def gateway_config(
@@ -79,8 +85,7 @@ def gateway_config(
         "devices": devices,
     }
     if any("ocpp" in d for d in devices):
-        # Made on the gateway: `energyhub ocpp certs --dir <folder>` and `energyhub ocpp add-charger --file ...`.
-        folder = credentials_file.parent / "ocpp"
+        folder = ocpp_folder(credentials_file, gateway)
         config["ocpp"] = {
             "host": endpoint.host,
             "port": endpoint.port,

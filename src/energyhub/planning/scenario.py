@@ -275,7 +275,7 @@ def _free_port(doc: dict[str, Any]) -> int:
         d["modbus"].get("port", 502)
         for c in connections_of(doc).values()
         for d in c.get("devices", [])
-        if d["modbus"].get("host") == "127.0.0.1"
+        if "modbus" in d and d["modbus"].get("host") == "127.0.0.1"
     }
     return next(port for port in range(30000, 65536) if port not in used)
 
@@ -301,8 +301,10 @@ def _add_device(doc: dict[str, Any], connection: dict[str, Any], device: dict[st
     ids = {d["id"] for d in devices}
     if device["id"] in ids:
         raise _Problem((), f"connection {connection['id']} already has a device {device['id']!r}")
-    first = devices[0]["modbus"]
-    used = {d["modbus"].get("unit_id", 1) for d in devices if d["modbus"].get("host") == first["host"]}
+    first = next(d["modbus"] for d in devices if "modbus" in d)  # the meter at least: every connection has one
+    used = {
+        d["modbus"].get("unit_id", 1) for d in devices if "modbus" in d and d["modbus"].get("host") == first["host"]
+    }
     unit = next(u for u in range(1, 248) if u not in used)
     device["gateway"] = devices[0].get("gateway", gateways[0]["id"])
     device["modbus"] = {"host": first["host"], "port": first.get("port", 502), "unit_id": unit}

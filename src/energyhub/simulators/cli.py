@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from energyhub.simulators.community import ChargerAccess
 
 __all__ = ["app"]
 
@@ -26,6 +30,12 @@ def _parse_start(value: str | None) -> datetime:
             f"{value!r} is not an ISO date or time, e.g. 2026-06-01 or 2026-06-01T10:00Z"
         ) from None
     return start.replace(tzinfo=UTC) if start.tzinfo is None else start
+
+
+OCPP_CHARGERS_HELP = (
+    'JSON {charge point id: {"password": ..., "ca_file": ... or null}}: the chargers with ocpp: connect to their '
+    "gateway's OCPP server with these (left out: they charge in the physics but do not connect)."
+)
 
 
 @app.callback(invoke_without_command=True)
@@ -45,6 +55,7 @@ def sim(
     control_port: Annotated[
         int | None, typer.Option(help="Serve the fault-control HTTP interface on 127.0.0.1:PORT.")
     ] = None,
+    ocpp_chargers: Annotated[Path | None, typer.Option(help=OCPP_CHARGERS_HELP)] = None,
 ) -> None:
     """Serve every device of the community file on its Modbus address until Ctrl-C.
 
@@ -70,6 +81,8 @@ def sim(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # client disconnects are normal for a simulator
+    logging.getLogger("ocpp").setLevel(logging.WARNING)  # the library logs every message at INFO
+    access = _charger_access(ocpp_chargers)
     try:
         simulator = CommunitySimulator(
             load_community(community),
@@ -77,6 +90,7 @@ def sim(
             start=clock.now(),
             speed=clock.speed,
             only=set(only) if only else None,
+            ocpp_chargers=access,
         )
     except CommunityError as exc:
         typer.echo(str(exc), err=True)
@@ -157,3 +171,20 @@ def export(
         f"{len(summary.files)} files, {summary.isps} quarter hours in {out}: load {summary.load_kwh / 1e6:.2f} GWh, "
         f"PV {summary.pv_kwh / 1e6:.2f} GWh, EV {summary.ev_kwh / 1e6:.3f} GWh in {summary.sessions} sessions"
     )
+
+
+def _charger_access(path: Path | None) -> dict[str, ChargerAccess]:
+    """``--ocpp-chargers``: each simulated charge point's password and CA; an unreadable file stops the start."""
+    from energyhub.simulators.community import ChargerAccess
+
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(path.read_text())
+        return {
+            cp: ChargerAccess(str(a["password"]), Path(a["ca_file"]) if a.get("ca_file") else None)
+            for cp, a in raw.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        typer.echo(f"error: {path}: not a charger access file: {exc}", err=True)
+        raise typer.Exit(2) from None

@@ -1,5 +1,9 @@
 """The community simulator: every device of a community file as a Modbus device, driven by one physics clock.
 
+Chargers with ``ocpp:`` are simulated OCPP charge points instead (``ocpp_station.py``), connecting to their
+gateway's OCPP server with the passwords (and CA) given in ``ocpp_chargers``; their sessions come from the same
+plaza model, and their power is in their connection's grid meter like any device's.
+
 Each company's grid meter reads the net of everything behind it (load + EV + battery - PV), so the sum of all grid
 meters is the flow at the substation, and every meter integrates its own energy. The clock runs ``speed`` times real
 time from ``start``; everything random is drawn from (seed, device, time), so a run is the same for a given seed and
@@ -12,15 +16,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 
 from energyhub.domain.clock import Clock
-from energyhub.domain.topology import Community, Connection, DeviceRole
+from energyhub.domain.topology import Community, Connection, Device, DeviceRole, OcppEndpoint
 from energyhub.simulators.devices import (
     BatteryDevice,
     BatteryState,
@@ -31,6 +36,13 @@ from energyhub.simulators.devices import (
 )
 from energyhub.simulators.ev_charger import ChargerDevice, ChargerState, Session
 from energyhub.simulators.modbus_server import GatewayServer
+from energyhub.simulators.ocpp_station import (
+    ChargePointSim,
+    ConnectorSpec,
+    PlazaCharger,
+    PlazaPlans,
+    plaza_step,
+)
 from energyhub.simulators.profile_device import ProfileDevice
 from energyhub.simulators.sdm630 import MeterState
 from energyhub.synthetic.loads import load_power_w
@@ -38,7 +50,7 @@ from energyhub.synthetic.sessions import plan_sessions, rng_for, vehicle_max_w
 from energyhub.synthetic.solar import SolarOnline
 from energyhub.wire.profile import SUNSPEC, load_profile
 
-__all__ = ["CommunitySimulator", "ConnectionModel", "Endpoint", "simulated_device"]
+__all__ = ["ChargerAccess", "CommunitySimulator", "ConnectionModel", "Endpoint", "simulated_device"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +80,7 @@ class ConnectionModel:
     chargers: list[tuple[SimulatedDevice[ChargerState], str, str]] = field(
         default_factory=list
     )  # (device, key, vehicle)
+    ocpp_chargers: list[PlazaCharger] = field(default_factory=list)  # connectors of OCPP charge points
     load_w: float = 0.0
     load_energy_wh: float = 0.0
 
@@ -76,7 +89,17 @@ class ConnectionModel:
         pv = sum(i.state.output_w for i in self.inverters)
         battery = sum(b.state.power_w for b in self.batteries)
         ev = sum(c.state.power_w for c, _k, _v in self.chargers)
+        ev += sum(c.sim.power_w(c.connector_id) for c in self.ocpp_chargers)
         return self.load_w - pv + battery + ev
+
+
+@dataclass(frozen=True)
+class ChargerAccess:
+    """How a simulated charge point logs in to its gateway: its password, and the CA to trust for TLS (security
+    profile 2; None: plain WebSocket, profile 1)."""
+
+    password: str
+    ca_file: Path | None = None
 
 
 S = TypeVar("S", MeterState, InverterState, BatteryState, ChargerState)
@@ -108,6 +131,7 @@ class CommunitySimulator:
         start: datetime,
         speed: float = 1.0,
         only: set[str] | None = None,
+        ocpp_chargers: dict[str, ChargerAccess] | None = None,
     ) -> None:
         if start.tzinfo is None:
             raise ValueError("start needs a timezone")
@@ -124,6 +148,13 @@ class CommunitySimulator:
         self._plan_day: dict[str, int] = {}
         self._roofs: list[float] = []  # kWp of every simulated inverter, in model order
         self._devices: dict[tuple[str, str], SimulatedDevice[Any]] = {}
+        self._ocpp_access = ocpp_chargers or {}
+        self.stations: dict[str, ChargePointSim] = {}  # the OCPP charge points, by identity
+        self._plaza_plans: PlazaPlans | None = None
+        self._online = False  # run(): the charge points run their own meter loop, online
+        self._ocpp_counted: dict[
+            str, float
+        ] = {}  # per connector, its register as the grid meter last counted it
         known = {gw.id for _l, _m, c in community.connections() for gw in c.gateways}
         unknown = (only or set()) - known
         if unknown:
@@ -158,8 +189,11 @@ class CommunitySimulator:
             gateway = self.community.gateway_of(connection, device)
             if only is not None and gateway not in only:
                 continue
+            if device.ocpp is not None:
+                self._add_station(model, connection, device, gateway)
+                continue
             if device.modbus is None:
-                continue  # OCPP chargers are simulated by simulators/ocpp_station.py, connecting to their gateway
+                continue  # an M-Bus meter: simulated by simulators/mbus_meter.py, not on a Modbus port
             unit = device.modbus.unit_id
             sim: SimulatedDevice[Any]
             profile = device.profile
@@ -211,6 +245,50 @@ class CommunitySimulator:
         self._roofs.extend(pv_kwp)
         return model
 
+    def _add_station(
+        self, model: ConnectionModel, connection: Connection, device: Device, gateway: str
+    ) -> None:
+        """A connector of an OCPP charge point; the charge point is made at its first connector."""
+        point = device.ocpp
+        assert point is not None
+        # Without its password a charge point still charges in the physics, but does not connect.
+        access = self._ocpp_access.get(point.charge_point_id) or ChargerAccess("", None)
+        spec = ConnectorSpec(
+            connector_id=point.connector_id,
+            kind="dc" if point.version == "2.0.1" else "ac",
+            max_power_w=(device.power_kw or 0.0) * 1000,
+        )
+        station = self.stations.get(point.charge_point_id)
+        if station is None:
+            endpoint = next((g.ocpp for g in connection.gateways if g.id == gateway and g.ocpp), None)
+            endpoint = endpoint or OcppEndpoint()
+            host = "127.0.0.1" if endpoint.host in ("0.0.0.0", "::") else endpoint.host
+            tls = ssl.create_default_context(cafile=access.ca_file) if access.ca_file is not None else None
+            station = ChargePointSim(
+                point.charge_point_id,
+                f"{'wss' if tls else 'ws'}://{host}:{endpoint.port}",
+                version=point.version,
+                connectors=[spec],
+                password=access.password or None,
+                ssl_context=tls,
+                clock=self._data_time,
+            )
+            self.stations[point.charge_point_id] = station
+        else:
+            station.add_connector(spec)
+        vehicle: Literal["car", "truck"] = "truck" if device.vehicle == "truck" else "car"
+        model.ocpp_chargers.append(
+            PlazaCharger(
+                sim=station,
+                connector_id=point.connector_id,
+                vehicle=vehicle,
+                key=f"{connection.id}/{device.id}",
+            )
+        )
+
+    def _data_time(self) -> float:
+        return self.clock.timestamp() if self.clock is not None else self.now.timestamp()
+
     def device(self, gateway: str, device: str) -> SimulatedDevice[Any] | None:
         return self._devices.get((gateway, device))
 
@@ -250,6 +328,13 @@ class CommunitySimulator:
             )
             for inverter in model.inverters:
                 inverter.state.available_w = float(next(available))
+            if model.ocpp_chargers:
+                self._plaza_plans = plaza_step(
+                    model.ocpp_chargers, t.timestamp(), seed=self.seed, plans=self._plaza_plans
+                )
+                if not self._online:  # stepped by hand: the charge points' meters step with the physics
+                    for station in {id(c.sim): c.sim for c in model.ocpp_chargers}.values():
+                        station.tick()
             for charger, key, vehicle in model.chargers:
                 now_s = t.timestamp()
                 state = charger.state
@@ -280,6 +365,10 @@ class CommunitySimulator:
                 energy_wh += battery.state.advance(dt_s)
             for charger, _key, _vehicle in model.chargers:
                 energy_wh += charger.state.advance(dt_s, real_s=real_s)
+            for plaza in model.ocpp_chargers:  # the charge point counts its own energy; the meter sees it too
+                register = plaza.sim.energy_wh(plaza.connector_id)
+                energy_wh += register - self._ocpp_counted.get(plaza.key, 0.0)
+                self._ocpp_counted[plaza.key] = register
             if model.meter is not None:
                 model.meter.state.power_w = net
                 model.meter.state.add_energy(energy_wh)
@@ -309,6 +398,10 @@ class CommunitySimulator:
         self.step(0.0)
         servers = [GatewayServer(host=h, port=p, devices=d) for (h, p), d in sorted(self._by_address.items())]
         started: list[GatewayServer] = []
+        stations = [
+            asyncio.create_task(station.run(stop), name=f"ocpp-{station.id}")
+            for station in self.stations.values()
+        ]
         try:
             for server in servers:
                 await server.start()
@@ -331,5 +424,10 @@ class CommunitySimulator:
                 self.step(max(0.0, data - last_data), real_s=now - last)
                 last, last_data = now, data
         finally:
+            for task in stations:
+                task.cancel()
+            for task in stations:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             for server in started:
                 await server.stop()

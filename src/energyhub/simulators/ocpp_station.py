@@ -247,6 +247,13 @@ class ChargePointSim:
     def connector_spec(self, connector_id: int) -> ConnectorSpec:
         return self._connector(connector_id).spec
 
+    def add_connector(self, spec: ConnectorSpec) -> None:
+        """One more connector (before ``run``): a station is built from the devices that stand for its
+        connectors, one by one."""
+        if spec.connector_id in self._connectors:
+            raise ValueError(f"charge point {self.id} has connector {spec.connector_id} already")
+        self._connectors[spec.connector_id] = _Connector(spec=spec)
+
     def power_w(self, connector_id: int) -> float:
         return self._connector(connector_id).power_w
 
