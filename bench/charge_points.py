@@ -173,16 +173,16 @@ async def measure(kind: str, points: int, seconds: float, folder: Path) -> dict[
 
     children = start_children(url, points, seconds + 60)
     try:
-        # Warm up: every station connected and sending (about one value per station per second).
-        deadline = time.monotonic() + 60
-        last, last_at = count(), time.monotonic()
-        while time.monotonic() < deadline:
+        # Warm up: every station connected and what they queued while connecting sent: two windows in a row at
+        # one value per station per second.
+        deadline = time.monotonic() + 90
+        last, last_at, steady = count(), time.monotonic(), 0
+        while time.monotonic() < deadline and steady < 2:
             await asyncio.sleep(2.0)  # the rate is judged over two seconds
             now = count()
             rate = (now - last) / (time.monotonic() - last_at)
             last, last_at = now, time.monotonic()
-            if rate >= 0.95 * points:
-                break
+            steady = steady + 1 if 0.95 * points <= rate <= 1.05 * points else 0
         cpu0, wall0, n0 = time.process_time(), time.monotonic(), count()
         await asyncio.sleep(seconds)  # the measured window
         cpu, wall, n = time.process_time() - cpu0, time.monotonic() - wall0, count() - n0

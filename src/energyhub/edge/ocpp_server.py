@@ -292,9 +292,9 @@ class _Station:
             return
         try:
             await super().route_message(raw_msg)  # type: ignore[misc]
-        except (
-            Exception
-        ) as exc:  # a handler's bug must not close every station's session: refuse this message
+        except ConnectionClosed:
+            raise  # the station is gone: its session ends, there is no one to answer
+        except Exception as exc:  # a handler's bug must not end the station's session: refuse this message
             log.exception("charger %s: could not handle %.200r", self.id, raw_msg)
             if parsed[0] == 2:
                 await self._send(json.dumps([4, str(parsed[1])[:36], "InternalError", str(exc)[:200], {}]))
