@@ -300,6 +300,23 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
                     await asyncio.sleep(0.2)  # poll interval of a condition wait
 
         assert {"meter", "pv"} <= asyncio.run(asyncio.wait_for(roles(), 30))
+
+        async def plaza_over_ocpp() -> list[str]:
+            # The plaza's chargers are simulated OCPP charge points: their meter values reach influxd through
+            # gw-018's OCPP server (TLS, the demo's passwords), its buffer, the broker and the ingest.
+            async with influx:
+                while True:
+                    series = await influx.query(
+                        'SELECT last("energy_delivered_wh") FROM "device" WHERE "gateway" = \'gw-018\' '
+                        'AND "role" = \'ev\' GROUP BY "device"'
+                    )
+                    found = sorted(s.tags["device"] for s in series)
+                    if len(found) == 18:
+                        return found
+                    await asyncio.sleep(0.2)  # poll interval of a condition wait
+
+        chargers = asyncio.run(asyncio.wait_for(plaza_over_ocpp(), 60))
+        assert {c for c in chargers if c.startswith("ev-truck-")} == {f"ev-truck-{n}" for n in range(1, 7)}
         # The demo ends by naming the live page, which answers with the flows of the simulated part.
         assert output[-1].strip() == f"Live page: http://127.0.0.1:{ports['EHUB_API_PORT']}/"
         flows = httpx.get(f"http://127.0.0.1:{ports['EHUB_API_PORT']}/api/flows", timeout=10).json()
