@@ -571,7 +571,7 @@ def _devices(c: Company, port: int, *, planned: bool) -> list[Flow]:
     devices: list[Flow] = []
 
     def add(device_id: str, role: str, profile: str, **ratings: Any) -> None:
-        address = Flow(host="127.0.0.1", port=port, unit_id=len(devices) + 1)
+        address = Flow(host="127.0.0.1", port=port, unit_id=1 + sum("modbus" in d for d in devices))
         devices.append(Flow(id=device_id, role=role, profile=profile, **ratings, modbus=address))
 
     add("meter", "meter", "eastron_sdm630")
@@ -598,7 +598,14 @@ def _devices(c: Company, port: int, *, planned: bool) -> list[Flow]:
             )
         else:
             add(f"ev-{vehicle}-{n}", "ev", "ev_charger", power_kw=kw, vehicle=vehicle)
-    if planned:
+    number = port - 20000
+    if number % 4 == 2 and not c.role:
+        # A quarter of the companies have their gas and water meters read too ("meten is weten"): wired M-Bus
+        # behind a TCP level converter of their own.
+        line = Flow(host="127.0.0.1", port=21000 + number)
+        devices.append(Flow(id="gas", role="gas", profile="elster_bk_g4_mbus", mbus=Flow(**line, address=1)))
+        devices.append(Flow(id="water", role="water", profile="kamstrup_flowiq_2101", mbus=Flow(**line, address=2)))
+    if planned:  # last: the planned estate is today's devices plus these
         for i, kwp in enumerate(c.pv_planned, start=len(c.pv_today) + 1):
             add(f"pv-{i}", "pv", "sunspec_inverter", kwp=kwp, ac_kw=round(kwp / DC_AC_RATIO))
     return devices

@@ -82,7 +82,8 @@ def test_published_figures(path: Path, pv_kwp: float, pv_companies: int) -> None
     # The offtake limit sits below what the companies have contracted together: the grid is full.
     assert community.hub.limits.import_kw is not None
     assert community.hub.limits.import_kw < summary.contracted_import_kw
-    assert 350 <= sum(summary.devices.values()) <= 500
+    assert 350 <= sum(summary.devices.values()) - summary.devices["gas"] - summary.devices["water"] <= 500
+    assert summary.devices["gas"] == summary.devices["water"] == 23  # a quarter of the companies, on M-Bus
     assert any(loop.micro_groups for loop in community.loops)
     for loop in community.loops:
         assert loop.capacity_kva is not None
@@ -105,8 +106,8 @@ def test_every_company_has_a_gateway_and_a_grid_meter(path: Path) -> None:
         on_modbus = [d for d in connection.devices if d.modbus is not None]
         assert [d.modbus.unit_id for d in on_modbus if d.modbus] == list(range(1, len(on_modbus) + 1))
         assert {d.modbus.port for d in on_modbus if d.modbus} == {20000 + n}
-        # The rest are the plaza's chargers, which speak OCPP to their gateway.
-        assert all(d.ocpp is not None for d in connection.devices if d.modbus is None)
+        # The rest are the plaza's chargers, which speak OCPP to their gateway, and gas and water meters on M-Bus.
+        assert all(d.ocpp or d.mbus for d in connection.devices if d.modbus is None)
         assert connection.limits.import_kw is not None
         assert connection.limits.import_kw <= connection.capacity_kva
         for device in connection.devices:

@@ -43,7 +43,9 @@ def test_energy_is_conserved(community):
         pv_wh = sum(i.state.energy_wh for i in model.inverters)
         battery_wh = sum(b.state.energy_in_wh - b.state.energy_out_wh for b in model.batteries)
         ev_wh = sum(c.state.energy_wh for c, _k, _v in model.chargers)
-        ev_wh += sum(c.sim.energy_wh(c.connector_id) for c in model.ocpp_chargers)  # the plaza's OCPP chargers
+        ev_wh += sum(
+            c.sim.energy_wh(c.connector_id) for c in model.ocpp_chargers
+        )  # the plaza's OCPP chargers
         # The grid meter's energy is the energy of everything behind it.
         assert net_wh + pv_wh - battery_wh - ev_wh == pytest.approx(model.load_energy_wh, rel=1e-9, abs=1e-6)
         if model.sub_meters:

@@ -120,6 +120,14 @@ def demo_ports(plan: DemoPlan, community: Community) -> list[tuple[str, int, str
         }
     )
     ports += [(host, port, "a plaza gateway's OCPP server") for host, port in ocpp]
+    mbus = sorted(
+        {
+            (d.mbus.host, d.mbus.port)
+            for c, d in community.devices()
+            if d.mbus and community.gateway_of(c, d) in chosen
+        }
+    )
+    ports += [(host, port, "a simulated company's M-Bus converter") for host, port in mbus]
     return ports
 
 

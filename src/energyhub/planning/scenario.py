@@ -301,9 +301,13 @@ def _add_device(doc: dict[str, Any], connection: dict[str, Any], device: dict[st
     ids = {d["id"] for d in devices}
     if device["id"] in ids:
         raise _Problem((), f"connection {connection['id']} already has a device {device['id']!r}")
-    first = next(d["modbus"] for d in devices if "modbus" in d)  # the meter at least: every connection has one
+    first = next(
+        d["modbus"] for d in devices if "modbus" in d
+    )  # the meter at least: every connection has one
     used = {
-        d["modbus"].get("unit_id", 1) for d in devices if "modbus" in d and d["modbus"].get("host") == first["host"]
+        d["modbus"].get("unit_id", 1)
+        for d in devices
+        if "modbus" in d and d["modbus"].get("host") == first["host"]
     }
     unit = next(u for u in range(1, 248) if u not in used)
     device["gateway"] = devices[0].get("gateway", gateways[0]["id"])

@@ -35,6 +35,7 @@ from energyhub.simulators.devices import (
     SimulatedDevice,
 )
 from energyhub.simulators.ev_charger import ChargerDevice, ChargerState, Session
+from energyhub.simulators.mbus_meter import MbusMeterSim, MbusServer, serve_mbus
 from energyhub.simulators.modbus_server import GatewayServer
 from energyhub.simulators.ocpp_station import (
     ChargePointSim,
@@ -150,6 +151,7 @@ class CommunitySimulator:
         self._devices: dict[tuple[str, str], SimulatedDevice[Any]] = {}
         self._ocpp_access = ocpp_chargers or {}
         self.stations: dict[str, ChargePointSim] = {}  # the OCPP charge points, by identity
+        self.mbus_meters: dict[tuple[str, int], list[MbusMeterSim]] = {}  # gas and water, per M-Bus converter
         self._plaza_plans: PlazaPlans | None = None
         self._online = False  # run(): the charge points run their own meter loop, online
         self._ocpp_counted: dict[
@@ -192,8 +194,11 @@ class CommunitySimulator:
             if device.ocpp is not None:
                 self._add_station(model, connection, device, gateway)
                 continue
-            if device.modbus is None:
-                continue  # an M-Bus meter: simulated by simulators/mbus_meter.py, not on a Modbus port
+            if device.mbus is not None:
+                self._add_mbus_meter(connection, device)
+                continue
+            if device.modbus is None:  # pragma: no cover - a device has one transport (the community checks)
+                continue
             unit = device.modbus.unit_id
             sim: SimulatedDevice[Any]
             profile = device.profile
@@ -285,6 +290,17 @@ class CommunitySimulator:
                 key=f"{connection.id}/{device.id}",
             )
         )
+
+    def _add_mbus_meter(self, connection: Connection, device: Device) -> None:
+        """A gas or water meter behind its connection's M-Bus converter; its use follows the connection's size."""
+        line = device.mbus
+        assert line is not None
+        per_day = (connection.annual_use_kwh or 100_000.0) / 365.0
+        make = MbusMeterSim.gas if device.role is DeviceRole.GAS else MbusMeterSim.water
+        # Gas: about 0.05 m³ per kWh of electricity a day for these trades; water: 0.01 m³.
+        share = 0.05 if device.role is DeviceRole.GAS else 0.01
+        meter = make(line.address, clock=self._data_time, m3_per_day=per_day * share)
+        self.mbus_meters.setdefault((line.host, line.port), []).append(meter)
 
     def _data_time(self) -> float:
         return self.clock.timestamp() if self.clock is not None else self.now.timestamp()
@@ -402,7 +418,10 @@ class CommunitySimulator:
             asyncio.create_task(station.run(stop), name=f"ocpp-{station.id}")
             for station in self.stations.values()
         ]
+        converters: list[MbusServer] = []
         try:
+            for (host, port), meters in sorted(self.mbus_meters.items()):
+                converters.append(await serve_mbus(host, port, meters))
             for server in servers:
                 await server.start()
                 started.append(server)
@@ -431,3 +450,5 @@ class CommunitySimulator:
                     await task
             for server in started:
                 await server.stop()
+            for converter in converters:
+                await converter.stop()
