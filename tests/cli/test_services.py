@@ -317,6 +317,22 @@ def test_energyhub_services_stops_both_on_ctrl_c(tmp_path):
 
         chargers = asyncio.run(asyncio.wait_for(plaza_over_ocpp(), 60))
         assert {c for c in chargers if c.startswith("ev-truck-")} == {f"ev-truck-{n}" for n in range(1, 7)}
+
+        async def gas_and_water() -> dict[str, float]:
+            # gw-002's gas and water meters, read over M-Bus from the simulated converter, are in influxd.
+            async with influx:
+                while True:
+                    series = await influx.query(
+                        'SELECT last("volume_m3") FROM "device" WHERE "gateway" = \'gw-002\' GROUP BY "role"'
+                    )
+                    found = {s.tags["role"]: s.values[0][1] for s in series}
+                    if {"gas", "water"} <= found.keys():
+                        return found
+                    await asyncio.sleep(0.2)  # poll interval of a condition wait
+
+        volumes = asyncio.run(asyncio.wait_for(gas_and_water(), 60))
+        assert volumes["gas"] > 1000  # the simulated meters start at 1234.56 and 321.987 m³
+        assert volumes["water"] > 300
         # The demo ends by naming the live page, which answers with the flows of the simulated part.
         assert output[-1].strip() == f"Live page: http://127.0.0.1:{ports['EHUB_API_PORT']}/"
         flows = httpx.get(f"http://127.0.0.1:{ports['EHUB_API_PORT']}/api/flows", timeout=10).json()
