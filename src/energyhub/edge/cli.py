@@ -41,6 +41,7 @@ def edge(
 
     configure_logging(verbose)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # failures are reported per device, on change
+    logging.getLogger("ocpp").setLevel(logging.WARNING)  # the library logs every message at INFO
     try:
         configs = [load_agent_config(path) for path in config]
         for settings in configs:
