@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse
 from energyhub.api.context import ApiContext
 from energyhub.api.guard import RequestGuard
 from energyhub.api.levers import day_ahead_router, override_router
+from energyhub.api.plaza import plaza_router
 from energyhub.api.settings import ApiSettings, load_api_settings
 from energyhub.api.views import aggregate_router, gateway_router, state_router
 
@@ -72,6 +73,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # The token of a write and the size of a body, before the body is read (FastAPI reads it before it runs a
     # route's dependencies).
     app.add_middleware(RequestGuard, token=settings.token, max_body_bytes=settings.max_body_bytes)
-    for router in (state_router, gateway_router, aggregate_router, day_ahead_router, override_router):
+    for router in (
+        state_router,
+        gateway_router,
+        aggregate_router,
+        day_ahead_router,
+        override_router,
+        plaza_router,
+    ):
         app.include_router(router(ctx))
     return app

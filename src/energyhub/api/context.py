@@ -13,6 +13,7 @@ from energyhub.api.guard import token_refusal
 from energyhub.api.link import BrokerLink
 from energyhub.api.live import LiveView
 from energyhub.api.settings import ApiSettings
+from energyhub.domain.bookings import BookingStore
 from energyhub.domain.community import load_community
 from energyhub.domain.day_ahead import DayAheadStore
 from energyhub.domain.topology import Community, Device
@@ -34,6 +35,7 @@ class ApiContext:
     link: BrokerLink
     influx: InfluxClient
     day_ahead: DayAheadStore
+    bookings: BookingStore
     devices: dict[tuple[str, str], tuple[str, Device]]  # (gateway, device) -> (connection, device)
     gateways: frozenset[str]  # every gateway of the community, with devices or not
 
@@ -56,6 +58,7 @@ class ApiContext:
             link=link,
             influx=settings.influx(),
             day_ahead=DayAheadStore(settings.state_dir / "day_ahead"),
+            bookings=BookingStore(settings.state_dir / "bookings"),
             devices=devices,
             gateways=frozenset(gateways | {g for g, _ in devices}),
         )

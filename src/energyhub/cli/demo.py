@@ -288,6 +288,8 @@ def _control(plan: DemoPlan, control_community: Path) -> ProcessSpec:
         str(control_community),
         "--day-ahead-dir",
         str(plan.state / "api" / "day_ahead"),
+        "--bookings-dir",
+        str(plan.state / "api" / "bookings"),
         "--cycle-s",
         f"{plan.control_cycle_s:g}",
     )

@@ -183,6 +183,10 @@ def control_command(
         Path | None,
         typer.Option(help="Day-ahead profiles uploaded through the API (its STATE_DIR/day_ahead)."),
     ] = None,
+    bookings_dir: Annotated[
+        Path | None,
+        typer.Option(help="Plaza bookings made through the API (its STATE_DIR/bookings)."),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
     *,
     connection: dict[str, Any],
@@ -205,6 +209,7 @@ def control_command(
             mqtt_keepalive_s=mqtt_keepalive_s,
             site=site,
             day_ahead_dir=day_ahead_dir,
+            bookings_dir=bookings_dir,
         )
     )
     controller = build_or_exit(lambda: OnlineController(settings))

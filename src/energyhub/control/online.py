@@ -39,6 +39,7 @@ from energyhub.control.settings import ControlSettings, load_control_settings, w
 from energyhub.control.simulate import ShareKeyError, share_key
 from energyhub.control.snapshot import LiveState, Snapshot
 from energyhub.control.write import Sent, SetpointWriter
+from energyhub.domain.bookings import BookingStore
 from energyhub.domain.clock import Clock, clock_from_env
 from energyhub.domain.community import load_community
 from energyhub.domain.limits import LimitBook
@@ -67,6 +68,8 @@ class OnlineController:
         self.network = Network.from_community(self.community)
         self.topics = Topics(site=s.site or self.community.community.id, root=s.topic_root)
         self.day_ahead = DayAheadReload(self.community, s.day_ahead_dir)
+        self.bookings = BookingStore(s.bookings_dir) if s.bookings_dir is not None else None
+        self._bookings_stamp: tuple[int, int] = (0, 0)
         self.acks = SetpointAcks()
         self.image = ProcessImage(
             self.community,
@@ -96,6 +99,7 @@ class OnlineController:
             margin_kw=s.margin_kw,
         )
         self.refresh_day_ahead()
+        self.refresh_bookings(self.clock.now())
         self.writer = SetpointWriter(
             self.topics, self.acks, ttl_s=s.setpoint_ttl_s, data_ttl_s=self.clock.data_s(s.setpoint_ttl_s)
         )
@@ -152,6 +156,20 @@ class OnlineController:
         self.control.book = self.day_ahead.book
         return changed
 
+    def refresh_bookings(self, now: datetime) -> None:
+        """The plaza bookings whose departure is ahead, into the process image (read when the folder changed,
+        and pruned of the departed at every look)."""
+        if self.bookings is None:
+            return
+        stamp = self.bookings.stamp()
+        if stamp != self._bookings_stamp:
+            self._bookings_stamp = stamp
+            found, problems = self.bookings.load()
+            for problem in problems:
+                log.warning("plaza booking not used: %s", problem)
+            self.state.bookings = {f"{c}/{d}": b for (c, d), b in found.items()}
+        self.state.bookings = {k: b for k, b in self.state.bookings.items() if b.departure > now}
+
     def _limits_now(self, now: datetime, load_kw: Array | None = None) -> tuple[Array, Array, Array, Array]:
         """What a cycle at ``now`` would aim at per node: (import, export) for the rest of the quarter hour, and
         the limits with the margin."""
@@ -177,6 +195,7 @@ class OnlineController:
         now, mono = self.clock.now(), time.monotonic()
         if self.day_ahead.due(mono):
             self.refresh_day_ahead()
+            self.refresh_bookings(now)
         snap = self.image.freeze(now, mono)
         decision = decide(self.control, snap, now)
         self.last_decision, self.last_snapshot = decision, snap

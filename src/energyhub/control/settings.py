@@ -58,6 +58,11 @@ class ControlSettings(ConnectedSettings):
     load_smoothing_s: float = Field(
         5.0, ge=0, description="Time constant of the filter on the inferred load."
     )
+    bookings_dir: Path | None = Field(
+        Path("var/api/bookings"),
+        description="Plaza bookings made through the API (its state_dir/bookings): a charger's energy wanted and "
+        "departure where its session says nothing. None: not read.",
+    )
     day_ahead_dir: Path | None = Field(
         Path("var/api/day_ahead"),
         description="Day-ahead profiles uploaded through the API (its state_dir/day_ahead); read every few "

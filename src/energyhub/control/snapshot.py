@@ -16,12 +16,14 @@ import numpy as np
 import numpy.typing as npt
 
 from energyhub.control.isp_energy import IspEnergy
+from energyhub.domain.bookings import Booking
 from energyhub.domain.network import Network
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.wire.messages import Measurement, Quality
 from energyhub.wire.roles import (
     APPLIED_CURRENT_A,
     DEPARTURE_TS,
+    ENERGY_DELIVERED_WH,
     ENERGY_EXPORT_WH,
     ENERGY_IMPORT_WH,
     ENERGY_WANTED_WH,
@@ -114,6 +116,10 @@ class LiveState:
         }
         self.energy = IspEnergy()  # the quarter hour's energy per connection, from the meters' own counters
         self.vehicle_kw: dict[int, float] = {}  # per charger: the most its present vehicle was seen to take
+        # Plaza bookings by charger key ("connection/device"), for sessions that say nothing of themselves; and
+        # the charger's energy register when its booked vehicle was first seen plugged in.
+        self.bookings: dict[str, Booking] = {}
+        self.booked_from_wh: dict[str, float] = {}
 
     def update(self, gateway: str, device: str, message: Measurement) -> None:
         self.latest[(gateway, device)] = (time.monotonic(), message)
@@ -232,9 +238,19 @@ class LiveState:
             )
             wanted = self._value(ref, ENERGY_WANTED_WH, now)
             departure = self._value(ref, DEPARTURE_TS, now)
-            if frame.connected[c]:
-                frame.wanted[c] = np.nan if wanted is None else max(wanted, 0.0) / 1000.0
-                frame.departure[c] = np.nan if departure is None else departure
+            key = f"{self.community_connection(ref)}/{ref.device}"
+            if not frame.connected[c]:
+                self.booked_from_wh.pop(key, None)
+                return
+            booking = self.bookings.get(key)
+            if (wanted is None or departure is None) and booking is not None:
+                # The session says nothing of itself: its booking says it, less what it has taken since.
+                register = self._value(ref, ENERGY_DELIVERED_WH, now)
+                start = self.booked_from_wh.setdefault(key, register or 0.0)
+                wanted = booking.energy_kwh * 1000 - max(0.0, (register or start) - start)
+                departure = booking.departure.timestamp()
+            frame.wanted[c] = np.nan if wanted is None else max(wanted, 0.0) / 1000.0
+            frame.departure[c] = np.nan if departure is None else departure
 
     def _vehicle_max(
         self, charger: int, taking_kw: float, offered_a: float | None, state: float | None, rating_kw: float
