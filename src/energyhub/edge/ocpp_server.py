@@ -56,7 +56,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from energyhub.domain.clock import Clock
-from energyhub.domain.topology import DeviceRole
+from energyhub.domain.topology import DeviceRole, OcppPoint
 from energyhub.edge.charger_passwords import ChargerPasswords
 from energyhub.edge.config import DeviceConfig, OcppServer
 from energyhub.wire.messages import Quality, Setpoint, SetpointAck, SetpointStatus
@@ -80,6 +80,14 @@ SEEN_MAX = 1024  # transaction messages remembered per station, to store a repea
 MAX_MESSAGE_BYTES = 64 * 1024  # a meter value is under 2 kB; a station sending megabytes is misbehaving
 DEFAULT_MAX_A = 600.0
 CONTROL_LEVEL, FAILSAFE_LEVEL = 1, 0
+STATION_MAX_ID = 90
+
+
+def _profile_id(level: int, connector_id: int) -> int:
+    """One profile id per (stack level, connector): a new limit replaces the old one at the station."""
+    return 100 * (level + 1) + connector_id
+
+
 # IEC 61851 codes as the Modbus chargers report them (A 0, B1 1, B2 2, C1 3, C2 4, D1 5, D2 6, E 7, F 8).
 _MODE3_16 = {
     "Available": 0,
@@ -113,6 +121,11 @@ class Connector:
     energy_wh: float | None = None
     limit_a: float | None = None  # control's limit the station accepted, valid until `limit_until`
     limit_until: float = 0.0
+
+    @property
+    def point(self) -> OcppPoint:
+        assert self.device.ocpp is not None  # only OCPP devices have a connector
+        return self.device.ocpp
 
     def offered_a(self, now: float) -> float:
         return min(
@@ -236,20 +249,68 @@ class _Station:
                 quality = Quality.BAD if all(v is None for v in values.values()) else Quality.PARTIAL
             await self.service.record(connector.device.id, values, quality, ts)
 
+    max_purpose: str  # the station maximum's purpose in this version
+    per_a: float  # what one ampere of control's current is in the unit this version's profiles use
+
     async def configure(self) -> None:
-        """After boot: the sample interval, the failsafe default, the station maximum, control's live limit."""
-        raise NotImplementedError
+        """After boot: the sample interval, the failsafe default, the station maximum."""
+        await self._sampling()
+        station_max = self.service.station_max_a(self.connectors)
+        if station_max is not None:
+            await self._send_profile(0, STATION_MAX_ID, FAILSAFE_LEVEL, self.max_purpose, station_max, None)
+        for connector in self.connectors.values():
+            await self.set_limit(connector, connector.failsafe_a, FAILSAFE_LEVEL, None)
 
     async def set_limit(
         self, connector: Connector, amps: float, level: int, until: float | None
     ) -> str | None:
-        raise NotImplementedError
+        cid = connector.point.connector_id
+        return await self._send_profile(cid, _profile_id(level, cid), level, "TxDefaultProfile", amps, until)
+
+    async def _send_profile(
+        self, connector_id: int, profile_id: int, level: int, purpose: str, amps: float, until: float | None
+    ) -> str | None:
+        now = self.service.clock.timestamp()
+        schedule = {
+            "charging_rate_unit": "A" if self.per_a == 1.0 else "W",
+            "start_schedule": _iso(now),
+            "charging_schedule_period": [{"start_period": 0, "limit": round(amps * self.per_a, 1)}],
+        }
+        profile: dict[str, Any] = {
+            "stack_level": level,
+            "charging_profile_purpose": purpose,
+            "charging_profile_kind": "Absolute",
+        }
+        if until is not None:
+            profile["valid_from"], profile["valid_to"] = _iso(now), _iso(until)
+        answer = await self._ask(self._profile_call(connector_id, profile_id, profile, schedule))
+        if answer is None:
+            return f"charger {self.id} did not answer the charging profile"
+        return None if answer.status == "Accepted" else f"charger {self.id} answered {answer.status}"
 
     async def clear_limit(self, connector: Connector) -> str | None:
-        raise NotImplementedError
+        """Control's profile cleared: the station is at its level-0 failsafe."""
+        answer = await self._ask(self._clear_call(_profile_id(CONTROL_LEVEL, connector.point.connector_id)))
+        return None if answer is not None and answer.status in ("Accepted", "Unknown") else "not cleared"
 
     async def composite_a(self, connector: Connector) -> float | None:
         """The limit the station says is in force now (GetCompositeSchedule), in A: the read-back."""
+        answer = await self._ask(self._composite_call(connector.point.connector_id))
+        return _first_limit(answer, self.per_a)
+
+    # What each version says differently.
+    async def _sampling(self) -> None:
+        raise NotImplementedError
+
+    def _profile_call(
+        self, connector_id: int, profile_id: int, profile: dict[str, Any], schedule: dict[str, Any]
+    ) -> Any:
+        raise NotImplementedError
+
+    def _clear_call(self, profile_id: int) -> Any:
+        raise NotImplementedError
+
+    def _composite_call(self, connector_id: int) -> Any:
         raise NotImplementedError
 
     async def _ask(self, request: Any) -> Any:
@@ -302,6 +363,8 @@ class _Station:
 
 class Station16(_Station, ChargePoint16):
     version = "1.6"
+    max_purpose = "ChargePointMaxProfile"
+    per_a = 1.0  # 1.6 AC profiles in A
     _tx_ids = itertools.count(1)
 
     @on("BootNotification")
@@ -361,64 +424,31 @@ class Station16(_Station, ChargePoint16):
             await self._record(connector_id, meter_value)
         return result16.MeterValues()
 
-    async def configure(self) -> None:
+    async def _sampling(self) -> None:
         interval = str(self.service.config.meter_interval_s)
         for key, value in (
             ("MeterValueSampleInterval", interval),
             ("MeterValuesSampledData", "Energy.Active.Import.Register,Power.Active.Import,Current.Import"),
         ):
             await self._ask(call16.ChangeConfiguration(key=key, value=value))
-        station_max = self.service.station_max_a(self.connectors)
-        if station_max is not None:
-            await self._send_profile(0, 90, FAILSAFE_LEVEL, "ChargePointMaxProfile", station_max, None)
-        for connector in self.connectors.values():
-            await self.set_limit(connector, connector.failsafe_a, FAILSAFE_LEVEL, None)
 
-    async def _send_profile(
-        self, connector_id: int, profile_id: int, level: int, purpose: str, amps: float, until: float | None
-    ) -> str | None:
-        now = self.service.clock.timestamp()
-        profile: dict[str, Any] = {
-            "charging_profile_id": profile_id,
-            "stack_level": level,
-            "charging_profile_purpose": purpose,
-            "charging_profile_kind": "Absolute",
-            "charging_schedule": {
-                "charging_rate_unit": "A",
-                "start_schedule": _iso(now),
-                "charging_schedule_period": [{"start_period": 0, "limit": round(amps, 1)}],
-            },
-        }
-        if until is not None:
-            profile["valid_from"], profile["valid_to"] = _iso(now), _iso(until)
-        answer = await self._ask(
-            call16.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=profile)
-        )
-        if answer is None:
-            return f"charger {self.id} did not answer the charging profile"
-        return None if answer.status == "Accepted" else f"charger {self.id} answered {answer.status}"
+    def _profile_call(
+        self, connector_id: int, profile_id: int, profile: dict[str, Any], schedule: dict[str, Any]
+    ) -> Any:
+        full = {"charging_profile_id": profile_id, **profile, "charging_schedule": schedule}
+        return call16.SetChargingProfile(connector_id=connector_id, cs_charging_profiles=full)
 
-    async def set_limit(
-        self, connector: Connector, amps: float, level: int, until: float | None
-    ) -> str | None:
-        cid = connector.device.ocpp.connector_id  # type: ignore[union-attr]
-        return await self._send_profile(cid, 100 * (level + 1) + cid, level, "TxDefaultProfile", amps, until)
+    def _clear_call(self, profile_id: int) -> Any:
+        return call16.ClearChargingProfile(id=profile_id)
 
-    async def clear_limit(self, connector: Connector) -> str | None:
-        cid = connector.device.ocpp.connector_id  # type: ignore[union-attr]
-        answer = await self._ask(call16.ClearChargingProfile(id=100 * (CONTROL_LEVEL + 1) + cid))
-        return None if answer is not None and answer.status in ("Accepted", "Unknown") else "not cleared"
-
-    async def composite_a(self, connector: Connector) -> float | None:
-        cid = connector.device.ocpp.connector_id  # type: ignore[union-attr]
-        answer = await self._ask(
-            call16.GetCompositeSchedule(connector_id=cid, duration=60, charging_rate_unit="A")
-        )
-        return _first_limit(answer, 1.0)
+    def _composite_call(self, connector_id: int) -> Any:
+        return call16.GetCompositeSchedule(connector_id=connector_id, duration=60, charging_rate_unit="A")
 
 
 class Station201(_Station, ChargePoint201):
     version = "2.0.1"
+    max_purpose = "ChargingStationMaxProfile"
+    per_a = CHARGER_W_PER_A  # 2.0.1 DC profiles in W
 
     @on("BootNotification")
     async def on_boot(self, charging_station: dict[str, Any], reason: str, **_: Any) -> Any:
@@ -511,76 +541,35 @@ class Station201(_Station, ChargePoint201):
             await self._record(evse_id, meter_value)
         return result201.MeterValues()
 
-    async def configure(self) -> None:
+    async def _sampling(self) -> None:
         interval = str(self.service.config.meter_interval_s)
         await self._ask(
             call201.SetVariables(
                 set_variable_data=[
                     {
                         "attribute_value": interval,
-                        "component": {"name": "SampledDataCtrlr"},
-                        "variable": {"name": "TxUpdatedInterval"},
-                    },
-                    {
-                        "attribute_value": interval,
-                        "component": {"name": "AlignedDataCtrlr"},
-                        "variable": {"name": "Interval"},
-                    },
+                        "component": {"name": component},
+                        "variable": {"name": variable},
+                    }
+                    for component, variable in (
+                        ("SampledDataCtrlr", "TxUpdatedInterval"),
+                        ("AlignedDataCtrlr", "Interval"),
+                    )
                 ]
             )
         )
-        station_max = self.service.station_max_a(self.connectors)
-        if station_max is not None:
-            await self._send_profile(0, 90, FAILSAFE_LEVEL, "ChargingStationMaxProfile", station_max, None)
-        for connector in self.connectors.values():
-            await self.set_limit(connector, connector.failsafe_a, FAILSAFE_LEVEL, None)
 
-    async def _send_profile(
-        self, evse_id: int, profile_id: int, level: int, purpose: str, amps: float, until: float | None
-    ) -> str | None:
-        now = self.service.clock.timestamp()
-        profile: dict[str, Any] = {
-            "id": profile_id,
-            "stack_level": level,
-            "charging_profile_purpose": purpose,
-            "charging_profile_kind": "Absolute",
-            "charging_schedule": [
-                {
-                    "id": profile_id,
-                    "charging_rate_unit": "W",
-                    "start_schedule": _iso(now),
-                    "charging_schedule_period": [{"start_period": 0, "limit": round(amps * CHARGER_W_PER_A)}],
-                }
-            ],
-        }
-        if until is not None:
-            profile["valid_from"], profile["valid_to"] = _iso(now), _iso(until)
-        answer = await self._ask(call201.SetChargingProfile(evse_id=evse_id, charging_profile=profile))
-        if answer is None:
-            return f"charger {self.id} did not answer the charging profile"
-        return None if answer.status == "Accepted" else f"charger {self.id} answered {answer.status}"
+    def _profile_call(
+        self, connector_id: int, profile_id: int, profile: dict[str, Any], schedule: dict[str, Any]
+    ) -> Any:
+        full = {"id": profile_id, **profile, "charging_schedule": [{"id": profile_id, **schedule}]}
+        return call201.SetChargingProfile(evse_id=connector_id, charging_profile=full)
 
-    async def set_limit(
-        self, connector: Connector, amps: float, level: int, until: float | None
-    ) -> str | None:
-        evse = connector.device.ocpp.connector_id  # type: ignore[union-attr]
-        return await self._send_profile(
-            evse, 100 * (level + 1) + evse, level, "TxDefaultProfile", amps, until
-        )
+    def _clear_call(self, profile_id: int) -> Any:
+        return call201.ClearChargingProfile(charging_profile_id=profile_id)
 
-    async def clear_limit(self, connector: Connector) -> str | None:
-        evse = connector.device.ocpp.connector_id  # type: ignore[union-attr]
-        answer = await self._ask(
-            call201.ClearChargingProfile(charging_profile_id=100 * (CONTROL_LEVEL + 1) + evse)
-        )
-        return None if answer is not None and answer.status in ("Accepted", "Unknown") else "not cleared"
-
-    async def composite_a(self, connector: Connector) -> float | None:
-        evse = connector.device.ocpp.connector_id  # type: ignore[union-attr]
-        answer = await self._ask(
-            call201.GetCompositeSchedule(duration=60, evse_id=evse, charging_rate_unit="W")
-        )
-        return _first_limit(answer, CHARGER_W_PER_A)
+    def _composite_call(self, connector_id: int) -> Any:
+        return call201.GetCompositeSchedule(duration=60, evse_id=connector_id, charging_rate_unit="W")
 
 
 def _first_limit(answer: Any, per_a: float) -> float | None:
@@ -734,7 +723,7 @@ class OcppService:
 
     # -- control's limits ------------------------------------------------------------------------------------
     def _station_of(self, connector: Connector) -> _Station | None:
-        station = self.stations.get(connector.device.ocpp.charge_point_id)  # type: ignore[union-attr]
+        station = self.stations.get(connector.point.charge_point_id)
         return station if station is not None and station.booted.is_set() else None
 
     async def limit(self, device_id: str, amps: float, until: float) -> tuple[str | None, float | None]:
@@ -742,7 +731,7 @@ class OcppService:
         connector = self.by_device[device_id]
         station = self._station_of(connector)
         if station is None:
-            return f"charger {connector.device.ocpp.charge_point_id} is not connected", None  # type: ignore[union-attr]
+            return f"charger {connector.point.charge_point_id} is not connected", None
         error = await station.set_limit(connector, amps, CONTROL_LEVEL, until)
         if error is not None:
             return error, None
