@@ -10,12 +10,12 @@ Plain files, shared by a volume: a booking survives restarts of both services.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from datetime import datetime
 from pathlib import Path
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from energyhub.domain.stored_files import folder_stamp, write_atomic
 
 __all__ = ["Booking", "BookingStore"]
 
@@ -38,13 +38,8 @@ class BookingStore:
         return self.folder / connection / f"{device}.json"
 
     def save(self, connection: str, device: str, booking: Booking) -> Path:
-        """Write atomically (a reader never sees half a file); a charger's new booking replaces its old one."""
-        target = self._path(connection, device)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".json.partial")
-        partial.write_text(booking.model_dump_json(indent=2))
-        os.replace(partial, target)
-        return target
+        """A charger's new booking replaces its old one."""
+        return write_atomic(self._path(connection, device), booking.model_dump_json(indent=2))
 
     def delete(self, connection: str, device: str) -> bool:
         try:
@@ -54,14 +49,7 @@ class BookingStore:
         return True
 
     def stamp(self) -> tuple[int, int]:
-        """Number of bookings and the newest change: a cheap test whether anything changed."""
-        count, newest = 0, 0
-        if self.folder.is_dir():
-            for path in self.folder.glob("*/*.json"):
-                with contextlib.suppress(FileNotFoundError):
-                    newest = max(newest, path.stat().st_mtime_ns)
-                    count += 1
-        return count, newest
+        return folder_stamp(self.folder)
 
     def load(self) -> tuple[dict[tuple[str, str], Booking], list[str]]:
         """Every booking, and what could not be read (file: why): a bad file is named, not fatal."""

@@ -9,14 +9,13 @@ they need to share nothing but a volume, and an announcement survives restarts o
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from energyhub.domain.contracts import DayAhead, DayAheadProfile
+from energyhub.domain.stored_files import folder_stamp, write_atomic
 from energyhub.domain.topology import Community
 
 __all__ = ["DayAheadStore", "with_profiles"]
@@ -28,22 +27,13 @@ class DayAheadStore:
 
     def save(self, node: str, profile: DayAheadProfile) -> Path:
         """Write atomically (a reader never sees half a file)."""
-        target = self.folder / node / f"{profile.date.isoformat()}.json"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(".json.partial")
-        partial.write_text(profile.model_dump_json(indent=2))
-        os.replace(partial, target)
-        return target
+        return write_atomic(
+            self.folder / node / f"{profile.date.isoformat()}.json", profile.model_dump_json(indent=2)
+        )
 
     def stamp(self) -> tuple[int, int]:
         """Number of profiles and the newest change: a cheap test whether anything was added or rewritten."""
-        count, newest = 0, 0
-        if self.folder.is_dir():
-            for path in self.folder.glob("*/*.json"):
-                with contextlib.suppress(FileNotFoundError):
-                    newest = max(newest, path.stat().st_mtime_ns)
-                    count += 1
-        return count, newest
+        return folder_stamp(self.folder)
 
     def load(self, timezone: str) -> tuple[dict[str, list[DayAheadProfile]], list[str]]:
         """Every stored profile by node, and what could not be read (file: why): a bad file is named, not fatal."""
