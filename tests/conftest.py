@@ -77,6 +77,7 @@ LIVE_MODULES = frozenset(
         "cli/test_services.py",  # the services and the supervisor's processes
         "edge/test_edge_agent.py",  # Mosquitto, Modbus servers, the agent as a process
         "edge/test_edge_sunspec.py",  # a Modbus server
+        "edge/test_ocpp_server.py",  # the OCPP server on a loopback port, stations as WebSocket clients
         "io/test_mqtt_link.py",  # a Mosquitto of its own (PrivateBroker), a fake server
         "io/test_mqtt_paho.py",  # a Mosquitto of its own (PrivateBroker)
         "runtime/test_ports.py",  # ports held by listeners, Mosquitto and influxd refused, CLI processes
