@@ -266,3 +266,56 @@ async def plain_session(port: int) -> None:
             additional_headers=auth("CAR-1", PASSWORD),
         ) as ws:
             await ws.recv()
+
+
+async def test_a_setpoint_is_acknowledged_with_what_the_charger_reports_and_a_refusal_with_its_reason(served):
+    from datetime import UTC, datetime, timedelta
+
+    from energyhub.simulators.ocpp_station import ChargePointSim, ConnectorSpec
+    from energyhub.wire.messages import Setpoint, SetpointStatus
+
+    agent, port = served
+    sim = ChargePointSim(
+        "CAR-1",
+        f"ws://127.0.0.1:{port}",
+        version="1.6",
+        connectors=[ConnectorSpec(connector_id=1, kind="ac", max_power_w=22_000)],
+        password=PASSWORD,
+        meter_interval_s=0.1,
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(sim.run(stop))
+    try:
+        await asyncio.wait_for(sim.connected.wait(), 10)
+        await asyncio.wait_for(_until(lambda: any(p.stack_level == 0 for p in sim.profiles)), 10)
+        now = datetime.now(UTC)
+
+        def setpoint(value: float) -> Setpoint:
+            return Setpoint(
+                id=f"s-{value:g}",
+                name="max_current_a",
+                value=value,
+                created=now,
+                expires=now + timedelta(seconds=30),
+            )
+
+        ack = await agent.controls["car-1"].apply(setpoint(16.0))
+        assert ack.status is SetpointStatus.APPLIED, ack
+        assert ack.readback == pytest.approx(16.0)  # the station's own composite schedule, read back
+        assert sim.limit_w(1) == pytest.approx(16.0 * 230 * 3)
+        sim.reject_profiles = True
+        ack = await agent.controls["car-1"].apply(setpoint(10.0))
+        assert ack.status is SetpointStatus.REJECTED
+        assert "answered Rejected" in (ack.reason or "")
+        assert sim.limit_w(1) == pytest.approx(16.0 * 230 * 3)  # the refused one did not take
+        # Out of bounds and not a charger's setpoint: refused before anything is sent.
+        ack = await agent.controls["car-1"].apply(setpoint(900.0))
+        assert ack.status is SetpointStatus.REJECTED
+        assert "outside [0, 600]" in (ack.reason or "")
+        # A station that is not connected: refused, saying so.
+        ack = await agent.controls["car-2"].apply(setpoint(16.0))
+        assert ack.status is SetpointStatus.REJECTED
+        assert "CAR-2 is not connected" in (ack.reason or "")
+    finally:
+        stop.set()
+        await task
