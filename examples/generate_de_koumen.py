@@ -591,10 +591,19 @@ def _devices(c: Company, port: int, *, planned: bool) -> list[Flow]:
             point = (
                 Flow(charge_point_id=f"PLAZA-DC-{n}", connector_id=1, version="2.0.1")
                 if vehicle == "truck"
-                else Flow(charge_point_id=f"PLAZA-AC-{(n + 1) // 2}", connector_id=(n - 1) % 2 + 1, version="1.6")
+                else Flow(
+                    charge_point_id=f"PLAZA-AC-{(n + 1) // 2}", connector_id=(n - 1) % 2 + 1, version="1.6"
+                )
             )
             devices.append(
-                Flow(id=f"ev-{vehicle}-{n}", role="ev", profile="ocpp", power_kw=kw, vehicle=vehicle, ocpp=point)
+                Flow(
+                    id=f"ev-{vehicle}-{n}",
+                    role="ev",
+                    profile="ocpp",
+                    power_kw=kw,
+                    vehicle=vehicle,
+                    ocpp=point,
+                )
             )
         else:
             add(f"ev-{vehicle}-{n}", "ev", "ev_charger", power_kw=kw, vehicle=vehicle)
@@ -604,7 +613,9 @@ def _devices(c: Company, port: int, *, planned: bool) -> list[Flow]:
         # behind a TCP level converter of their own.
         line = Flow(host="127.0.0.1", port=21000 + number)
         devices.append(Flow(id="gas", role="gas", profile="elster_bk_g4_mbus", mbus=Flow(**line, address=1)))
-        devices.append(Flow(id="water", role="water", profile="kamstrup_flowiq_2101", mbus=Flow(**line, address=2)))
+        devices.append(
+            Flow(id="water", role="water", profile="kamstrup_flowiq_2101", mbus=Flow(**line, address=2))
+        )
     if planned:  # last: the planned estate is today's devices plus these
         for i, kwp in enumerate(c.pv_planned, start=len(c.pv_today) + 1):
             add(f"pv-{i}", "pv", "sunspec_inverter", kwp=kwp, ac_kw=round(kwp / DC_AC_RATIO))
