@@ -12,6 +12,7 @@ from energyhub.cli.main import app
 from energyhub.domain.community import load_community
 from energyhub.edge.config import ConfigError, load_agent_config
 from energyhub.edge.gateway_config import gateway_config
+from energyhub.edge.mbus_profile import load_mbus_profile
 from energyhub.wire.profile import load_profile
 from tests.conftest import EXAMPLES
 
@@ -25,7 +26,10 @@ def test_committed_examples_load_and_are_current(gateway, tmp_path):
     config = load_agent_config(path)
     assert config.gateway == gateway
     for device in config.devices:
-        load_profile(device.profile)
+        if device.mbus is not None:
+            load_mbus_profile(device.profile)
+        elif device.ocpp is None:  # a charger over OCPP has no register map
+            load_profile(device.profile)
     result = CliRunner().invoke(
         app,
         [

@@ -189,7 +189,10 @@ def test_energyhub_sim_command(tmp_path):
         line = proc.stdout.readline()
         while line and "Modbus TCP ports" not in line:
             line = proc.stdout.readline()
-        assert "simulating 21 devices of 2 connections on 2 Modbus TCP ports" in line, line
+        # The plaza's 18 chargers are OCPP charge points: no password given here, so they charge but do not connect.
+        assert "simulating 3 devices of 2 connections on 2 Modbus TCP ports" in line, line
+        line = proc.stdout.readline()
+        assert line.startswith("and 12 OCPP charge points (0 connecting to their gateway)"), line
         endpoints = json.loads(path.read_text())
         assert {e["gateway"] for e in endpoints} == {"gw-018", "gw-049"}
         battery = next(e for e in endpoints if e["role"] == "battery")

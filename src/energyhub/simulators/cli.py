@@ -121,6 +121,13 @@ def sim(
                 f"simulating {len(simulator.endpoints())} devices of {len(simulator.models)} connections on "
                 f"{len(ports)} Modbus TCP ports ({ports[0][0]}:{ports[0][1]}..{ports[-1][1]}); Ctrl-C stops"
             )
+            if simulator.stations or simulator.mbus_meters:
+                meters = sum(len(m) for m in simulator.mbus_meters.values())
+                online = sum(p in access for p in simulator.stations)
+                typer.echo(
+                    f"and {len(simulator.stations)} OCPP charge points ({online} connecting to their gateway), "
+                    f"{meters} gas and water meters behind {len(simulator.mbus_meters)} M-Bus converters"
+                )
             typer.echo(
                 f"data clock: {clock.describe()}; agents and services of this run take {CLOCK_ENV}="
                 f"{clock.to_env()}"
