@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 if TYPE_CHECKING:
-    from energyhub.simulators.community import ChargerAccess
+    from energyhub.simulators.community import ChargerAccess, CommunitySimulator
 
 __all__ = ["app"]
 
@@ -116,18 +116,7 @@ def sim(
         task = asyncio.create_task(simulator.run(stop=stop, ready=ready, tick_s=tick, clock=clock))
         await asyncio.wait([task, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
-            ports = sorted({(e.host, e.port) for e in simulator.endpoints()})
-            typer.echo(
-                f"simulating {len(simulator.endpoints())} devices of {len(simulator.models)} connections on "
-                f"{len(ports)} Modbus TCP ports ({ports[0][0]}:{ports[0][1]}..{ports[-1][1]}); Ctrl-C stops"
-            )
-            if simulator.stations or simulator.mbus_meters:
-                meters = sum(len(m) for m in simulator.mbus_meters.values())
-                online = sum(p in access for p in simulator.stations)
-                typer.echo(
-                    f"and {len(simulator.stations)} OCPP charge points ({online} connecting to their gateway), "
-                    f"{meters} gas and water meters behind {len(simulator.mbus_meters)} M-Bus converters"
-                )
+            _say_what_is_served(simulator, access)
             typer.echo(
                 f"data clock: {clock.describe()}; agents and services of this run take {CLOCK_ENV}="
                 f"{clock.to_env()}"
@@ -195,3 +184,18 @@ def _charger_access(path: Path | None) -> dict[str, ChargerAccess]:
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         typer.echo(f"error: {path}: not a charger access file: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _say_what_is_served(simulator: CommunitySimulator, access: dict[str, ChargerAccess]) -> None:
+    ports = sorted({(e.host, e.port) for e in simulator.endpoints()})
+    typer.echo(
+        f"simulating {len(simulator.endpoints())} devices of {len(simulator.models)} connections on "
+        f"{len(ports)} Modbus TCP ports ({ports[0][0]}:{ports[0][1]}..{ports[-1][1]}); Ctrl-C stops"
+    )
+    if simulator.stations or simulator.mbus_meters:
+        meters = sum(len(m) for m in simulator.mbus_meters.values())
+        online = sum(p in access for p in simulator.stations)
+        typer.echo(
+            f"and {len(simulator.stations)} OCPP charge points ({online} connecting to their gateway), "
+            f"{meters} gas and water meters behind {len(simulator.mbus_meters)} M-Bus converters"
+        )
