@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 
 from energyhub.api.context import ApiContext
 from energyhub.api.guard import RequestGuard
@@ -62,7 +63,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                 await link
             await ctx.influx.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="energyhub",
         description="The energy community's live state, control decisions, and the operators' levers.",
         lifespan=lifespan,

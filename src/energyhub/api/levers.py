@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -17,11 +18,18 @@ from energyhub.domain.contracts import DayAheadProfile
 from energyhub.domain.day_ahead import with_profiles
 from energyhub.domain.ids import IdError
 from energyhub.domain.isp import isps_in_local_day
+from energyhub.domain.topology import Device, DeviceRole
 from energyhub.wire.messages import Setpoint, encode
-from energyhub.wire.roles import role_spec
+from energyhub.wire.profile import SUNSPEC, ProfileError, load_profile
+from energyhub.wire.roles import CHARGER_W_PER_A, role_spec
 from energyhub.wire.topics import check_id
 
 __all__ = ["day_ahead_router", "override_router"]
+
+# Discovered SunSpec devices take setpoints as the SunSpec profiles of their role say; an OCPP charger without a
+# rating as the gateway's default bound.
+SUNSPEC_PROFILE = {DeviceRole.PV: "sunspec_inverter", DeviceRole.BATTERY: "sunspec_battery"}
+OCPP_MAX_A = 600.0
 
 # A 503 says when to try again: about when the link's first reconnect attempt is made.
 RETRY_AFTER = {"Retry-After": "2"}
@@ -80,6 +88,29 @@ def _check_override(ctx: ApiContext, body: Override) -> None:
         raise HTTPException(
             422, f"device {body.device!r} is a {device.role.value}: {offer}, not {body.name!r}"
         )
+    low, high, source = setpoint_bounds(device, body.name)
+    if not low <= body.value <= high:
+        raise HTTPException(
+            422,
+            f"{body.name} {body.value:g} is outside [{low:g}, {high:g}], the bounds of {source}: the gateway "
+            "would refuse it",
+        )
+
+
+def setpoint_bounds(device: Device, name: str) -> tuple[float, float, str]:
+    """What ``device`` takes for setpoint ``name``: (min, max, where the bounds come from). A device's profile
+    says it; SunSpec devices are bounded as the SunSpec profiles of their role are; an OCPP charger by its rating."""
+    if device.ocpp is not None:
+        high = (device.power_kw or 0) * 1000 / CHARGER_W_PER_A or OCPP_MAX_A
+        return 0.0, round(high, 1), f"charger {device.id}'s rating"
+    profile = (
+        SUNSPEC_PROFILE.get(device.role, device.profile) if device.profile == SUNSPEC else device.profile
+    )
+    try:
+        spec = next(s for s in load_profile(profile).setpoints if s.name == name)
+    except (ProfileError, StopIteration):
+        return -math.inf, math.inf, "no profile"  # the gateway checks it against what it finds
+    return spec.min, spec.max, f"profile {profile}"
 
 
 def _stored_override(setpoint_id: str, row: dict[str, Any]) -> dict[str, Any]:
