@@ -208,6 +208,13 @@ async def test_live_page_in_headless_chromium(services, api):
         await page.wait_for_selector('[data-level="loop"]')
         assert await page.locator('[data-level="loop"]').count() == 1  # every loop of the community
         assert await page.locator('[data-level="connection"]').count() == 2
+        # Companies by name, their connection id beside it; a node without a reading shows no bar at all.
+        assert await page.locator('[data-node="c-002"] .name').text_content() == "Loop test 2"
+        assert await page.locator('[data-node="c-002"] .nid').text_content() == "c-002"
+        width = await page.locator('[data-node="c-002"] .bar span').evaluate(
+            "s => s.getBoundingClientRect().width"
+        )
+        assert width == 0
         hub = page.locator('[data-node="hub"] .flow')
         # The API may still be subscribing (a loaded machine, seen in CI): a reading published before that is not
         # for it, so the gateway publishes again, as a real one does every poll, until the page shows it.

@@ -54,12 +54,14 @@ def state_router(ctx: ApiContext) -> APIRouter:
         "/api/topology", summary="The estate: hub, loops, micro groups, connections and their devices"
     )
     async def topology() -> dict[str, Any]:
+        companies = {c.id: c.company for _loop, _micro, c in community.connections()}
         return {
             "site": topics.site,
             "name": community.community.name,
             "nodes": [
                 {
                     "id": n.id,
+                    "name": companies.get(n.id),  # a connection's company; None for the grid's own nodes
                     "level": str(n.level),
                     "parent": n.parent,
                     "children": list(n.children),
