@@ -34,6 +34,8 @@ from energyhub.domain.ids import IdError
 from energyhub.wire.messages import GatewayState, SetpointStatus
 from energyhub.wire.topics import check_id
 
+QUIET_PUSH_S = 2.0  # the stream's longest silence
+
 __all__ = ["aggregate_router", "gateway_router", "state_router"]
 
 PAGE = Path(__file__).with_name("page.html")
@@ -99,15 +101,23 @@ def state_router(ctx: ApiContext) -> APIRouter:
         summary="Server-sent events: the flows, each time a reading arrives (at most every push_interval_s)",
     )
     async def stream() -> EventSourceResponse:
+        def link() -> str:
+            # Whether the figures can be live at all: without its broker link the API hears no reading.
+            return json.dumps({"broker": ctx.link.ready.is_set(), "error": ctx.link.last_error})
+
         async def events() -> AsyncIterator[dict[str, str]]:
+            yield {"event": "link", "data": link()}
             yield {"event": "clock", "data": json.dumps(live.clock_now())}
             yield {"event": "flows", "data": json.dumps(live.flows())}
             while True:
                 live.changed.clear()
-                await live.changed.wait()
-                await asyncio.sleep(
-                    ctx.settings.push_interval_s
-                )  # coalesce a burst of readings into one update
+                try:
+                    # At least every few seconds, readings or not: a page must learn that none come.
+                    await asyncio.wait_for(live.changed.wait(), QUIET_PUSH_S)
+                    await asyncio.sleep(ctx.settings.push_interval_s)  # coalesce a burst of readings
+                except TimeoutError:
+                    pass
+                yield {"event": "link", "data": link()}
                 yield {"event": "clock", "data": json.dumps(live.clock_now())}
                 yield {"event": "flows", "data": json.dumps(live.flows())}
 

@@ -1,5 +1,6 @@
-"""``/docs`` renders from the API's own packaged assets: in headless Chromium with every request that does not go
-to the API itself refused, as on a plant network without internet."""
+"""The API in headless Chromium without a network: ``/docs`` from its own packaged assets with every request that
+does not go to the API itself refused, as on a plant network without internet; and the live page without its
+broker, which must say it has no data rather than show the last figures as live."""
 
 from __future__ import annotations
 
@@ -46,3 +47,29 @@ async def test_docs_render_with_the_network_off(services, gateway, tmp_path):
         assert "Unable to render" not in text
         await browser.close()
     assert refused == [], refused  # nothing was asked of the internet
+
+
+async def test_the_live_page_says_no_data_when_the_api_has_no_broker(services, gateway, tmp_path):
+    from playwright.async_api import async_playwright
+
+    path = tmp_path / "community.yaml"
+    path.write_text(yaml.safe_dump(community(services.settings.site, gateway, free_port(), free_port())))
+    # The API's broker is a port nothing listens on: as when Mosquitto is down.
+    settings = api_settings(services, path, tmp_path / "api", mqtt_port=free_port())
+    async with serving(settings), async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{settings.port}/")
+        await page.wait_for_function(
+            "() => document.getElementById('status').textContent.startsWith('no data')", timeout=10_000
+        )
+        status = await page.locator("#status").text_content()
+        assert status == "no data: the API has no broker connection (reconnecting…)"
+        assert await page.locator('[data-node="hub"] .flow').text_content() == "no data"
+        # The company by its name, and no bar (not a full black one while nothing is known).
+        assert await page.locator('[data-node="c-plaza"] .name').text_content() == "Charging plaza"
+        width = await page.locator('[data-node="hub"] .bar span').evaluate(
+            "s => s.getBoundingClientRect().width"
+        )
+        assert width == 0
+        await browser.close()
