@@ -230,6 +230,25 @@ async def test_live_page_in_headless_chromium(services, api):
                 continue
         else:
             raise AssertionError("the live page never showed c-001's reading")
+        # What the company has behind its meter: its PV, curtailed, as its inverter reports it.
+        link = await link_as(services, "gw-api-1")
+        pv = Measurement(
+            ts=datetime.now(UTC),
+            session=1,
+            seq=100,
+            quality=Quality.GOOD,
+            values={POWER_W: -30_000.0, "power_limit_pct": 30.0, "power_limit_enabled": 1.0},
+        )
+        await link.wait(
+            link.publish_batch(
+                [(Topics(site=services.settings.site).measurement("gw-api-1", "pv1"), encode(pv))]
+            ).done
+        )
+        await link.disconnect()
+        await page.wait_for_function(
+            "() => document.querySelector('[data-node=\"c-001\"] .parts').textContent === 'PV 30.0 kW (curtailed to 30 %)'",
+            timeout=5_000,
+        )
         # A new reading shows within 2 s of its publication.
         before = await hub.text_content()
         published = time.monotonic()

@@ -29,7 +29,7 @@ from energyhub.domain.topology import Community, DeviceRole
 from energyhub.io.mqtt import IncomingMessage
 from energyhub.wire.messages import GatewayState, Measurement, MessageError, SetpointAck, decode
 from energyhub.wire.readings import MAX_AHEAD_S, MeasurementGate
-from energyhub.wire.roles import POWER_W
+from energyhub.wire.roles import MODE3_STATE, POWER_LIMIT_ENABLED, POWER_LIMIT_PCT, POWER_W, SOC_PCT
 from energyhub.wire.topics import TopicError, TopicKind, Topics
 
 __all__ = ["LiveView"]
@@ -57,9 +57,14 @@ class LiveView:
         self.network = Network.from_community(self.community)
         self.book = LimitBook(self.community)
         index = {c: i for i, c in enumerate(self.network.connection_ids)}
+        # What else a connection has (PV, batteries, chargers): shown beside its flow.
+        self.behind: dict[tuple[str, str], tuple[str, DeviceRole]] = {}
         for connection, device in self.community.devices():
+            key = (self.community.gateway_of(connection, device), device.id)
             if device.role is DeviceRole.METER:
-                self.meters[(self.community.gateway_of(connection, device), device.id)] = index[connection.id]
+                self.meters[key] = index[connection.id]
+            elif device.role in (DeviceRole.PV, DeviceRole.BATTERY, DeviceRole.EV):
+                self.behind[key] = (connection.id, device.role)
 
     def filters(self) -> list[tuple[str, int]]:
         """What to subscribe to: readings and states at QoS 0 (the next one replaces a lost one), acks at QoS 1."""
@@ -120,6 +125,7 @@ class LiveView:
             if power is not None:
                 connection_kw[c] += power / 1000.0
                 known[c] = True
+        parts = self._parts(mono)
         out = []
         for n, node_id in enumerate(self.network.node_ids):
             members = self.network.incidence[n] > 0
@@ -147,6 +153,35 @@ class LiveView:
                     "export_source": limit.export_source,
                     "headroom": None if headroom is None else round(headroom, 3),
                     "metered_connections": int(known[members].sum()),
+                    **({"devices": parts[node_id]} if node_id in parts else {}),
                 }
             )
+        return out
+
+    def _parts(self, mono: float) -> dict[str, dict[str, float | int | None]]:
+        """Per connection, from its devices' fresh readings: PV output (kW) and the lowest limit in force (%),
+        battery power (+ charging) and state of charge, chargers' power and how many have a vehicle."""
+        out: dict[str, dict[str, float | int | None]] = {}
+        for key, (connection, role) in self.behind.items():
+            found = self.latest.get(key)
+            if found is None or mono - found[0] > self.stale_after_s:
+                continue
+            values = found[1].values
+            power = values.get(POWER_W)
+            if power is None:
+                continue
+            d = out.setdefault(connection, {})
+            if role is DeviceRole.PV:
+                d["pv_kw"] = round(float(d.get("pv_kw") or 0.0) + max(-power, 0.0) / 1000, 3)
+                pct = values.get(POWER_LIMIT_PCT)
+                if values.get(POWER_LIMIT_ENABLED) and pct is not None and pct < 99.95:
+                    d["pv_limit_pct"] = min(float(d.get("pv_limit_pct") or 100.0), pct)
+            elif role is DeviceRole.BATTERY:
+                d["battery_kw"] = round(float(d.get("battery_kw") or 0.0) + power / 1000, 3)
+                if values.get(SOC_PCT) is not None:
+                    d["soc_pct"] = values[SOC_PCT]
+            else:
+                d["ev_kw"] = round(float(d.get("ev_kw") or 0.0) + power / 1000, 3)
+                state = values.get(MODE3_STATE)
+                d["vehicles"] = int(d.get("vehicles") or 0) + (state is not None and 1 <= state <= 6)
         return out
