@@ -25,6 +25,8 @@ from fastapi import FastAPI
 
 from energyhub.api.app import ApiSettings, create_app
 from energyhub.cli.services import free_port
+from energyhub.io.influx import InfluxClient
+from energyhub.io.line_protocol import encode_point
 from energyhub.wire.messages import GatewayState, Measurement, Quality, Setpoint, decode, encode
 from energyhub.wire.roles import POWER_W, PV_LIMIT_PCT
 from energyhub.wire.topics import Topics
@@ -248,6 +250,23 @@ async def test_live_page_in_headless_chromium(services, api):
         await page.wait_for_function(
             "() => document.querySelector('[data-node=\"c-001\"] .parts').textContent === 'PV 30.0 kW (curtailed to 30 %)'",
             timeout=5_000,
+        )
+        # Why PV is curtailed: control's last decision as it recorded it, the binding limit named.
+        async with InfluxClient(
+            url=services.settings.influx_url, database=services.settings.influx_db
+        ) as influx:
+            await influx.write(
+                encode_point(
+                    "control_cycle",
+                    {"site": services.settings.site, "policy": "live-page-test"},  # no other test counts it
+                    {"binding": "hub:export", "curtailed_kw": 40.0, "infeasible": 0},
+                    time.time_ns(),
+                )
+            )
+        await page.wait_for_function(
+            "() => document.getElementById('control').textContent === "
+            "'control: binding: hub export · PV curtailed 40.0 kW'",
+            timeout=10_000,
         )
         # A new reading shows within 2 s of its publication.
         before = await hub.text_content()
