@@ -213,7 +213,7 @@ async def test_live_page_in_headless_chromium(services, api):
         # Companies by name, their connection id beside it; a node without a reading shows no bar at all.
         assert await page.locator('[data-node="c-002"] .name').text_content() == "Loop test 2"
         assert await page.locator('[data-node="c-002"] .nid').text_content() == "c-002"
-        width = await page.locator('[data-node="c-002"] .bar span').evaluate(
+        width = await page.locator('[data-node="c-002"] .bar:not(.isp-bar) span').evaluate(
             "s => s.getBoundingClientRect().width"
         )
         assert width == 0
@@ -251,6 +251,37 @@ async def test_live_page_in_headless_chromium(services, api):
             "() => document.querySelector('[data-node=\"c-001\"] .parts').textContent === 'PV 30.0 kW (curtailed to 30 %)'",
             timeout=5_000,
         )
+        # The quarter hour so far from c-001's meter counters: one reading before its start, two after, 1.5 kWh
+        # counted since, against 250 kW (firm 150 and the unannounced day-ahead 100) for 15 minutes.
+        link = await link_as(services, "gw-api-1")
+        topic = Topics(site=services.settings.site).measurement("gw-api-1", "meter1")
+        now = datetime.now(UTC)
+        isp = now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+        times = (
+            isp - timedelta(seconds=1),
+            isp + (now - isp) / 2,
+            now,
+        )  # the last one now: nothing to add since
+        readings = [
+            Measurement(
+                ts=ts,
+                session=2,
+                seq=i,
+                quality=Quality.GOOD,
+                values={POWER_W: -2_000.0, "energy_import_wh": counter, "energy_export_wh": 0.0},
+            )
+            for i, (ts, counter) in enumerate(zip(times, (500_000.0, 500_000.0, 501_500.0), strict=True))
+        ]
+        await link.wait(link.publish_batch([(topic, encode(m)) for m in readings]).done)
+        await link.disconnect()
+        try:
+            await page.wait_for_function(
+                "() => document.querySelector('[data-node=\"c-001\"] .isp').textContent.includes(' 1.5 of 62.5 kWh')",
+                timeout=5_000,
+            )
+        except PlaywrightTimeout:
+            shown = await page.locator('[data-node="c-001"] .isp').text_content()
+            raise AssertionError(f"c-001's quarter hour shows {shown!r}") from None
         # Why PV is curtailed: control's last decision as it recorded it, the binding limit named.
         async with InfluxClient(
             url=services.settings.influx_url, database=services.settings.influx_db

@@ -68,7 +68,7 @@ async def test_the_live_page_says_no_data_when_the_api_has_no_broker(services, g
         assert await page.locator('[data-node="hub"] .flow').text_content() == "no data"
         # The company by its name, and no bar (not a full black one while nothing is known).
         assert await page.locator('[data-node="c-plaza"] .name').text_content() == "Charging plaza"
-        width = await page.locator('[data-node="hub"] .bar span').evaluate(
+        width = await page.locator('[data-node="hub"] .bar:not(.isp-bar) span').evaluate(
             "s => s.getBoundingClientRect().width"
         )
         assert width == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from energyhub.control.isp_energy import IspEnergy
+from energyhub.domain.isp_energy import IspEnergy
 
 T0 = 1_800_000_000.0 // 900 * 900  # a quarter hour's start
 

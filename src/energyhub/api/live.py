@@ -17,22 +17,35 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
 from energyhub.api.acks import AckBook
 from energyhub.domain.clock import Clock, clock_from_env
+from energyhub.domain.isp import isp_start_s
+from energyhub.domain.isp_energy import IspEnergy
 from energyhub.domain.limits import LimitBook
 from energyhub.domain.network import Network
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.io.mqtt import IncomingMessage
 from energyhub.wire.messages import GatewayState, Measurement, MessageError, SetpointAck, decode
 from energyhub.wire.readings import MAX_AHEAD_S, MeasurementGate
-from energyhub.wire.roles import MODE3_STATE, POWER_LIMIT_ENABLED, POWER_LIMIT_PCT, POWER_W, SOC_PCT
+from energyhub.wire.roles import (
+    ENERGY_EXPORT_WH,
+    ENERGY_IMPORT_WH,
+    MODE3_STATE,
+    POWER_LIMIT_ENABLED,
+    POWER_LIMIT_PCT,
+    POWER_W,
+    SOC_PCT,
+)
 from energyhub.wire.topics import TopicError, TopicKind, Topics
 
 __all__ = ["LiveView"]
+
+ISP_H = 0.25  # a quarter hour, in hours
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +66,7 @@ class LiveView:
     retained_acks: int = 0  # ignored: see the module's docstring
 
     def __post_init__(self) -> None:
+        self.energy = IspEnergy()  # this quarter hour per connection, from the grid meters' own counters
         self.gate = MeasurementGate(self.clock, self.max_ahead_s)
         self.network = Network.from_community(self.community)
         self.book = LimitBook(self.community)
@@ -92,6 +106,11 @@ class LiveView:
                 if measurement is None:
                     return
                 self.latest[(info.gateway, info.device)] = (time.monotonic(), measurement)
+                connection = self.meters.get((info.gateway, info.device))
+                imported = measurement.values.get(ENERGY_IMPORT_WH)
+                exported = measurement.values.get(ENERGY_EXPORT_WH)
+                if connection is not None and imported is not None and exported is not None:
+                    self.energy.count(connection, measurement.ts.timestamp(), imported, exported)
             elif info.kind is TopicKind.STATE and info.gateway:
                 self.states[info.gateway] = decode(GatewayState, payload)
             else:
@@ -115,6 +134,7 @@ class LiveView:
         """Every node: flow (kW, + taken), its limits now, and the headroom left to the nearer limit (0..1)."""
         now, mono = self.clock.now(), time.monotonic()
         n_c = len(self.network.connection_ids)
+        isp_kwh = np.full(n_c, np.nan)  # this quarter hour so far, as each grid meter's counters say
         connection_kw = np.zeros(n_c)
         known = np.zeros(n_c, bool)
         for key, c in self.meters.items():
@@ -125,6 +145,9 @@ class LiveView:
             if power is not None:
                 connection_kw[c] += power / 1000.0
                 known[c] = True
+            so_far = self.energy.so_far_kwh(c, now.timestamp(), None if power is None else power / 1000.0)
+            if so_far is not None:
+                isp_kwh[c] = so_far
         parts = self._parts(mono)
         out = []
         for n, node_id in enumerate(self.network.node_ids):
@@ -153,6 +176,14 @@ class LiveView:
                     "export_source": limit.export_source,
                     "headroom": None if headroom is None else round(headroom, 3),
                     "metered_connections": int(known[members].sum()),
+                    # The quarter hour so far against what its limits allow over the whole of it: what the DSO
+                    # settles. Null until every member's counter is known for this quarter hour.
+                    "isp_start": datetime.fromtimestamp(isp_start_s(now.timestamp()), UTC).isoformat(),
+                    "isp_kwh": None
+                    if np.isnan(isp_kwh[members]).any()
+                    else round(float(isp_kwh[members].sum()), 3),
+                    "isp_limit_import_kwh": imp * ISP_H if math.isfinite(imp) else None,
+                    "isp_limit_export_kwh": exp * ISP_H if math.isfinite(exp) else None,
                     **({"devices": parts[node_id]} if node_id in parts else {}),
                 }
             )

@@ -1,6 +1,6 @@
 """This quarter hour's energy per node so far, and the quarter-hour averages behind it: what the decision budgets on.
 
-The grid meters count it (their energy registers, ``isp_energy.py``); where a meter's counter is not known for this
+The grid meters count it (their energy registers, ``domain/isp_energy.py``); where a meter's counter is not known for this
 quarter hour, the meter's power is integrated over the data clock since the last cycle instead. The averages of the
 quarter hours gone by are the MPC's history (a week and a day of them).
 """
@@ -12,9 +12,9 @@ from datetime import datetime
 import numpy as np
 import numpy.typing as npt
 
-from energyhub.control.isp_energy import IspEnergy
 from energyhub.control.snapshot import Snapshot
 from energyhub.domain.isp import isp_start
+from energyhub.domain.isp_energy import IspEnergy
 from energyhub.domain.network import Network
 
 __all__ = ["HISTORY", "ISP_H", "QuarterHourBook"]

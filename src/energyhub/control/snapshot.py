@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from energyhub.control.isp_energy import IspEnergy
 from energyhub.domain.bookings import Booking
+from energyhub.domain.isp_energy import IspEnergy
 from energyhub.domain.network import Network
 from energyhub.domain.topology import Community, DeviceRole
 from energyhub.wire.messages import Measurement, Quality
