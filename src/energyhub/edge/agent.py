@@ -27,14 +27,13 @@ import time
 from collections import deque
 from datetime import UTC, datetime
 from functools import partial
+from typing import TYPE_CHECKING
 
 from energyhub.domain.clock import Clock, clock_from_env
 from energyhub.edge import line_budget
 from energyhub.edge.buffer import BufferedMessage, MeasurementBuffer
 from energyhub.edge.buffer import BufferError as BufferFileError
 from energyhub.edge.config import AgentConfig, DeviceConfig
-from energyhub.edge.mbus import MbusGateway, MbusPoller
-from energyhub.edge.ocpp_server import OcppControl, OcppService
 from energyhub.edge.poller import Bus, DevicePoller, PollResult
 from energyhub.edge.setpoints import DeviceControl
 from energyhub.edge.sunspec import discover_profile
@@ -56,6 +55,10 @@ from energyhub.wire.messages import (
 )
 from energyhub.wire.profile import DeviceProfile, load_profile
 from energyhub.wire.topics import TopicError, TopicKind, Topics
+
+if TYPE_CHECKING:
+    from energyhub.edge.mbus import MbusGateway, MbusPoller
+    from energyhub.edge.ocpp_server import OcppControl, OcppService
 
 __all__ = ["Agent"]
 
@@ -81,16 +84,18 @@ class Agent:
         self.pollers: list[DevicePoller | MbusPoller] = []
         self.mbus_gateways: dict[str, MbusGateway] = {}
         self.controls: dict[str, DeviceControl | OcppControl] = {}
+        self.ocpp: OcppService | None = None
         chargers = [d for d in config.devices if d.ocpp is not None]
-        # Chargers over OCPP are not polled: they connect to this gateway's OCPP server and report themselves.
-        self.ocpp = (
-            OcppService(config.ocpp, chargers, self.record, clock=self.clock)
-            if chargers and config.ocpp is not None
-            else None
-        )
-        for device in chargers:
-            assert self.ocpp is not None
-            self.controls[device.id] = OcppControl(device, self.ocpp, clock=self.clock)
+        if chargers:
+            # Chargers over OCPP are not polled: they connect to this gateway's OCPP server and report
+            # themselves. Imported here: only a plaza gateway needs the library (0.2 s of start-up, and memory).
+            from energyhub.edge.ocpp_server import OcppControl, OcppService
+
+            assert config.ocpp is not None  # AgentConfig refuses chargers without a server
+            self.ocpp = OcppService(config.ocpp, chargers, self.record, clock=self.clock)
+            for device in chargers:
+                self.controls[device.id] = OcppControl(device, self.ocpp, clock=self.clock)
+        planned: dict[str, DeviceProfile] = {}  # the Modbus devices' profiles, for the serial lines' budget
         for device in config.devices:
             if device.ocpp is not None:
                 continue
@@ -116,13 +121,8 @@ class Agent:
                 )
             )
             if profile is not None:
+                planned[device.profile] = profile
                 self._add_control(device, profile, bus)
-        polled = [d for d in config.devices if d.ocpp is None]
-        planned = {
-            d.profile: p.profile
-            for d, p in zip(polled, self.pollers, strict=True)
-            if isinstance(p, DevicePoller) and p.profile
-        }
         for warning in line_budget.warnings(config, planned):
             log.warning("gateway %s: %s", config.gateway, warning)
         # Counting from start: no controller yet is a missing controller.
@@ -148,6 +148,8 @@ class Agent:
         self._flusher: asyncio.Task[None] | None = None
 
     def _mbus_poller(self, device: DeviceConfig) -> MbusPoller:
+        from energyhub.edge.mbus import MbusGateway, MbusPoller  # only a gateway with M-Bus meters needs it
+
         gateway = self.mbus_gateways.get(device.bus_key)
         if gateway is None:
             # M-Bus at 2400 baud: a SND_NKE and a long RSP_UD take a second where Modbus takes milliseconds.
@@ -320,15 +322,11 @@ class Agent:
         return self.buffer.depth + len(self._held)
 
     def _health(self) -> GatewayHealth:
-        ocpp = self.ocpp
-        ocpp_away = (
-            ocpp.disconnected if ocpp is not None else 0
-        )  # a charger not connected is a failing device
+        # A charger whose station is not connected is a failing device.
+        chargers, away = (len(self.ocpp.by_device), self.ocpp.disconnected) if self.ocpp else (0, 0)
         return GatewayHealth(
-            devices_ok=sum(not p.failing for p in self.pollers)
-            + (len(ocpp.by_device) if ocpp else 0)
-            - ocpp_away,
-            devices_failing=sum(p.failing for p in self.pollers) + ocpp_away,
+            devices_ok=sum(not p.failing for p in self.pollers) + chargers - away,
+            devices_failing=sum(p.failing for p in self.pollers) + away,
             buffer_depth=self.unsent,
             buffer_dropped=self.buffer.dropped + self._held_dropped,
             buffer_error=self.buffer_error,

@@ -38,7 +38,6 @@ import itertools
 import json
 import logging
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -210,6 +209,9 @@ class _Station:
     """What both versions' handlers share: the station's connectors, recording and profile calls."""
 
     version: str
+    max_purpose: str  # the station maximum's purpose in this version
+    rate_unit: str  # the unit of this version's profiles ...
+    per_a: float  # ... and what one ampere of control's current is in it
     service: OcppService
     connectors: dict[int, Connector]
     # The library's ChargePoint provides these (annotations only: the class attributes stay the library's).
@@ -226,13 +228,12 @@ class _Station:
     def _again(self, key: tuple[Any, ...]) -> bool:
         """Seen before: a station sends a transaction message again when its answer was lost with the connection.
         Answered again, stored once. Remembered per station across its reconnects."""
-        seen = self.service.seen.setdefault(self.id, ({}, deque()))
-        if key in seen[0]:
+        seen = self.service.seen.setdefault(self.id, {})
+        if key in seen:
             return True
-        seen[0][key] = None
-        seen[1].append(key)
-        if len(seen[1]) > SEEN_MAX:
-            del seen[0][seen[1].popleft()]
+        seen[key] = None
+        if len(seen) > SEEN_MAX:
+            del seen[next(iter(seen))]  # the oldest: a dict keeps insertion order
         return False
 
     async def _record(self, connector_id: int, meter_values: list[dict[str, Any]] | None) -> None:
@@ -240,17 +241,16 @@ class _Station:
         if connector is None:
             return  # connector 0 (the station's own meter) or one no device stands for
         now = self.service.clock.timestamp()
+        stored = []
         for meter_value in meter_values or []:
             power, energy = read_sample(meter_value.get("sampled_value") or [])
             ts = _when(meter_value.get("timestamp"), now)
-            values = connector.values(power, energy, now)
+            # Never bad: the values always hold the current the gateway offers.
             quality = Quality.GOOD if power is not None and energy is not None else Quality.PARTIAL
-            if power is None and energy is None:
-                quality = Quality.BAD if all(v is None for v in values.values()) else Quality.PARTIAL
-            await self.service.record(connector.device.id, values, quality, ts)
-
-    max_purpose: str  # the station maximum's purpose in this version
-    per_a: float  # what one ampere of control's current is in the unit this version's profiles use
+            stored.append(
+                self.service.record(connector.device.id, connector.values(power, energy, now), quality, ts)
+            )
+        await asyncio.gather(*stored)  # a message's meter values in order, in one disk transaction
 
     async def configure(self) -> None:
         """After boot: the sample interval, the failsafe default, the station maximum."""
@@ -272,7 +272,7 @@ class _Station:
     ) -> str | None:
         now = self.service.clock.timestamp()
         schedule = {
-            "charging_rate_unit": "A" if self.per_a == 1.0 else "W",
+            "charging_rate_unit": self.rate_unit,
             "start_schedule": _iso(now),
             "charging_schedule_period": [{"start_period": 0, "limit": round(amps * self.per_a, 1)}],
         }
@@ -364,7 +364,7 @@ class _Station:
 class Station16(_Station, ChargePoint16):
     version = "1.6"
     max_purpose = "ChargePointMaxProfile"
-    per_a = 1.0  # 1.6 AC profiles in A
+    rate_unit, per_a = "A", 1.0  # 1.6 AC profiles in A
     _tx_ids = itertools.count(1)
 
     @on("BootNotification")
@@ -442,13 +442,15 @@ class Station16(_Station, ChargePoint16):
         return call16.ClearChargingProfile(id=profile_id)
 
     def _composite_call(self, connector_id: int) -> Any:
-        return call16.GetCompositeSchedule(connector_id=connector_id, duration=60, charging_rate_unit="A")
+        return call16.GetCompositeSchedule(
+            connector_id=connector_id, duration=60, charging_rate_unit=self.rate_unit
+        )
 
 
 class Station201(_Station, ChargePoint201):
     version = "2.0.1"
     max_purpose = "ChargingStationMaxProfile"
-    per_a = CHARGER_W_PER_A  # 2.0.1 DC profiles in W
+    rate_unit, per_a = "W", CHARGER_W_PER_A  # 2.0.1 DC profiles in W
 
     @on("BootNotification")
     async def on_boot(self, charging_station: dict[str, Any], reason: str, **_: Any) -> Any:
@@ -569,7 +571,9 @@ class Station201(_Station, ChargePoint201):
         return call201.ClearChargingProfile(charging_profile_id=profile_id)
 
     def _composite_call(self, connector_id: int) -> Any:
-        return call201.GetCompositeSchedule(duration=60, evse_id=connector_id, charging_rate_unit="W")
+        return call201.GetCompositeSchedule(
+            duration=60, evse_id=connector_id, charging_rate_unit=self.rate_unit
+        )
 
 
 def _first_limit(answer: Any, per_a: float) -> float | None:
@@ -598,7 +602,7 @@ class OcppService:
     server: Server | None = None
     # Per station, the transaction messages stored (to store a repeated one once), and 1.6 starts by
     # (station, connector, timestamp): a start sent again gets the same transaction id.
-    seen: dict[str, tuple[dict[tuple[Any, ...], None], deque[tuple[Any, ...]]]] = field(default_factory=dict)
+    seen: dict[str, dict[tuple[Any, ...], None]] = field(default_factory=dict)
     started: dict[tuple[str, int, str], int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
