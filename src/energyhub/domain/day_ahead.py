@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from energyhub.domain.contracts import DayAhead, DayAheadProfile
-from energyhub.domain.stored_files import folder_stamp, write_atomic
+from energyhub.domain.stored_files import first_error, folder_stamp, write_atomic
 from energyhub.domain.topology import Community
 
 __all__ = ["DayAheadStore", "with_profiles"]
@@ -47,21 +47,13 @@ class DayAheadStore:
                     path.read_text(), context={"timezone": timezone}
                 )
             except (OSError, ValidationError) as exc:
-                problems.append(f"{path}: {_first_error(exc)}")
+                problems.append(f"{path}: {first_error(exc)}")
                 continue
             if profile.date.isoformat() != path.stem:
                 problems.append(f"{path}: holds the profile of {profile.date}, not of {path.stem}")
                 continue
             profiles.setdefault(path.parent.name, []).append(profile)
         return profiles, problems
-
-
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        error = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in error["loc"])
-        return f"{where}: {error['msg']}" if where else str(error["msg"])
-    return str(exc)
 
 
 def _node_documents(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -102,7 +94,7 @@ def with_profiles(
         try:
             checked = DayAhead.model_validate(candidate, context={"timezone": tz})
         except ValidationError as exc:
-            problems.append(f"{node_id}: {_first_error(exc)}")
+            problems.append(f"{node_id}: {first_error(exc)}")
             continue
         documents[node_id]["limits"]["day_ahead"] = checked.model_dump(mode="json", exclude_none=True)
     if len(problems) == len(uploads):

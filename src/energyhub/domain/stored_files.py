@@ -1,5 +1,5 @@
 """Plain files that one service writes and another reads (day-ahead profiles, plaza bookings): written whole or
-not at all, and a cheap test whether a folder of them changed."""
+not at all, a cheap test whether a folder of them changed, and why one could not be read."""
 
 from __future__ import annotations
 
@@ -7,7 +7,18 @@ import contextlib
 import os
 from pathlib import Path
 
-__all__ = ["folder_stamp", "write_atomic"]
+from pydantic import ValidationError
+
+__all__ = ["first_error", "folder_stamp", "write_atomic"]
+
+
+def first_error(exc: Exception) -> str:
+    """Why a stored file could not be used, in a line: its first validation error with where, or the OS error."""
+    if isinstance(exc, ValidationError):
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        return f"{where}: {error['msg']}" if where else str(error["msg"])
+    return str(exc)
 
 
 def write_atomic(target: Path, text: str) -> Path:

@@ -21,6 +21,7 @@ __all__ = [
     "OcppServer",
     "SerialLine",
     "load_agent_config",
+    "validation_report",
 ]
 
 
@@ -225,6 +226,15 @@ class ConfigError(ValueError):
     pass
 
 
+def validation_report(path: Path, exc: ValidationError) -> str:
+    """Every error of a YAML file that did not validate, each with the file and the field it is about."""
+    lines = [
+        f"  {path}: {'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg'].removeprefix('Value error, ')}"
+        for e in exc.errors(include_url=False)
+    ]
+    return f"{path}: {len(lines)} error(s)\n" + "\n".join(lines)
+
+
 def load_agent_config(path: Path) -> AgentConfig:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -234,11 +244,7 @@ def load_agent_config(path: Path) -> AgentConfig:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
-        lines = [
-            f"  {path}: {'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise ConfigError(f"{path}: {len(lines)} error(s)\n" + "\n".join(lines)) from None
+        raise ConfigError(validation_report(path, exc)) from None
     ca = config.mqtt.ca_file
     if ca is not None and not ca.is_file():
         raise ConfigError(

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from energyhub.domain.topology import DeviceRole
+from energyhub.edge.config import validation_report
 from energyhub.wire.roles import missing_for
 
 __all__ = [
@@ -124,11 +125,7 @@ def load_mbus_profile(name: str, *, directory: Path = PROFILE_DIR) -> MbusProfil
     except yaml.YAMLError as exc:
         raise MbusProfileError(f"{path}: not valid YAML: {exc}") from None
     except ValidationError as exc:
-        lines = [
-            f"  {path}: {'.'.join(str(p) for p in e['loc']) or '(document)'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise MbusProfileError(f"{path}: {len(lines)} error(s)\n" + "\n".join(lines)) from None
+        raise MbusProfileError(validation_report(path, exc)) from None
     if profile.name != name:
         raise MbusProfileError(f"{path}: name: {profile.name!r} differs from the file's name {name!r}")
     return profile
