@@ -21,15 +21,13 @@ from energyhub.domain.isp import isps_in_local_day
 from energyhub.domain.topology import Device, DeviceRole
 from energyhub.wire.messages import Setpoint, encode
 from energyhub.wire.profile import SUNSPEC, ProfileError, load_profile
-from energyhub.wire.roles import CHARGER_W_PER_A, role_spec
+from energyhub.wire.roles import CHARGER_MAX_A, CHARGER_W_PER_A, role_spec
 from energyhub.wire.topics import check_id
 
 __all__ = ["day_ahead_router", "override_router"]
 
-# Discovered SunSpec devices take setpoints as the SunSpec profiles of their role say; an OCPP charger without a
-# rating as the gateway's default bound.
+# Discovered SunSpec devices take setpoints as the SunSpec profiles of their role say.
 SUNSPEC_PROFILE = {DeviceRole.PV: "sunspec_inverter", DeviceRole.BATTERY: "sunspec_battery"}
-OCPP_MAX_A = 600.0
 
 # A 503 says when to try again: about when the link's first reconnect attempt is made.
 RETRY_AFTER = {"Retry-After": "2"}
@@ -101,7 +99,7 @@ def setpoint_bounds(device: Device, name: str) -> tuple[float, float, str]:
     """What ``device`` takes for setpoint ``name``: (min, max, where the bounds come from). A device's profile
     says it; SunSpec devices are bounded as the SunSpec profiles of their role are; an OCPP charger by its rating."""
     if device.ocpp is not None:
-        high = (device.power_kw or 0) * 1000 / CHARGER_W_PER_A or OCPP_MAX_A
+        high = (device.power_kw or 0) * 1000 / CHARGER_W_PER_A or CHARGER_MAX_A
         return 0.0, round(high, 1), f"charger {device.id}'s rating"
     profile = (
         SUNSPEC_PROFILE.get(device.role, device.profile) if device.profile == SUNSPEC else device.profile

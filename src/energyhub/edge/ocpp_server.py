@@ -61,6 +61,7 @@ from energyhub.edge.config import DeviceConfig, OcppServer
 from energyhub.wire.messages import Quality, Setpoint, SetpointAck, SetpointStatus
 from energyhub.wire.roles import (
     APPLIED_CURRENT_A,
+    CHARGER_MAX_A,
     CHARGER_W_PER_A,
     DEPARTURE_TS,
     ENERGY_DELIVERED_WH,
@@ -77,7 +78,6 @@ log = logging.getLogger(__name__)
 
 SEEN_MAX = 1024  # transaction messages remembered per station, to store a repeated one once
 MAX_MESSAGE_BYTES = 64 * 1024  # a meter value is under 2 kB; a station sending megabytes is misbehaving
-DEFAULT_MAX_A = 600.0
 CONTROL_LEVEL, FAILSAFE_LEVEL = 1, 0
 STATION_MAX_ID = 90
 
@@ -611,7 +611,7 @@ class OcppService:
         for device in self.devices:
             point = device.ocpp
             assert point is not None
-            max_a = device.setpoint_bounds.get(MAX_CURRENT_A, (0.0, DEFAULT_MAX_A))[1]
+            max_a = device.setpoint_bounds.get(MAX_CURRENT_A, (0.0, CHARGER_MAX_A))[1]
             connector = Connector(device, device.safe_mode.get(MAX_CURRENT_A, ev_failsafe), max_a)
             self.connectors.setdefault(point.charge_point_id, {})[point.connector_id] = connector
             self.by_device[device.id] = connector
@@ -783,7 +783,7 @@ class OcppControl:
             return self._reject(
                 setpoint, f"{self.config.id} has no setpoint {setpoint.name!r} (it has: {MAX_CURRENT_A})"
             )
-        low, high = self.config.setpoint_bounds.get(MAX_CURRENT_A, (0.0, DEFAULT_MAX_A))
+        low, high = self.config.setpoint_bounds.get(MAX_CURRENT_A, (0.0, CHARGER_MAX_A))
         if not low <= setpoint.value <= high:
             return self._reject(
                 setpoint, f"{setpoint.name} {setpoint.value:g} is outside [{low:g}, {high:g}]"

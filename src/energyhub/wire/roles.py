@@ -17,6 +17,7 @@ from energyhub.domain.topology import DeviceRole
 
 __all__ = [
     "APPLIED_CURRENT_A",
+    "CHARGER_MAX_A",
     "CHARGER_W_PER_A",
     "CHARGE_RATE_PCT",
     "DEPARTURE_TS",
@@ -63,6 +64,8 @@ MAX_CURRENT_A: Final = "max_current_a"
 # A charger's current as power: three phases at 400 V. Control writes max_current_a with it, and a charger
 # steered in W (an OCPP DC charger) gets control's kW back through the same factor.
 CHARGER_W_PER_A: Final = 3**0.5 * 400
+# The most current a charger over OCPP takes without a rating or bounds of its own (as the Alfen map's maximum).
+CHARGER_MAX_A: Final = 600.0
 
 
 @dataclass(frozen=True)
